@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (builds what is missing, then runs the main job)
+# and `make test`. Both install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests and tools call: dcmtk (dcmdump validates our DICOM files).
+APT_PACKAGES := dcmtk
+
+.PHONY: install system-deps run test bench grid clean
+
+install: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing the project (torch comes from this machine's disk)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar on -e '.[test]'
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; for tool in dcmdump; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+run: install
+	$(BIN)/avn run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python scripts/bench_phantom.py
+
+grid: install
+	$(BIN)/avn phantom-grid --out docs/img/phantom_grid.png
+
+clean:
+	rm -rf data/demo .pytest_cache

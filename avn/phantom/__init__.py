@@ -1,0 +1,1 @@
+"""The phantom: procedurally generated pelvic radiographs with exact ground truth (SPEC §4)."""
