@@ -1,0 +1,650 @@
+"""Geometry of the pelvis and proximal femurs, in millimetres, for the AP and frog-leg (FL) views.
+
+Frame: x points to the image's right (the patient's LEFT: radiological convention), y points caudal
+(image down), z points towards the X-ray source (anterior in a supine AP). The origin is on the
+midline at the height of the femoral head centres. The projection is orthographic along z; the
+magnification of a real film is left out so that the SPEC's adult proportions hold in the image.
+
+Each half of the pelvis and each femur is built for a canonical side whose lateral direction is +x
+(the patient's left) and mirrored for the patient's right. Bones are described by three kinds of
+primitive that ``render`` rasterises into attenuation maps:
+
+* ``Tube``: a tapered cylinder along a polyline (femoral shaft, pubic rami, crests). Its projected
+  chord length gives the rounded profile and the bright cortical edges of a tubular bone.
+* ``Slab``: a flat bone (iliac wing, sacrum, vertebral body) given by its outline and half thickness.
+* ``Hole``: a spherical gap in a bone (sacral foramina).
+
+Tubes flagged ``additive`` are cortical surfaces seen edge-on (the iliopectineal line, the teardrop,
+the sourcil): they are summed onto the bone instead of being part of its outline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from avn.phantom.specs import RadiographSpec, SubjectAnatomy
+
+# Patient's left is drawn on the image's right (+x); the patient's right on the image's left.
+SIDE_SIGN: dict[str, float] = {"left": 1.0, "right": -1.0}
+
+
+# --------------------------------------------------------------------------- primitives (2D, mm)
+
+
+@dataclass
+class Tube:
+    """A tapered cylinder along a projected polyline."""
+
+    points: np.ndarray  # (n, 2) projected axis, mm
+    radii: np.ndarray  # (n,) radius at each point, mm
+    cortex: float | np.ndarray  # thickness of the cortical shell, mm (or one per point)
+    density: float | np.ndarray = 1.0  # cancellous density vs reference trabecular bone (or per point)
+    stretch: np.ndarray | None = None  # (n-1,) 1/cos(out-of-plane tilt) of each segment
+    additive: bool = False  # an edge-on cortical line summed onto the bone
+    role: str = ""  # trabecular group name ("compressive", "tensile") for oriented texture
+    flat: float = 1.0  # depth/width ratio of the cross-section (<1: a flattened column)
+
+
+@dataclass
+class Slab:
+    """A flat bone: projected outline, half thickness, cortical shell."""
+
+    polygon: np.ndarray  # (n, 2) mm
+    half_thickness: float
+    cortex: float
+    density: float = 1.0
+    flat: float = 1.0  # scales the chords: a thin plate whose rounded rim is wider than it is thick
+    keep_in_socket: bool = False  # acetabular walls: drawn over the head, not cut by the socket
+
+
+@dataclass
+class Hole:
+    """A spherical gap in a bone (foramen), optionally with a sclerotic rim."""
+
+    centre: np.ndarray  # (2,)
+    radius: float
+    rim: float = 0.0
+
+
+@dataclass
+class Bone:
+    """Primitives of one bone; within a bone they merge (max), different bones overlap (sum)."""
+
+    name: str
+    tubes: list[Tube] = field(default_factory=list)
+    slabs: list[Slab] = field(default_factory=list)
+    holes: list[Hole] = field(default_factory=list)
+    lines: list[Tube] = field(default_factory=list)  # additive cortical lines
+    material: str = "bone"  # "bone" or "metal"
+
+
+# --------------------------------------------------------------------------- pose
+
+
+@dataclass(frozen=True)
+class LegPose:
+    """How a femur is placed: the projected shaft direction and twist about the shaft."""
+
+    abduction_deg: float  # projected angle of the shaft from vertical, lateral positive
+    elevation_deg: float  # shaft tilt out of the film plane towards the source (hip flexion)
+    twist_deg: float  # rotation about the shaft (external rotation positive)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Pelvic position on the table and the two legs for one radiograph."""
+
+    yaw_deg: float  # about the vertical axis: the classic rotated-pelvis asymmetry
+    tilt_deg: float  # about the left-right axis: inlet/outlet tilt
+    roll_deg: float  # in the film plane
+    shift_mm: tuple[float, float]
+    legs: dict[str, LegPose]
+
+
+def sample_pose(view: str, rng: np.random.Generator) -> Pose:
+    """A slightly imperfect patient position; FL abducts and externally rotates the thighs."""
+    legs = {}
+    for side in ("right", "left"):
+        if view == "FL":
+            legs[side] = LegPose(
+                abduction_deg=float(rng.uniform(40.0, 50.0)),
+                elevation_deg=float(rng.uniform(15.0, 25.0)),
+                # relative to the AP position (itself ~15 deg internally rotated)
+                twist_deg=float(rng.uniform(65.0, 85.0)),
+            )
+        else:
+            # AP is taken with ~15 deg internal rotation so the neck lies in the film plane;
+            # the residual error of that positioning is the twist.
+            legs[side] = LegPose(
+                abduction_deg=float(rng.uniform(-9.0, -4.0)),  # the anatomical axis runs medially
+                elevation_deg=float(rng.uniform(0.0, 5.0)),
+                twist_deg=float(rng.uniform(-10.0, 12.0)),
+            )
+    return Pose(
+        yaw_deg=float(rng.normal(0.0, 2.5)),
+        tilt_deg=float(rng.normal(0.0, 3.0)),
+        roll_deg=float(rng.normal(0.0, 1.2)),
+        shift_mm=(float(rng.normal(0.0, 6.0)), float(rng.normal(0.0, 6.0))),
+        legs=legs,
+    )
+
+
+# --------------------------------------------------------------------------- rotations
+
+
+def rotation_about(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """Rodrigues' rotation matrix about ``axis``."""
+    axis = np.asarray(axis, float)
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle_rad) * k + (1 - math.cos(angle_rad)) * (k @ k)
+
+
+def rotation_aligning(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking direction ``a`` onto direction ``b``."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    v = np.cross(a, b)
+    s = float(np.linalg.norm(v))
+    if s < 1e-9:
+        return np.eye(3)
+    return rotation_about(v, math.atan2(s, float(a @ b)))
+
+
+def pelvic_rotation(pose: Pose) -> np.ndarray:
+    """Whole-body rotation: yaw (about y), tilt (about x), then roll in the film plane."""
+    yaw = rotation_about(np.array([0.0, 1.0, 0.0]), math.radians(pose.yaw_deg))
+    tilt = rotation_about(np.array([1.0, 0.0, 0.0]), math.radians(pose.tilt_deg))
+    roll = rotation_about(np.array([0.0, 0.0, 1.0]), math.radians(pose.roll_deg))
+    return roll @ tilt @ yaw
+
+
+class Projector:
+    """Maps canonical-side 3D points (lateral = +x) to projected 2D mm for one side."""
+
+    def __init__(self, pose: Pose, side_sign: float, local: np.ndarray | None = None,
+                 origin: np.ndarray | None = None):
+        mirror = np.diag([side_sign, 1.0, 1.0])
+        local = np.eye(3) if local is None else local
+        origin = np.zeros(3) if origin is None else origin
+        # canonical point p -> world: pelvis_rot @ mirror @ (local @ p + origin)
+        self.linear = pelvic_rotation(pose) @ mirror @ local
+        self.offset = pelvic_rotation(pose) @ mirror @ origin
+        self.shift = np.asarray(pose.shift_mm, float)
+
+    def world(self, pts: np.ndarray) -> np.ndarray:
+        pts = np.atleast_2d(np.asarray(pts, float))
+        return pts @ self.linear.T + self.offset
+
+    def __call__(self, pts: np.ndarray) -> np.ndarray:
+        return self.world(pts)[:, :2] + self.shift
+
+    def tube(self, pts, radii, cortex, density=1.0, additive=False, role="", flat=1.0) -> Tube:
+        pts3 = np.atleast_2d(np.asarray(pts, float))
+        if pts3.shape[1] == 2:
+            pts3 = np.column_stack([pts3, np.zeros(len(pts3))])
+        w = self.world(pts3)
+        seg3 = np.linalg.norm(np.diff(w, axis=0), axis=1)
+        seg2 = np.linalg.norm(np.diff(w[:, :2], axis=0), axis=1)
+        # a tube tilted out of the film plane is crossed obliquely: longer chords (capped)
+        stretch = np.clip(seg3 / np.maximum(seg2, 1e-6), 1.0, 2.2)
+        return Tube(w[:, :2] + self.shift, np.broadcast_to(np.asarray(radii, float), (len(w),)).copy(),
+                    cortex, density, stretch, additive, role, flat)
+
+    def slab(self, pts, half_thickness, cortex, density=1.0, flat=1.0) -> Slab:
+        pts3 = np.atleast_2d(np.asarray(pts, float))
+        if pts3.shape[1] == 2:
+            pts3 = np.column_stack([pts3, np.zeros(len(pts3))])
+        return Slab(self(pts3), half_thickness, cortex, density, flat)
+
+
+def with_depth(points_xy: list[tuple[float, float]], depths: list[float] | float) -> np.ndarray:
+    """Attach a depth (z, mm) to 2D canonical points."""
+    xy = np.asarray(points_xy, float)
+    z = np.broadcast_to(np.asarray(depths, float), (len(xy),))
+    return np.column_stack([xy, z])
+
+
+def arc(centre, radius, start_deg, stop_deg, n) -> np.ndarray:
+    """Points on a circle; angles measured from 'up' (-y) towards lateral (+x)."""
+    a = np.radians(np.linspace(start_deg, stop_deg, n))
+    return np.column_stack([centre[0] + radius * np.sin(a), centre[1] - radius * np.cos(a)])
+
+
+# --------------------------------------------------------------------------- subject measures
+
+
+@dataclass(frozen=True)
+class SideMeasures:
+    """Per-side sizes derived from the subject (small left/right asymmetries included)."""
+
+    head_radius: float
+    head_x: float  # |x| of the head centre
+    acetabular_radius: float  # head radius + joint space
+    rim_angle_deg: float  # centre-edge angle that yields the subject's acetabular inclination
+    teardrop: tuple[float, float]  # canonical (x, y) of the teardrop's inferior tip
+    crest_height: float  # iliac crest above the head centre
+
+
+def side_measures(anat: SubjectAnatomy, side: str) -> SideMeasures:
+    rng = np.random.default_rng([anat.anatomy_seed, 11, 0 if side == "right" else 1])
+    diameter = anat.head_diameter_mm + (0.5 if side == "right" else -0.5) * anat.head_asymmetry_mm
+    r = diameter / 2.0
+    itd2 = anat.inter_teardrop_mm / 2.0 + rng.normal(0.0, 0.8)
+    teardrop = (itd2, 0.6 * r)
+    head_x = itd2 + r + 9.0 + rng.normal(0.0, 1.0)
+    big_r = r + anat.joint_space_mm
+    rim = rim_angle_for_inclination(anat.acetabular_inclination_deg, (head_x, 0.0), big_r, teardrop)
+    crest = 0.45 * anat.pelvis_width_mm * (0.95 if anat.sex == "F" else 1.0) + rng.normal(0, 3)
+    return SideMeasures(r, head_x, big_r, rim, teardrop, crest)
+
+
+def rim_angle_for_inclination(incl_deg, centre, radius, teardrop) -> float:
+    """Centre-edge angle of the lateral rim so that teardrop->rim makes the given inclination."""
+    lo, hi = -10.0, 70.0
+    for _ in range(40):  # a more lateral (lower) rim flattens the line: bisection
+        mid = 0.5 * (lo + hi)
+        ex = centre[0] + radius * math.sin(math.radians(mid))
+        ey = centre[1] - radius * math.cos(math.radians(mid))
+        incl = math.degrees(math.atan2(teardrop[1] - ey, ex - teardrop[0]))
+        if incl > incl_deg:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def acetabular_inclination(m: SideMeasures) -> float:
+    """Inclination (deg) of the teardrop -> lateral rim line, canonical side."""
+    ex, ey = arc((m.head_x, 0.0), m.acetabular_radius, m.rim_angle_deg, m.rim_angle_deg, 1)[0]
+    return math.degrees(math.atan2(m.teardrop[1] - ey, ex - m.teardrop[0]))
+
+
+# --------------------------------------------------------------------------- the pelvis
+
+
+def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone, dict]:
+    """One hip bone (ilium, ischium, pubis, acetabulum) and its projected landmarks."""
+    m = side_measures(anat, side)
+    rng = np.random.default_rng([anat.anatomy_seed, 12, 0 if side == "right" else 1])
+    proj = Projector(pose, SIDE_SIGN[side])
+    female = anat.sex == "F"
+    pw2 = anat.pelvis_width_mm / 2.0 + rng.normal(0, 1.5)
+    hc = m.crest_height
+    hx, r, big_r = m.head_x, m.head_radius, m.acetabular_radius
+    tdx, tdy = m.teardrop
+    inlet = tdx + (6.0 if female else 1.0)  # half width of the pelvic inlet
+    c = (hx, 0.0)
+    rim = m.rim_angle_deg
+    bone = Bone(f"hip_{side}")
+    j = lambda s=1.5: rng.normal(0.0, s)  # noqa: E731 - small shape jitter
+
+    # Iliac wing: a thin plate, its crest and the thick columns around the acetabulum.
+    roof = arc(c, big_r, rim, -35.0, 7)
+    wing = [
+        (0.16 * 2 * pw2 + j(), -0.80 * hc, -60), (0.20 * 2 * pw2 + j(), -0.93 * hc + j(), -55),
+        (0.29 * 2 * pw2 + j(), -1.00 * hc + j(), -35), (0.39 * 2 * pw2 + j(), -0.96 * hc + j(), -5),
+        (pw2 - 4, -0.86 * hc, 10), (pw2, -0.76 * hc, 20), (pw2 - 2, -0.62 * hc, 35),
+        (pw2 - 7, -0.48 * hc, 50), (pw2 - 20, -0.41 * hc, 50), (pw2 - 23, -0.31 * hc, 45),
+        (hx + 0.62 * big_r + 6, -0.55 * big_r - 6, 25),
+    ]
+    wing_pts = [p for p in wing] + [(x, y, 10) for x, y in roof] + [
+        (tdx + 5, -0.55 * r, 10), (inlet, -0.30 * hc, -10), (inlet - 5, -0.52 * hc, -30),
+        (0.17 * 2 * pw2, -0.68 * hc, -45),
+    ]
+    bone.slabs.append(proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5))
+    crest = [w[:3] for w in wing[1:8]]
+    crest_in = [(x - 1.5 * np.sign(x - 0.3 * pw2), y + 2.0, z) for x, y, z in crest]
+    bone.tubes.append(proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7))
+    # posterior (sciatic) buttress from the roof to the sacroiliac joint
+    bone.tubes.append(proj.tube(
+        with_depth([(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
+                   [-10, -30, -50]), [20.0, 17.0, 13.0], 1.6, flat=0.45))
+    # anterior column above the roof up to the anterior inferior iliac spine
+    bone.tubes.append(proj.tube(
+        with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5))
+    # acetabular walls seen through the head, and the bulk of the acetabulum around it
+    disk = arc((hx - 0.25 * big_r, 0.1 * big_r), big_r + 4, 0, 360, 40)
+    walls = proj.slab(with_depth(disk, 0.0), 6.0, 1.0, density=0.8)
+    walls.keep_in_socket = True
+    bone.slabs.append(walls)
+
+    # Obturator foramen framed by the superior pubic ramus, the pubic body, the inferior pubic and
+    # ischial rami, the ischial tuberosity and the ischial body (posterior column).
+    a_f = (18.0 if female else 15.5) + j(1.0)  # half width of the foramen
+    b_f = 23.0 + j(1.0)  # half height
+    r_pub = 10.0
+    sym_x = 2.8 + r_pub  # pubic body centre; the symphyseal gap is ~5-6 mm
+    fx = sym_x + r_pub + a_f + 1.0
+    fy = tdy + b_f + 3.0
+    sup_y = fy - b_f - 8.0
+    tub = (fx + a_f + 4.0 + j(), fy + b_f - 2.0 + j())
+    tilt = math.radians(14.0 if female else 20.0)  # the foramen's long axis leans laterally at the top
+    anchor_deg = np.array([-90, -45, 0, 45, 90, 135, 180, 225, 270])
+    #                     sup ramus, acetab., ischium, tuberos., isch. ramus, inf. ramus, pubis, -, sup
+    anchor_r = np.array([8.5, 13.0, 12.0, 12.0, 6.5, 6.0, r_pub, 9.0, 8.5])
+    ring, radii = [], []
+    for ang in np.radians(np.arange(0.0, 360.0 + 1e-6, 20.0)):
+        deg = (math.degrees(ang) + 90) % 360 - 90
+        rr = float(np.interp(deg, anchor_deg, anchor_r))
+        ex, ey = a_f * math.cos(ang), b_f * math.sin(ang)
+        nx, ny = math.cos(ang) / a_f, math.sin(ang) / b_f
+        nn = math.hypot(nx, ny)
+        px, py = ex + rr * nx / nn, ey + rr * ny / nn
+        ring.append((fx + px * math.cos(tilt) - py * math.sin(tilt), fy + px * math.sin(tilt) + py * math.cos(tilt),
+                     15.0 - 35.0 * math.cos(ang)))
+        radii.append(rr)
+    bone.tubes.append(proj.tube(ring, radii, 1.4, density=0.9))
+    bone.tubes.append(proj.tube(  # superior ramus into the acetabulum
+        with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]), [9.0, 11.0], 1.4,
+                   flat=0.75))
+    bone.tubes.append(proj.tube(  # pubic body with its flat symphyseal face
+        with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
+        [r_pub - 0.5, r_pub, r_pub - 2.0], 1.4, density=0.9))
+    bone.tubes.append(proj.tube(  # ischial tuberosity: thick, rounded, slightly elongated
+        with_depth([(tub[0] - 3, tub[1] - 9), (tub[0], tub[1] + 1)], -35), [12.0, 13.0], 1.6, density=0.9,
+        flat=0.8))
+    bone.tubes.append(proj.tube(  # ischial body / posterior column behind the head, down to the tuberosity
+        with_depth([(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
+                   [-25, -30, -35]), [15.0, 14.0, 12.0], 1.5, density=0.9, flat=0.8))
+    # ischial spine pointing into the true pelvis
+    bone.tubes.append(proj.tube(with_depth([(tdx - 4, -0.15 * r), (tdx - 15, 0.15 * r)], -45), [3.5, 1.5], 1.2))
+
+    # Edge-on cortical lines: iliopectineal, ilioischial, teardrop, sourcil, acetabular rims.
+    ilio_pect = with_depth([(0.16 * 2 * pw2 + 2, -0.72 * hc), (inlet - 2, -0.50 * hc), (inlet, -0.30 * hc),
+                            (tdx - 7, -0.05 * hc), (fx, sup_y - 7.5), (sym_x + 2, sup_y - 8.0)],
+                           [-45, -30, -10, 10, 45, 55])
+    bone.lines.append(proj.tube(ilio_pect, [1.3, 1.5, 1.5, 1.4, 1.2, 1.0], 0.0, density=1.5, additive=True))
+    ilio_isch = with_depth([(inlet - 3, -0.42 * hc), (tdx - 4, -0.1 * r), (tdx - 2, 0.8 * r),
+                            (tub[0] - 10, tub[1] - 6)], -30)
+    bone.lines.append(proj.tube(ilio_isch, [1.0, 1.1, 1.1, 0.9], 0.0, density=0.9, additive=True))
+    teardrop = with_depth([(tdx + 4.5, -0.65 * r), (tdx + 3.5, 0.1 * r), (tdx + 1.0, tdy - 1.0), (tdx - 1.5, tdy - 0.5),
+                           (tdx - 3.5, 0.05 * r), (tdx - 3.0, -0.5 * r)], 0)
+    bone.lines.append(proj.tube(teardrop, [1.2, 1.4, 1.6, 1.6, 1.3, 1.0], 0.0, density=1.5, additive=True))
+    anterior_rim = with_depth([arc(c, big_r, rim, rim, 1)[0], (hx - 0.15 * big_r, 0.3 * big_r),
+                               (hx - 0.55 * big_r, 0.85 * big_r)], 20)
+    posterior_rim = with_depth([arc(c, big_r, rim, rim, 1)[0], (hx + 0.6 * big_r, 0.35 * big_r),
+                                (hx + 0.25 * big_r, 1.0 * big_r)], -20)
+    bone.lines.append(proj.tube(anterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.0, additive=True))
+    bone.lines.append(proj.tube(posterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.2, additive=True))
+    # symphyseal surface: a sclerotic line on the pubic body's medial face
+    bone.lines.append(proj.tube(with_depth([(3.3, fy - 0.7 * b_f), (3.0, fy + 0.6 * b_f)], 55),
+                                [1.0, 1.0], 0.0, density=1.0, additive=True))
+
+    landmarks = {
+        "acetabulum_centre": proj(np.array([[hx, 0.0, 0.0]]))[0],
+        "acetabular_radius": big_r,
+        "roof_angles_deg": (-35.0, rim),
+        "lateral_rim": proj(with_depth(arc(c, big_r, rim, rim, 1), 0))[0],
+        "teardrop": proj(np.array([[tdx, tdy, 0.0]]))[0],
+        "obturator_centre": proj(np.array([[fx, fy, 15.0]]))[0],
+        "crest_lateral": proj(np.array([[pw2, -0.76 * hc, 20.0]]))[0],
+        "symphysis": proj(np.array([[0.0, fy, 55.0]]))[0],
+        "ischial_tuberosity": proj(np.array([[tub[0], tub[1], -35.0]]))[0],
+        "projector": proj,
+        "measures": m,
+    }
+    return bone, landmarks
+
+
+def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
+    """Sacrum with foramina and SI joint margins, coccyx, and the L5 and L4 vertebrae."""
+    rng = np.random.default_rng([anat.anatomy_seed, 13])
+    m = side_measures(anat, "left")
+    hc = m.crest_height
+    pw = anat.pelvis_width_mm
+    proj = Projector(pose, 1.0)
+    s1 = -0.74 * hc
+    bones: list[Bone] = []
+
+    sacrum = Bone("sacrum")
+    half = [(24, s1 - 1), (0.12 * pw, s1 - 8), (0.175 * pw, s1 - 9), (0.182 * pw, s1 + 18),
+            (0.165 * pw, s1 + 42), (0.125 * pw, s1 + 62), (0.075 * pw, s1 + 80), (0.035 * pw, s1 + 95),
+            (0.0, s1 + 102)]
+    outline = [(x, y) for x, y in half] + [(-x, y) for x, y in reversed(half[:-1])]
+    sacrum.slabs.append(proj.slab(with_depth(outline, -70), 11.0, 1.0, density=0.75))
+    for i, (dy, fx, fr) in enumerate([(22, 0.085, 5.2), (42, 0.075, 4.6), (60, 0.064, 4.0), (75, 0.053, 3.4)]):
+        for sgn in (-1, 1):
+            ctr = proj(np.array([[sgn * fx * pw, s1 + dy + rng.normal(0, 0.8), -70]]))[0]
+            sacrum.holes.append(Hole(ctr, fr, rim=0.4))
+    # S1 superior endplate seen obliquely, the median crest and both SI joint margins
+    end = arc((0, s1 + 3), 1.0, 0, 360, 30) * 0 + np.column_stack(
+        [23 * np.cos(np.linspace(0, 2 * np.pi, 30)), s1 + 3 + 4.5 * np.sin(np.linspace(0, 2 * np.pi, 30))])
+    sacrum.lines.append(proj.tube(with_depth(end, -60), 0.9, 0.0, density=1.2, additive=True))
+    for k in range(4):
+        y0 = s1 + 14 + 18 * k
+        sacrum.lines.append(proj.tube(with_depth([(0, y0), (0, y0 + 9)], -90), [2.4, 1.6], 0.0, 1.2, True))
+    for sgn in (-1, 1):
+        for off, dens in ((-1.5, 1.4), (-6.0, 1.0)):
+            pts = [(sgn * (x + off), y) for x, y in half[2:6]]
+            sacrum.lines.append(proj.tube(with_depth(pts, -70), [1.0, 1.2, 1.2, 1.0], 0.0, dens, True))
+    bones.append(sacrum)
+
+    coccyx = Bone("coccyx")
+    coccyx.tubes.append(proj.tube(with_depth([(0, s1 + 104), (0.5, s1 + 112), (1.0, s1 + 119), (1, s1 + 124)], -80),
+                                  [5.5, 4.5, 3.8, 2.5], 1.0, density=0.8))
+    bones.append(coccyx)
+
+    width = 26.0 if anat.sex == "M" else 24.0
+    top = s1 - 11.0
+    for level, stout in (("L5", 1.0), ("L4", 0.7)):
+        bottom, top = top, top - 28.0
+        v = Bone(level)
+        rect = rounded_rect(0.0, 0.5 * (top + bottom), width, 0.5 * (bottom - top), 4.0)
+        v.slabs.append(proj.slab(with_depth(rect, 0), 17.0, 1.1, density=0.85))
+        for y_end in (top, bottom):  # endplates seen slightly obliquely: thin ellipses
+            t = np.linspace(0, 2 * np.pi, 28)
+            ell = np.column_stack([(width - 1) * np.cos(t), y_end + 2.5 * np.sin(t)])
+            v.lines.append(proj.tube(with_depth(ell, 0), 0.9, 0.0, 1.1, True))
+        for sgn in (-1, 1):
+            t = np.linspace(0, 2 * np.pi, 22)
+            ped = np.column_stack([sgn * 15.5 + 4.8 * np.cos(t), top + 9.5 + 6.8 * np.sin(t)])
+            v.lines.append(proj.tube(with_depth(ped, -30), 1.3, 0.0, 1.5, True))
+            v.tubes.append(proj.tube(with_depth([(sgn * 19, top + 10), (sgn * (44 + 8 * stout), top + 6 - 4 * stout)], -35),
+                                     [6.5 * stout + 1, 4.0 * stout + 1.5], 1.2, density=0.8))
+            v.tubes.append(proj.tube(with_depth([(sgn * 14, top + 17), (sgn * 3, bottom + 3)], -50), [3.5, 3.0], 1.0))
+            v.tubes.append(proj.tube(with_depth([(sgn * 13, bottom - 4), (sgn * 14.5, bottom + 9)], -45), [4.0, 3.2], 1.0))
+        v.tubes.append(proj.tube(with_depth([(0, top + 14), (0, bottom + 9)], -70), [4.0, 3.0], 1.2, density=0.9))
+        bones.append(v)
+        top -= 10.0  # disc space
+    return bones
+
+
+def rounded_rect(cx, cy, hw, hh, rad) -> np.ndarray:
+    pts = []
+    for (sx, sy, a0) in ((1, 1, 0), (-1, 1, 90), (-1, -1, 180), (1, -1, 270)):
+        for a in np.radians(np.linspace(a0, a0 + 90, 5)):
+            pts.append((cx + sx * (hw - rad) + rad * math.cos(a), cy + sy * (hh - rad) + rad * math.sin(a)))
+    return np.asarray(pts)
+
+
+# --------------------------------------------------------------------------- the femur
+
+
+@dataclass
+class FemurModel:
+    """One projected proximal femur with what findings and ground truth need."""
+
+    side: str
+    bone: Bone  # everything but the head
+    groups: list[Tube]  # trabecular groups (oriented texture)
+    head_centre: np.ndarray  # (2,) projected
+    head_radius: float
+    head_frame: np.ndarray  # 3x3: head-local (canonical femur) direction -> world direction
+    landmarks: dict[str, np.ndarray]
+    shaft_angle_deg: float  # projected shaft axis from vertical, lateral positive
+    neck_length_mm: float  # projected head centre -> neck base (shaft axis) distance
+    trochanter_distance_mm: float  # projected head centre -> greater trochanter tip
+    prosthesis: list[Bone] = field(default_factory=list)
+
+
+def leg_rotation(leg: LegPose, shaft_dir: np.ndarray) -> np.ndarray:
+    """Rotation about the head centre that places the shaft as the leg pose says."""
+    ab = math.radians(leg.abduction_deg)
+    el = math.radians(leg.elevation_deg)
+    target = np.array([math.sin(ab) * math.cos(el), math.cos(ab) * math.cos(el), math.sin(el)])
+    base = rotation_aligning(shaft_dir, np.array([0.0, 1.0, 0.0]))
+    # twist about the (vertical) shaft first: external rotation turns anterior (+z) to lateral (+x)
+    twist = rotation_about(np.array([0.0, 1.0, 0.0]), math.radians(leg.twist_deg))
+    place = rotation_aligning(np.array([0.0, 1.0, 0.0]), target)
+    return place @ twist @ base
+
+
+def femur_axes(anat: SubjectAnatomy, side: str) -> dict[str, np.ndarray | float]:
+    """Canonical femur (lateral +x) relative to the head centre: axes, neck base, sizes."""
+    rng = np.random.default_rng([anat.anatomy_seed, 14, 0 if side == "right" else 1])
+    m = side_measures(anat, side)
+    d = 2 * m.head_radius
+    alpha = math.radians(7.0 + rng.normal(0, 1.0))  # anatomical shaft axis: distal end medial
+    nsa = math.radians(anat.neck_shaft_angle_deg + rng.normal(0, 0.8))
+    shaft = np.array([-math.sin(alpha), math.cos(alpha), 0.0])
+    neck = np.array([math.sin(-alpha - nsa), math.cos(-alpha - nsa), 0.0])  # towards the head
+    lateral = np.array([math.cos(alpha), math.sin(alpha), 0.0])
+    neck_len = (1.12 + rng.normal(0, 0.03)) * d
+    base = -neck * neck_len
+    return {"D": d, "shaft": shaft, "neck": neck, "lateral": lateral, "base": base, "neck_len": neck_len,
+            "anterior": np.array([0.0, 0.0, 1.0])}
+
+
+def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = True) -> FemurModel:
+    """A proximal femur built from capsules in 3D, rotated by the leg pose and projected."""
+    m = side_measures(anat, side)
+    ax = femur_axes(anat, side)
+    d, sh, nk, lat, base, ant = ax["D"], ax["shaft"], ax["neck"], ax["lateral"], ax["base"], ax["anterior"]
+    leg = leg_rotation(pose.legs[side], sh)
+    proj = Projector(pose, SIDE_SIGN[side], local=leg, origin=np.array([m.head_x, 0.0, 0.0]))
+    bone = Bone(f"femur_{side}")
+    cortex = anat.shaft_cortex_mm
+
+    p = lambda v: np.asarray(v, float)  # noqa: E731
+    subcap = -nk * (0.95 * m.head_radius)
+    neck_tubes = [
+        proj.tube([p([0, 0, 0]), subcap, base + nk * 6], [0.36 * d, 0.33 * d, 0.47 * d], 2.0, density=0.75),
+    ]
+    gt_top = base + lat * 0.24 * d - sh * 0.50 * d - ant * 5
+    gt_bot = base + lat * 0.22 * d - sh * 0.02 * d - ant * 6
+    lt_base = base + sh * 0.78 * d - lat * 0.20 * d - ant * 8
+    lt_dir = -lat * 0.55 + sh * 0.35 - ant * 0.75
+    lt_tip = lt_base + lt_dir / np.linalg.norm(lt_dir) * 0.36 * d
+    shaft_top = base - sh * 0.15 * d
+    shaft_end = base + sh * 420.0
+    tubes = neck_tubes + [
+        proj.tube([gt_top, gt_bot], [0.23 * d, 0.27 * d], 1.2, density=0.7),  # greater trochanter
+        proj.tube([lt_base - lt_dir * 4, lt_tip], [0.19 * d, 0.10 * d], 1.2, density=0.7),  # lesser trochanter
+        # metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow
+        proj.tube([shaft_top, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d, shaft_end],
+                  [0.42 * d, 0.36 * d, 0.33 * d, 0.315 * d, 0.31 * d],
+                  np.array([2.0, 2.6, 0.75 * cortex, cortex, cortex]), density=np.array([0.7, 0.6, 0.35, 0.22, 0.2])),
+    ]
+    bone.tubes.extend(tubes)
+    # intertrochanteric crest (posterior) and line (anterior)
+    bone.lines.append(proj.tube([gt_bot + sh * 0.2 * d - ant * 8, base + sh * 0.35 * d - ant * 12, lt_base],
+                                [1.4, 1.6, 1.2], 0.0, density=0.7, additive=True))
+    # trabecular groups: principal compressive (dome -> calcar), principal tensile (arc to lateral cortex)
+    head_sup = p([0.25, -0.97, 0.0]) * 0.78 * m.head_radius
+    calcar = base + sh * 0.35 * d - lat * 0.33 * d
+    groups = [
+        proj.tube([head_sup, -nk * 0.2 * d, calcar], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55,
+                  role="compressive"),
+        proj.tube([p([-0.55, 0.45, 0]) * 0.75 * m.head_radius, -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
+                   base + lat * 0.40 * d + sh * 0.30 * d], [0.07 * d, 0.08 * d, 0.06 * d], 0.0, density=0.45,
+                  role="tensile"),
+    ]
+    # the physeal scar: a faint sclerotic line across the head base
+    scar_c = -nk * 0.45 * m.head_radius
+    perp = np.cross(nk, ant)
+    scar = [scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius, scar_c,
+            scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius]
+    if with_head:
+        bone.lines.append(proj.tube(scar, [0.6, 0.8, 0.6], 0.0, density=0.8, additive=True))
+
+    prosthesis: list[Bone] = []
+    if not with_head:
+        bone.tubes[:] = tubes[1:]  # head and neck resected; the stem replaces them
+        groups = []
+        prosthesis = build_prosthesis(proj, ax, m)
+
+    centre2 = proj(np.zeros((1, 3)))[0]
+    pts = {
+        "head_centre": centre2,
+        "neck_base": proj(base[None])[0],
+        "greater_trochanter": proj((gt_top - sh * 0.23 * d)[None])[0],
+        "lesser_trochanter": proj(lt_tip[None])[0],
+        "shaft_top": proj(base[None])[0],
+        "shaft_distal": proj((base + sh * 150.0)[None])[0],
+    }
+    sd = pts["shaft_distal"] - pts["shaft_top"]
+    lateral_sign = SIDE_SIGN[side]
+    shaft_angle = math.degrees(math.atan2(lateral_sign * sd[0], sd[1]))
+    head_frame = pelvic_rotation(pose) @ np.diag([SIDE_SIGN[side], 1.0, 1.0]) @ leg
+    return FemurModel(
+        side=side, bone=bone, groups=groups, head_centre=centre2, head_radius=m.head_radius,
+        head_frame=head_frame, landmarks=pts, shaft_angle_deg=shaft_angle,
+        neck_length_mm=float(np.linalg.norm(pts["neck_base"] - centre2)),
+        trochanter_distance_mm=float(np.linalg.norm(pts["greater_trochanter"] - centre2)),
+        prosthesis=prosthesis,
+    )
+
+
+def build_prosthesis(proj: Projector, ax: dict, m: SideMeasures) -> list[Bone]:
+    """Total hip replacement: metal femoral stem, neck and ball, and the cement mantle."""
+    sh, nk, base, lat = ax["shaft"], ax["neck"], ax["base"], ax["lateral"]
+    metal = Bone("prosthesis", material="metal")
+    ball_r = 14.0
+    metal.tubes.append(proj.tube([np.zeros(3), -nk * 0.1], [ball_r, ball_r], 0.0))
+    metal.tubes.append(proj.tube([-nk * 8, base + nk * 4], [6.0, 7.5], 0.0))
+    metal.tubes.append(proj.tube([base + nk * 6 + lat * 4, base + sh * 40 - lat * 2, base + sh * 130],
+                                 [9.5, 7.0, 4.0], 0.0))
+    # the cement mantle (barium-loaded PMMA) is about as dense as cortical bone
+    cement = Bone("cement", material="cement")
+    cement.tubes.append(proj.tube([base + sh * 5, base + sh * 138], [12.5, 7.5], 0.0))
+    return [metal, cement]
+
+
+# --------------------------------------------------------------------------- whole-radiograph
+
+
+@dataclass
+class PelvisGeometry:
+    """All projected bones plus landmarks for one radiograph (before findings are applied)."""
+
+    bones: list[Bone]
+    femurs: dict[str, FemurModel]
+    hemipelvis: dict[str, dict]
+    pose: Pose
+
+
+def build_geometry(spec: RadiographSpec, pose: Pose, prosthesis_side: str | None) -> PelvisGeometry:
+    anat = spec.anatomy
+    bones: list[Bone] = []
+    hemis: dict[str, dict] = {}
+    femurs: dict[str, FemurModel] = {}
+    bones.extend(build_sacrum_and_spine(anat, pose))
+    for side in ("right", "left"):
+        bone, lm = build_hemipelvis(anat, side, pose)
+        bones.append(bone)
+        hemis[side] = lm
+        fem = build_femur(anat, side, pose, with_head=(side != prosthesis_side))
+        femurs[side] = fem
+        bones.append(fem.bone)
+        if fem.prosthesis:
+            bones.extend(fem.prosthesis)
+            bones.append(acetabular_cup(lm))
+    return PelvisGeometry(bones, femurs, hemis, pose)
+
+
+def acetabular_cup(lm: dict) -> Bone:
+    """Metal hemispherical cup opening inferolaterally (~40-45 deg) at the acetabulum."""
+    cup = Bone("cup", material="metal")
+    c = lm["acetabulum_centre"]
+    sign = 1.0 if lm["lateral_rim"][0] > c[0] else -1.0
+    # a thick arc: the shell seen from the front; opening faces down and lateral
+    pts = []
+    for a in np.linspace(-50, 130, 19):
+        a_r = math.radians(a - 42.0)
+        pts.append((c[0] + sign * 26.0 * math.sin(a_r), c[1] - 26.0 * math.cos(a_r)))
+    cup.tubes.append(Tube(np.asarray(pts), np.full(len(pts), 2.6), 0.0, 1.0, np.ones(len(pts) - 1)))
+    return cup

@@ -1,0 +1,600 @@
+"""Render one ``RadiographSpec`` into pixels and the ground truth it drew.
+
+Pipeline (all randomness from numpy Generators seeded by the spec, so pixels are reproducible):
+
+1. ``build_scene``: pose (spec.seed), bones in mm (anatomy, anatomy_seed), lesion plans per hip
+   (findings, lesion_seed), head and socket contours, field of view and detector settings.
+2. ``rasterise``: on a working grid of ~0.36 mm the bones become path-length maps — cortical shell
+   and cancellous bone — by projected chords of tubes, slabs and the (possibly deformed) heads.
+   Primitives of one bone merge by maximum, different bones overlap additively, so the head and the
+   acetabulum overlap at the joint margins and the greater trochanter overlaps the neck.
+   Cancellous bone is modulated by band-pass trabecular texture, with oriented streaks in the
+   principal compressive and tensile groups of the femoral head and neck.
+3. ``acquisition.detect``: exp/log detector physics, processing, noise and blur at output size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from avn.phantom import acquisition as acq_mod
+from avn.phantom import anatomy, findings
+from avn.phantom.acquisition import Acquisition, Grid
+from avn.phantom.specs import HipSpec, RadiographSpec, RenderedHead, RenderedRadiograph
+
+WORK_SPACING_MM = 0.36
+MU_CORTEX = 0.045  # per mm of cortical bone beyond water
+MU_CANCELLOUS = 0.012  # per mm of reference cancellous bone beyond water
+MU_CEMENT = 0.03
+MU_METAL = 0.6
+HEAD_CORTEX_MM = 0.9  # subchondral bone plate
+FOVEA_DIR = np.array([-0.93, 0.30, -0.15]) / np.linalg.norm([-0.93, 0.30, -0.15])
+
+
+# --------------------------------------------------------------------------- scene
+
+
+@dataclass
+class HipScene:
+    """One side: femur, its plan (if annotated), drawn head and socket contours."""
+
+    side: str
+    femur: anatomy.FemurModel
+    hip: HipSpec | None
+    plan: findings.LesionPlan | None
+    head_rho: np.ndarray | None  # per degree around the head centre; None when no native head
+    acet_rho: np.ndarray  # socket surface per degree around the same centre
+    roof_deg: tuple[float, float]  # image polar angles spanned by the roof (sourcil)
+    joint_space_mm: float | None
+
+    def head_contour(self) -> np.ndarray:
+        theta = np.radians(np.arange(findings.PROFILE_SAMPLES))
+        c = self.femur.head_centre
+        return np.column_stack([c[0] + self.head_rho * np.cos(theta), c[1] + self.head_rho * np.sin(theta)])
+
+
+@dataclass
+class Scene:
+    spec: RadiographSpec
+    pose: anatomy.Pose
+    geometry: anatomy.PelvisGeometry
+    hips: dict[str, HipScene]
+    acquisition: Acquisition
+    soft: dict = field(default_factory=dict)
+
+
+def build_scene(spec: RadiographSpec) -> Scene:
+    """Everything about the radiograph in mm, before any pixel is drawn."""
+    pose = anatomy.sample_pose(spec.view, np.random.default_rng([spec.seed, 1]))
+    annotated = {h.side: h for h in spec.hips}
+    prosthesis_side = None
+    if spec.missing_reason == "prosthesis":
+        prosthesis_side = next((s for s in ("right", "left") if s not in annotated), None)
+    geo = anatomy.build_geometry(spec, pose, prosthesis_side)
+
+    hips: dict[str, HipScene] = {}
+    for side in ("right", "left"):
+        fem = geo.femurs[side]
+        lm = geo.hemipelvis[side]
+        hip = annotated.get(side)
+        plan = findings.plan_findings(hip) if hip is not None else None
+        rho = None
+        if side != prosthesis_side:
+            rho = findings.head_profile(plan, fem.head_radius, fem.head_frame, FOVEA_DIR)
+        m = lm["measures"]
+        base_rho = rho if rho is not None else np.full(findings.PROFILE_SAMPLES, fem.head_radius)
+        acet = findings.acetabular_profile(plan, base_rho, m.acetabular_radius, spec.anatomy.joint_space_mm)
+        roof = _roof_polar_degrees(side, m.rim_angle_deg, pose.roll_deg)
+        js = findings.joint_space(rho, acet, roof) if rho is not None else None
+        hips[side] = HipScene(side, fem, hip, plan, rho, acet, roof, js)
+
+    anat = spec.anatomy
+    m_left = geo.hemipelvis["left"]["measures"]
+    keep = [tuple(_bbox_mm(hips[s].head_contour())) for s in annotated if hips[s].head_rho is not None]
+    focus = None
+    if spec.missing_reason == "collimated" or (spec.missing_reason is None and len(annotated) == 1):
+        side = next(iter(annotated))
+        focus = (float(hips[side].femur.head_centre[0]), anatomy.SIDE_SIGN[side])
+    marker_side = next(iter(annotated)) if focus is not None else None
+    acq = acq_mod.choose_acquisition(
+        spec.view, spec.detector, np.random.default_rng([spec.seed, 2]), anat.pelvis_width_mm,
+        m_left.crest_height, focus, keep, marker_side)
+    return Scene(spec, pose, geo, hips, acq)
+
+
+def _roof_polar_degrees(side: str, rim_angle: float, roll: float) -> tuple[float, float]:
+    """Image polar angles (deg, atan2(dy, dx)) of the roof from its medial end to the lateral rim."""
+    medial, lateral = -35.0, rim_angle  # measured from 'up' towards lateral
+    if anatomy.SIDE_SIGN[side] > 0:
+        ends = (medial - 90.0, lateral - 90.0)
+    else:
+        ends = (-90.0 - medial, -90.0 - lateral)
+    return ends[0] + roll, ends[1] + roll
+
+
+def _bbox_mm(pts: np.ndarray) -> tuple[float, float, float, float]:
+    return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+
+
+def radiograph_geometry(spec: RadiographSpec) -> dict[str, dict]:
+    """Projected landmarks per side (mm) for checks without image analysis."""
+    scene = build_scene(spec)
+    out = {}
+    for side, h in scene.hips.items():
+        f = h.femur
+        out[side] = {
+            "head_centre": f.head_centre.copy(),
+            "head_radius": f.head_radius,
+            "head_contour": h.head_contour() if h.head_rho is not None else None,
+            "shaft_angle_deg": f.shaft_angle_deg,
+            "neck_length_mm": f.neck_length_mm,
+            "trochanter_distance_mm": f.trochanter_distance_mm,
+            "joint_space_mm": h.joint_space_mm,
+            "acetabular_inclination_deg": anatomy.acetabular_inclination(scene.geometry.hemipelvis[side]["measures"]),
+            "teardrop": scene.geometry.hemipelvis[side]["teardrop"].copy(),
+            "landmarks": {k: v.copy() for k, v in f.landmarks.items()},
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- rasterisation
+
+
+@dataclass
+class Layers:
+    """Path-length maps (mm) on the working grid."""
+
+    cortical: np.ndarray
+    cancellous: np.ndarray
+    cement: np.ndarray
+    metal: np.ndarray
+    head_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _box_of_points(pts: np.ndarray, pad: float) -> tuple[float, float, float, float]:
+    return pts[:, 0].min() - pad, pts[:, 1].min() - pad, pts[:, 0].max() + pad, pts[:, 1].max() + pad
+
+
+def _sub(win, outer_win):
+    """``win`` expressed inside ``outer_win`` as slices (both are r0, r1, c0, c1)."""
+    return slice(win[0] - outer_win[0], win[1] - outer_win[0]), slice(win[2] - outer_win[2], win[3] - outer_win[2])
+
+
+def _intersect(a, b):
+    r0, r1, c0, c1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
+def _tube_into(tube: anatomy.Tube, grid: Grid, win, outer, inner, canc, additive_scale: float = 0.0):
+    """Chords of each tube segment, merged by max into (outer, inner, canc) of window ``win``.
+
+    With ``additive_scale`` > 0 the tube is a cortical line: its chord is summed into ``outer``.
+    """
+    pts, radii = tube.points, tube.radii
+    stretch = tube.stretch if tube.stretch is not None else np.ones(len(pts) - 1)
+    cortex = np.broadcast_to(np.asarray(tube.cortex, np.float32), (len(pts),))
+    density = np.broadcast_to(np.asarray(tube.density, np.float32), (len(pts),))
+    for i in range(len(pts) - 1):
+        a, b = pts[i], pts[i + 1]
+        ra, rb = float(radii[i]), float(radii[i + 1])
+        seg_win = grid.window(*_box_of_points(np.array([a, b]), max(ra, rb) + grid.spacing))
+        if seg_win is None:
+            continue
+        seg_win = _intersect(seg_win, win)
+        if seg_win is None:
+            continue
+        xs, ys = grid.coords(seg_win)
+        v = (b - a).astype(np.float32)
+        l2 = float(v @ v) or 1e-6
+        t = np.clip(((xs - a[0]) * v[0] + (ys - a[1]) * v[1]) / l2, 0.0, 1.0)
+        dx = xs - (a[0] + t * v[0])
+        dy = ys - (a[1] + t * v[1])
+        d2 = dx * dx + dy * dy
+        r = ra + t * (rb - ra)
+        k = 2.0 * float(stretch[i]) * tube.flat
+        o = k * np.sqrt(np.maximum(r * r - d2, 0.0))
+        rs, cs = _sub(seg_win, win)
+        if additive_scale:
+            # cortical lines: sum segments without double counting at the joints (max per line)
+            np.maximum(canc[rs, cs], o * additive_scale, out=canc[rs, cs])
+            continue
+        ri = np.maximum(r - (cortex[i] + t * (cortex[i + 1] - cortex[i])), 0.0)
+        inn = k * np.sqrt(np.maximum(ri * ri - d2, 0.0))
+        np.maximum(outer[rs, cs], o, out=outer[rs, cs])
+        np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
+        dens = density[i] + t * (density[i + 1] - density[i]) if density[i] != density[i + 1] else density[i]
+        np.maximum(canc[rs, cs], inn * dens, out=canc[rs, cs])
+
+
+def _slab_into(slab: anatomy.Slab, grid: Grid, win, outer, inner, canc):
+    """A flat bone: distance from its outline gives a rounded rim and a plate of constant thickness."""
+    sw = grid.window(*_box_of_points(slab.polygon, 2 * grid.spacing))
+    if sw is None:
+        return
+    sw = _intersect(sw, win)
+    if sw is None:
+        return
+    pad = 8
+    h, w = sw[1] - sw[0], sw[3] - sw[2]
+    mask = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
+    uv = grid.to_px(slab.polygon) - [sw[2] - pad, sw[0] - pad]
+    cv2.fillPoly(mask, [np.round(uv * 16 - 8).astype(np.int32)], 255, lineType=cv2.LINE_8, shift=4)
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)[pad:pad + h, pad:pad + w]
+    d = np.maximum(dist - 0.5, 0.0) * grid.spacing
+    t = slab.half_thickness
+    dc = np.minimum(d, t)
+    o = (2.0 * slab.flat) * np.sqrt(dc * (2 * t - dc))
+    ti = max(t - slab.cortex, 0.1)
+    di = np.clip(d - slab.cortex, 0.0, ti)
+    inn = (2.0 * slab.flat) * np.sqrt(di * (2 * ti - di))
+    rs, cs = _sub(sw, win)
+    np.maximum(outer[rs, cs], o, out=outer[rs, cs])
+    np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
+    np.maximum(canc[rs, cs], inn * slab.density, out=canc[rs, cs])
+
+
+def _polar(grid: Grid, win, centre) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = grid.coords(win)
+    dx, dy = xs - centre[0], ys - centre[1]
+    dist = np.sqrt(dx * dx + dy * dy)
+    deg = np.degrees(np.arctan2(dy, dx)).astype(np.int32) % findings.PROFILE_SAMPLES
+    return dist, deg
+
+
+def _head_into(h: HipScene, grid: Grid, win, outer, inner, canc):
+    """The femoral head: chords of a sphere whose radius follows the drawn contour."""
+    c = h.femur.head_centre
+    rmax = float(h.head_rho.max())
+    hw = grid.window(c[0] - rmax - 1, c[1] - rmax - 1, c[0] + rmax + 1, c[1] + rmax + 1)
+    hw = hw and _intersect(hw, win)
+    if hw is None:
+        return None
+    dist, deg = _polar(grid, hw, c)
+    rho = h.head_rho[deg].astype(np.float32)
+    o = 2.0 * np.sqrt(np.maximum(rho * rho - dist * dist, 0.0))
+    ri = rho - HEAD_CORTEX_MM
+    inn = 2.0 * np.sqrt(np.maximum(ri * ri - dist * dist, 0.0))
+    rs, cs = _sub(hw, win)
+    np.maximum(outer[rs, cs], o, out=outer[rs, cs])
+    np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
+    np.maximum(canc[rs, cs], inn * 0.7, out=canc[rs, cs])
+    return hw, (dist < rho)
+
+
+def _bone_window(bone: anatomy.Bone, grid: Grid, extra: list[np.ndarray] = ()):
+    boxes = [_box_of_points(t.points, float(t.radii.max())) for t in bone.tubes + bone.lines]
+    boxes += [_box_of_points(s.polygon, 1.0) for s in bone.slabs]
+    boxes += [_box_of_points(p, 1.0) for p in extra]
+    if not boxes:
+        return None
+    b = np.array(boxes)
+    return grid.window(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+
+
+def rasterise(scene: Scene, grid: Grid, rng: np.random.Generator) -> Layers:
+    shape = grid.shape
+    layers = Layers(*(np.zeros(shape, np.float32) for _ in range(4)))
+    femur_of = {f"femur_{s}": h for s, h in scene.hips.items()}
+    hip_of = {f"hip_{s}": h for s, h in scene.hips.items()}
+    for bone in scene.geometry.bones:
+        hip = femur_of.get(bone.name)
+        socket = hip_of.get(bone.name)
+        extra = []
+        if hip is not None and hip.head_rho is not None:
+            extra.append(hip.head_contour())
+        win = _bone_window(bone, grid, extra)
+        if win is None:
+            continue
+        h, w = win[1] - win[0], win[3] - win[2]
+        outer, inner, canc = (np.zeros((h, w), np.float32) for _ in range(3))
+        for tube in bone.tubes:
+            _tube_into(tube, grid, win, outer, inner, canc)
+        for slab in bone.slabs:
+            if not slab.keep_in_socket:
+                _slab_into(slab, grid, win, outer, inner, canc)
+        if socket is not None:
+            _cut_socket(socket, grid, win, outer, inner, canc)
+            for slab in bone.slabs:
+                if slab.keep_in_socket:
+                    _slab_into(slab, grid, win, outer, inner, canc)
+        head_hit = None
+        if hip is not None and hip.head_rho is not None:
+            head_hit = _head_into(hip, grid, win, outer, inner, canc)
+        for hole in bone.holes:
+            _hole_into(hole, grid, win, canc, outer)
+        rs, cs = slice(win[0], win[1]), slice(win[2], win[3])
+        if bone.material == "metal":
+            layers.metal[rs, cs] += outer
+            continue
+        if bone.material == "cement":
+            layers.cement[rs, cs] += outer
+            continue
+        layers.cortical[rs, cs] += np.maximum(outer - inner, 0.0)
+        layers.cancellous[rs, cs] += canc
+        _lines_into(bone.lines, grid, win, layers)
+        if hip is not None:
+            _trabecular_groups(hip.femur.groups, grid, layers, rng)
+            if head_hit is not None:
+                _lesions_into(hip, grid, head_hit, layers)
+        if socket is not None:
+            _sourcil_into(socket, grid, layers)
+    _osteophytes_into(scene, grid, layers)
+    np.maximum(layers.cancellous, 0.0, out=layers.cancellous)
+    return layers
+
+
+def _cut_socket(h: HipScene, grid: Grid, win, outer, inner, canc):
+    """Hollow the acetabular socket out of the hip bone under the roof and the medial fossa.
+
+    Only that sector is cut: lower down, the walls, the pubis and the ischium lie in front of and
+    behind the head and overlap it on the film. The socket surface is drawn as the sourcil.
+    """
+    c = h.femur.head_centre
+    rmax = float(h.acet_rho.max()) + 1
+    sw = grid.window(c[0] - rmax, c[1] - rmax, c[0] + rmax, c[1] + rmax)
+    sw = sw and _intersect(sw, win)
+    if sw is None:
+        return
+    dist, deg = _polar(grid, sw, c)
+    sector = _socket_sector(h)
+    cut = np.clip((h.acet_rho[deg] - dist) / grid.spacing + 0.5, 0.0, 1.0) * sector[deg]
+    keep = (1.0 - cut).astype(np.float32)
+    rs, cs = _sub(sw, win)
+    for arr in (outer, inner, canc):
+        arr[rs, cs] *= keep
+
+
+def _socket_sector(h: HipScene) -> np.ndarray:
+    """Weight (per image polar degree) of the socket that shows as a gap: roof plus medial fossa."""
+    medial, lateral = h.roof_deg
+    toward_medial = 1.0 if medial > lateral else -1.0  # direction of increasing angle medially
+    deg = np.arange(findings.PROFILE_SAMPLES, dtype=np.float64)
+    lo, hi = sorted((lateral - toward_medial * 4.0, medial + toward_medial * 30.0))
+    mid = 0.5 * (lo + hi)
+    off = np.abs((deg - mid + 180.0) % 360.0 - 180.0) - 0.5 * (hi - lo)
+    return np.clip(1.0 - off / 15.0, 0.0, 1.0).astype(np.float32)
+
+
+def _hole_into(hole: anatomy.Hole, grid: Grid, win, canc, outer):
+    c, r = hole.centre, hole.radius
+    hw = grid.window(c[0] - r - 2, c[1] - r - 2, c[0] + r + 2, c[1] + r + 2)
+    hw = hw and _intersect(hw, win)
+    if hw is None:
+        return
+    dist, _ = _polar(grid, hw, c)
+    chord = 2.0 * np.sqrt(np.maximum(r * r - dist * dist, 0.0))
+    rs, cs = _sub(hw, win)
+    canc[rs, cs] = np.maximum(canc[rs, cs] - 0.4 * chord, 0.0)
+    if hole.rim:
+        rim = np.exp(-(((dist - r) / 0.6) ** 2)) * (hole.rim * 2.0)
+        outer[rs, cs] += rim.astype(np.float32)
+
+
+def _lines_into(lines: list[anatomy.Tube], grid: Grid, win, layers: Layers):
+    for line in lines:
+        lw = _bone_window(anatomy.Bone("line", lines=[line]), grid)
+        if lw is None:
+            continue
+        h, w = lw[1] - lw[0], lw[3] - lw[2]
+        acc = np.zeros((h, w), np.float32)
+        _tube_into(line, grid, lw, None, None, acc, additive_scale=float(np.max(line.density)))
+        layers.cortical[lw[0]:lw[1], lw[2]:lw[3]] += acc
+
+
+def _trabecular_groups(groups: list[anatomy.Tube], grid: Grid, layers: Layers, rng: np.random.Generator):
+    """Principal compressive/tensile trabeculae: denser bands with streaks along their course."""
+    for g in groups:
+        gw = _bone_window(anatomy.Bone("g", tubes=[g]), grid)
+        if gw is None:
+            continue
+        h, w = gw[1] - gw[0], gw[3] - gw[2]
+        acc = np.zeros((h, w), np.float32)
+        _tube_into(g, grid, gw, np.zeros_like(acc), np.zeros_like(acc), acc)
+        axis = g.points[-1] - g.points[0]
+        streak = _streaks((h, w), math.degrees(math.atan2(axis[1], axis[0])), grid.spacing, rng)
+        layers.cancellous[gw[0]:gw[1], gw[2]:gw[3]] += acc * streak
+
+
+def _streaks(shape, angle_deg, spacing, rng) -> np.ndarray:
+    """Oriented trabecular streaks (mean ~1) along ``angle_deg`` (image polar angle)."""
+    h, w = shape
+    s = int(math.ceil(math.hypot(h, w))) + 4
+    noise = acq_mod.gaussian_noise(rng, (s, s))
+    noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=2.2 / spacing, sigmaY=0.35 / spacing)
+    rot = cv2.getRotationMatrix2D((s / 2, s / 2), -angle_deg, 1.0)
+    rot[0, 2] -= (s - w) / 2
+    rot[1, 2] -= (s - h) / 2
+    out = cv2.warpAffine(noise, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    out /= float(out.std()) + 1e-6
+    return np.maximum(1.0 + 0.3 * out, 0.0)
+
+
+def _lesions_into(h: HipScene, grid: Grid, head_hit, layers: Layers):
+    hw, inside = head_hit
+    layers.head_masks[h.side] = (hw, inside)
+    if h.plan is None or h.plan.stage == "absence":
+        return
+    xs, ys = grid.coords(hw)
+    d_canc, d_cort = findings.draw_lesions(h.plan, h.femur.head_centre, h.femur.head_radius, h.femur.head_frame,
+                                           h.head_rho, xs, ys)
+    layers.cancellous[hw[0]:hw[1], hw[2]:hw[3]] += d_canc
+    layers.cortical[hw[0]:hw[1], hw[2]:hw[3]] += d_cort
+
+
+def _sourcil_into(h: HipScene, grid: Grid, layers: Layers):
+    """The sclerotic roof line following the socket surface, thickest where weight is borne."""
+    a0, a1 = h.roof_deg
+    angles = np.linspace(a0, a1, 24)
+    idx = np.round(angles).astype(int) % findings.PROFILE_SAMPLES
+    t = np.linspace(0, 1, len(angles))
+    width = 0.5 + 1.4 * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) ** 0.7
+    dens = 1.8
+    if h.plan is not None and h.plan.acetabulum is not None:
+        width *= 1.0 + 0.25 * h.plan.acetabulum["sclerosis"]
+    rad = h.acet_rho[idx] + width * 0.9
+    c = h.femur.head_centre
+    pts = np.column_stack([c[0] + rad * np.cos(np.radians(angles)), c[1] + rad * np.sin(np.radians(angles))])
+    line = anatomy.Tube(pts, width, 0.0, density=dens, stretch=np.ones(len(pts) - 1), additive=True)
+    _lines_into([line], grid, None, layers)
+    if h.plan is not None and h.plan.acetabulum is not None and h.plan.acetabulum["cysts"]:
+        rng = np.random.default_rng(h.plan.acetabulum["cyst_seed"])
+        for _ in range(h.plan.acetabulum["cysts"]):
+            a = math.radians(rng.uniform(min(a0, a1) + 10, max(a0, a1) - 10))
+            i = int(round(math.degrees(a))) % findings.PROFILE_SAMPLES
+            rr = h.acet_rho[i] + rng.uniform(4, 7)
+            ctr = c + rr * np.array([math.cos(a), math.sin(a)])
+            hole = anatomy.Hole(ctr, float(rng.uniform(2.0, 3.5)), rim=0.8)
+            win = (0, grid.shape[0], 0, grid.shape[1])
+            _hole_into(hole, grid, win, layers.cancellous, layers.cortical)
+
+
+def _osteophytes_into(scene: Scene, grid: Grid, layers: Layers):
+    for side, h in scene.hips.items():
+        if h.plan is None or not h.plan.osteophytes or h.head_rho is None:
+            continue
+        lm = scene.geometry.hemipelvis[side]
+        neck = h.femur.landmarks["neck_base"] - h.femur.head_centre
+        rim = lm["acetabulum_centre"] + (lm["lateral_rim"] - lm["acetabulum_centre"]) * 1.02
+        for _, pts, radii in findings.osteophyte_spurs(h.plan, h.femur.head_centre, h.head_rho,
+                                                       anatomy.SIDE_SIGN[side], rim, neck):
+            spur = anatomy.Tube(pts, radii, 0.8, density=0.8, stretch=np.ones(len(pts) - 1))
+            win = _bone_window(anatomy.Bone("spur", tubes=[spur]), grid)
+            if win is None:
+                continue
+            hh, ww = win[1] - win[0], win[3] - win[2]
+            outer, inner, canc = (np.zeros((hh, ww), np.float32) for _ in range(3))
+            _tube_into(spur, grid, win, outer, inner, canc)
+            layers.cortical[win[0]:win[1], win[2]:win[3]] += outer - inner
+            layers.cancellous[win[0]:win[1], win[2]:win[3]] += canc
+
+
+def trabecular_texture(shape, spacing, rng) -> np.ndarray:
+    """Isotropic band-pass noise (~1-3 mm) with mean 1: the trabecular network of cancellous bone."""
+    noise = acq_mod.gaussian_noise(rng, shape)
+    fine = cv2.GaussianBlur(noise, (0, 0), 0.55)
+    coarse = cv2.GaussianBlur(fine, (0, 0), 0.8 / spacing)
+    band = fine - coarse
+    band *= 1.0 / (float(band[::4, ::4].std()) + 1e-6)
+    return np.maximum(1.0 + 0.16 * band, 0.0)
+
+
+# --------------------------------------------------------------------------- soft tissue geometry
+
+
+def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
+    """Trunk and thigh polygons (mm), half depth, fat thickness and soft-tissue details."""
+    anat = scene.spec.anatomy
+    geo = scene.geometry
+    st = anat.soft_tissue
+    fat = 8.0 + 38.0 * st
+    x0, y0, w, h = scene.acquisition.field
+    top = y0 - 60
+    parts = []
+    trunk_l, trunk_r = [], []
+    for side, sink in (("right", trunk_l), ("left", trunk_r)):
+        lm = geo.hemipelvis[side]
+        f = geo.femurs[side]
+        sgn = anatomy.SIDE_SIGN[side]
+        crest_x = abs(lm["crest_lateral"][0])
+        gt_x = abs(f.landmarks["greater_trochanter"][0]) if scene.spec.view == "AP" else abs(f.head_centre[0]) + 35
+        fold = lm["ischial_tuberosity"][1] + (45 if scene.spec.view == "AP" else 110)
+        inner_x = max(abs(f.landmarks["shaft_distal"][0]) - 25.0 - 30.0 * st, 8.0)
+        pts = [(crest_x + fat + 14, top), (crest_x + fat + 8, lm["crest_lateral"][1]),
+               (max(gt_x + 30 + fat, crest_x + fat + 12), 5.0), (gt_x + 22 + fat, fold),
+               (inner_x, y0 + h + 80)]  # perineum and the medial thighs down to the film's edge
+        sink.extend((sgn * x, y) for x, y in pts)
+        # thigh: a band along the projected femoral shaft
+        a = f.landmarks["neck_base"]
+        b = f.landmarks["shaft_distal"]
+        d = (b - a) / np.linalg.norm(b - a)
+        n = np.array([-d[1], d[0]])
+        half = 62.0 + 42.0 * st
+        p0, p1 = a - d * 20, a + d * 500
+        parts.append(np.array([p0 + n * half, p1 + n * half, p1 - n * half, p0 - n * half]))
+    trunk = np.array(trunk_l + trunk_r[::-1])
+    parts.insert(0, trunk)
+    half_depth = 95.0 + 60.0 * st
+
+    tdl, tdr = geo.hemipelvis["right"]["teardrop"], geo.hemipelvis["left"]["teardrop"]
+    hc = geo.hemipelvis["left"]["measures"].crest_height
+    planes = []
+    for side in ("right", "left"):
+        lm = geo.hemipelvis[side]
+        c = lm["acetabulum_centre"]
+        s = anatomy.SIDE_SIGN[side]
+        td = lm["teardrop"]
+        planes.append(np.array([c + (s * 30, -58), c + (s * 47, -18), c + (s * 54, 25), c + (s * 50, 75)]))
+        planes.append(np.array([c + (s * -22, -50), c + (s * -32, -5), c + (s * -26, 45),
+                                scene.geometry.femurs[side].landmarks["lesser_trochanter"]]))
+        planes.append(np.array([td + (s * -11, -30), td + (s * -14, 10), td + (s * -9, 40)]))
+    mid = 0.5 * (tdl + tdr)
+    bladder = [(mid[0], mid[1] - 0.16 * hc, 40.0 + 8 * st, 28.0)]
+    pw = anat.pelvis_width_mm
+    gas = [(mid[0] - 0.23 * pw, -0.62 * hc, 22, 18, 5, 16.0), (mid[0] + 0.24 * pw, -0.7 * hc, 25, 16, 4, 14.0),
+           (mid[0], -0.42 * hc, 14, 22, 3, 11.0), (mid[0] - 0.2 * pw, -0.55 * hc, 20, 18, 14, 3.5),
+           (mid[0] + 0.05 * pw, -0.3 * hc, 14, 15, 10, 3.0)]
+    return parts, half_depth, fat, {"fat_planes": planes, "bladder": bladder, "gas_regions": gas}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def output_grid(acq: Acquisition, scale: float) -> tuple[tuple[int, int], float]:
+    rows, cols = acq.size_px
+    out_rows, out_cols = max(int(round(rows * scale)), 16), max(int(round(cols * scale)), 16)
+    return (out_rows, out_cols), acq.field[2] / out_cols
+
+
+def working_grid(acq: Acquisition, out_spacing: float) -> Grid:
+    x0, y0, w, h = acq.field
+    spacing = max(WORK_SPACING_MM, out_spacing)
+    cols, rows = max(int(round(w / spacing)), 8), max(int(round(h / spacing)), 8)
+    return Grid(x0, y0, w / cols, h / rows, (rows, cols))
+
+
+def render_layers(spec: RadiographSpec, scale: float = 1.0):
+    """Scene, working grid and attenuation layers (for tests and inspection)."""
+    cv2.setNumThreads(1)  # single-threaded cv2: same pixels in any process
+    scene = build_scene(spec)
+    out_shape, out_spacing = output_grid(scene.acquisition, scale)
+    grid = working_grid(scene.acquisition, out_spacing)
+    layers = rasterise(scene, grid, np.random.default_rng([spec.seed, 3]))
+    return scene, grid, layers, out_shape, out_spacing
+
+
+def render_radiograph(spec: RadiographSpec, scale: float = 1.0) -> RenderedRadiograph:
+    """Pixels (uint16, bone bright) and ground truth of one radiograph.
+
+    ``scale`` < 1 renders a proportionally smaller image (pixel spacing grows by 1/scale).
+    """
+    scene, grid, layers, out_shape, out_spacing = render_layers(spec, scale)
+    acq = scene.acquisition
+    texture = trabecular_texture(grid.shape, grid.spacing, np.random.default_rng([spec.seed, 4]))
+    a_bone = MU_CORTEX * layers.cortical + (MU_CANCELLOUS * layers.cancellous) * texture
+    a_bone += MU_CEMENT * layers.cement
+    a_metal = MU_METAL * layers.metal
+    parts, half_depth, fat, details = body_outline(scene)
+    a_soft = acq_mod.soft_tissue(grid, parts, half_depth, fat, details, np.random.default_rng([spec.seed, 5]))
+    pixels = acq_mod.detect(a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing,
+                            np.random.default_rng([spec.seed, 6]))
+    heads = []
+    x0, y0 = acq.field[0], acq.field[1]
+    for hip in spec.hips:
+        h = scene.hips[hip.side]
+        if h.head_rho is None:
+            continue
+        bx0, by0, bx1, by1 = _bbox_mm(h.head_contour())
+        u0, v0 = (bx0 - x0) / out_spacing, (by0 - y0) / out_spacing
+        u1, v1 = (bx1 - x0) / out_spacing, (by1 - y0) / out_spacing
+        u0, v0 = max(u0, 0.0), max(v0, 0.0)
+        u1, v1 = min(u1, float(out_shape[1])), min(v1, float(out_shape[0]))
+        plan = h.plan
+        heads.append(RenderedHead(
+            side=hip.side, stage=hip.stage, bbox=(float(u0), float(v0), float(u1 - u0), float(v1 - v0)),
+            notes=plan.notes if plan else (), findings=plan.findings if plan else (), typical=hip.typical))
+    return RenderedRadiograph(pixels=pixels, bits_stored=acq.bits_stored, pixel_spacing_mm=out_spacing,
+                              heads=heads, marker=acq.marker)

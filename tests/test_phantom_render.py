@@ -1,0 +1,201 @@
+"""The phantom renderer: ground truth matches the pixels, notes follow findings, views differ as
+specified, proportions hold, and rendering is deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from avn.phantom.findings import notes_from_findings, plan_findings
+from avn.phantom.render import radiograph_geometry, render_layers, render_radiograph
+from avn.phantom.specs import HipSpec, RadiographSpec, SubjectAnatomy
+from avn.vocabulary import STAGES, image_half_of_side, notes_of_stage
+
+SMALL = 0.25
+
+
+def anatomy(seed: int = 7, **kw) -> SubjectAnatomy:
+    values = dict(sex="F", head_diameter_mm=48.0, head_asymmetry_mm=0.6, neck_shaft_angle_deg=130.0,
+                  acetabular_inclination_deg=40.0, joint_space_mm=4.0, pelvis_width_mm=290.0,
+                  inter_teardrop_mm=120.0, shaft_cortex_mm=5.5, soft_tissue=0.4, anatomy_seed=seed)
+    values.update(kw)
+    return SubjectAnatomy(**values)
+
+
+def spec(view="AP", right="II", left="IV", severity=1.0, seed=5, missing=None, hips=None, anat=None,
+         detector="DX") -> RadiographSpec:
+    if hips is None:
+        hips = (HipSpec("right", right, severity, True, 101), HipSpec("left", left, severity, False, 202))
+    return RadiographSpec(1, "s-1", view, anat or anatomy(), hips, missing, detector, seed)
+
+
+# --------------------------------------------------------------------------- pixels and ground truth
+
+
+def test_full_size_output_dtype_range_and_bits():
+    r = render_radiograph(spec(seed=11))
+    assert r.pixels.dtype == np.uint16
+    assert 12 <= r.bits_stored <= 16
+    assert int(r.pixels.max()) <= (1 << r.bits_stored) - 1
+    assert 2000 <= r.height <= 3000 and 2000 <= r.width <= 3000
+    assert 0.1 <= r.pixel_spacing_mm <= 0.2 + 1e-9
+    assert r.marker in ("L", "R")
+
+
+@pytest.mark.parametrize("view", ["AP", "FL"])
+def test_boxes_inside_image_and_on_the_correct_side(view):
+    r = render_radiograph(spec(view=view), scale=SMALL)
+    assert {h.side for h in r.heads} == {"right", "left"}
+    for h in r.heads:
+        x, y, w, hgt = h.bbox
+        assert 0 <= x and 0 <= y and x + w <= r.width and y + hgt <= r.height
+        # FH diameter 43-53 mm (deformed heads a little more or less)
+        assert 38 <= w * r.pixel_spacing_mm <= 60
+        centre_half = "image-left" if x + w / 2 < r.width / 2 else "image-right"
+        assert centre_half == image_half_of_side(h.side)
+
+
+def test_box_tightly_encloses_the_drawn_head_and_is_bone():
+    s = spec()
+    scene, grid, layers, out_shape, out_spacing = render_layers(s, SMALL)
+    r = render_radiograph(s, SMALL)
+    for head in r.heads:
+        win, inside = layers.head_masks[head.side]
+        rows, cols = np.nonzero(inside)
+        # drawn head pixels (working grid) -> output pixel coordinates
+        u = (grid.x0 + (cols + win[2] + 0.5) * grid.hx - scene.acquisition.field[0]) / out_spacing
+        v = (grid.y0 + (rows + win[0] + 0.5) * grid.hy - scene.acquisition.field[1]) / out_spacing
+        x, y, w, h = head.bbox
+        tol = 1.0
+        assert u.min() >= x - tol and u.max() <= x + w + tol
+        assert v.min() >= y - tol and v.max() <= y + h + tol
+        # tight: the drawn head reaches every side of the box
+        assert u.min() <= x + 2 and u.max() >= x + w - 2 and v.min() <= y + 2 and v.max() >= y + h - 2
+        # the boxed region is bone: brighter than the image as a whole, centre brighter than soft tissue
+        box = r.pixels[int(y):int(y + h), int(x):int(x + w)].astype(float)
+        assert box.mean() > np.median(r.pixels)
+    # cortex brighter than medulla: across the femoral shaft the edges beat the middle
+    fem = scene.hips["left"].femur
+    p = (fem.landmarks["shaft_top"] + fem.landmarks["shaft_distal"]) / 2
+    row = int((p[1] - scene.acquisition.field[1]) / out_spacing)
+    col = int((p[0] - scene.acquisition.field[0]) / out_spacing)
+    profile = r.pixels[row - 2:row + 3, col - 60:col + 61].mean(axis=0)
+    assert profile.max() > profile[55:66].mean()
+
+
+# --------------------------------------------------------------------------- notes and findings
+
+
+II_MAP = dict(zip(("sclerosis", "cyst", "crescent"), notes_of_stage("II")))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notes_follow_the_findings_drawn(stage):
+    for seed in range(12):
+        plan = plan_findings(HipSpec("left", stage, 1.0, True, 1000 + seed))
+        notes, drawn = plan.notes, set(plan.findings)
+        assert set(notes) <= set(notes_of_stage(stage))
+        if stage == "absence":
+            assert notes == () and drawn == set()
+        elif stage == "II":
+            assert notes and set(notes) == {II_MAP[f] for f in drawn if f in II_MAP}
+            assert not drawn & {"flattening", "collapse", "deformation"}  # contour intact
+        elif stage == "III":
+            flat, deform, both = notes_of_stage("III")
+            has_flat = bool(drawn & {"flattening", "collapse"})
+            expected = both if has_flat and "deformation" in drawn else flat if has_flat else deform
+            assert notes == (expected,)
+        else:
+            acet, jsn = notes_of_stage("IV")
+            assert notes and ((acet in notes) == ("acetabular_deformation" in drawn))
+            assert (jsn in notes) == ("joint_space_narrowing" in drawn)
+            assert "osteophyte" in drawn and "deformation" in drawn
+    assert notes_from_findings("II", ("flattening",)) == ()
+
+
+def test_rendered_heads_report_the_plans_notes():
+    r = render_radiograph(spec(right="III", left="II"), scale=SMALL)
+    for head in r.heads:
+        hip = next(h for h in spec(right="III", left="II").hips if h.side == head.side)
+        plan = plan_findings(hip)
+        assert head.notes == plan.notes and head.findings == plan.findings and head.stage == hip.stage
+
+
+def test_lesion_layout_is_shared_by_the_ap_and_fl_radiographs_of_a_hip():
+    ap = render_radiograph(spec(view="AP", seed=1), scale=SMALL)
+    fl = render_radiograph(spec(view="FL", seed=2), scale=SMALL)
+    assert [(h.side, h.findings, h.notes) for h in ap.heads] == [(h.side, h.findings, h.notes) for h in fl.heads]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_frog_leg_abducts_the_shaft_and_foreshortens_the_neck():
+    for seed in (1, 2, 3):
+        ap = radiograph_geometry(spec(view="AP", seed=seed))
+        fl = radiograph_geometry(spec(view="FL", seed=seed + 10))
+        for side in ("right", "left"):
+            assert abs(ap[side]["shaft_angle_deg"]) < 15
+            assert 35 <= fl[side]["shaft_angle_deg"] <= 60
+            assert fl[side]["trochanter_distance_mm"] < 0.85 * ap[side]["trochanter_distance_mm"]
+            assert fl[side]["neck_length_mm"] < ap[side]["neck_length_mm"]
+
+
+def test_joint_space_narrowed_in_stage_iv_normal_when_absent():
+    g = radiograph_geometry(spec(right="absence", left="IV", severity=1.0))
+    assert 3.0 <= g["right"]["joint_space_mm"] <= 5.0
+    assert g["left"]["joint_space_mm"] < 2.0
+
+
+def test_adult_proportions():
+    a = anatomy(acetabular_inclination_deg=38.0, inter_teardrop_mm=118.0)
+    g = radiograph_geometry(spec(anat=a, right="absence", left="absence"))
+    for side in ("right", "left"):
+        assert abs(g[side]["acetabular_inclination_deg"] - 38.0) < 0.5
+        assert 43 <= 2 * g[side]["head_radius"] <= 53
+    itd = abs(g["left"]["teardrop"][0] - g["right"]["teardrop"][0])
+    assert 105 <= itd <= 130
+
+
+# --------------------------------------------------------------------------- missing heads
+
+
+def test_prosthesis_side_has_metal_and_no_head():
+    s = spec(hips=(HipSpec("left", "III", 1.0, True, 5),), missing="prosthesis")
+    r = render_radiograph(s, scale=SMALL)
+    assert [h.side for h in r.heads] == ["left"]
+    g = radiograph_geometry(s)
+    assert g["right"]["head_contour"] is None
+    scene, grid, layers, _, _ = render_layers(s, SMALL)
+    metal_cols = np.nonzero(layers.metal.max(axis=0) > 0)[0]
+    assert metal_cols.size and metal_cols.mean() < grid.shape[1] / 2  # the patient's right: image left
+
+
+def test_collimated_field_shows_only_the_annotated_hip():
+    s = spec(hips=(HipSpec("right", "II", 1.0, True, 5),), missing="collimated")
+    r = render_radiograph(s, scale=SMALL)
+    assert [h.side for h in r.heads] == ["right"]
+    scene, grid, _, _, _ = render_layers(s, SMALL)
+    x0, y0, w, h = scene.acquisition.field
+    other = scene.hips["left"].femur
+    assert other.head_centre[0] - other.head_radius > x0 + w  # the other head is off the detector
+    assert r.marker == "R"
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _digest(s: RadiographSpec) -> str:
+    return hashlib.sha256(render_radiograph(s, scale=SMALL).pixels.tobytes()).hexdigest()
+
+
+def test_same_spec_same_pixels_in_any_process_and_seed_changes_them():
+    s = spec(seed=42)
+    first = _digest(s)
+    assert first == _digest(s)
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_digest, (s,)) == first
+    assert _digest(spec(seed=43)) != first
