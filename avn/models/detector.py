@@ -1,0 +1,206 @@
+"""The femoral-head detector (SPEC §2.1): a torchvision SSD with two classes, FH and background.
+
+:class:`FemoralHeadDetector` owns the geometry between a full radiograph (any size, typically
+2000–3000 px) and the detector's small square input, so that callers only ever see boxes in the
+original image's pixel coordinates. Training uses the same :func:`prepare_detector_input` and
+:func:`boxes_to_input` so that the model sees identical inputs in training and serving.
+
+Input geometry — letterbox, anchored at the top-left corner: the image is scaled by
+``S / max(H, W)`` (aspect ratio kept, so a femoral head stays round whatever the
+radiograph's shape), placed at (0, 0) of an S×S black canvas and replicated to 3 channels.
+Mapping back divides by the scale (per axis, so the rounding of the shorter side stays exact).
+Normalisation to [-1, 1] happens inside the torchvision model's transform (mean 0.5, std 0.5 for
+both backbones: ImageNet statistics mean nothing to weights trained from scratch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import detection
+
+DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
+DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
+DETECTOR_LABELS: tuple[str, ...] = ("background", "FH")  # SSD class 0 is background by convention
+FH_CLASS = 1
+
+# Post-processing defaults: a radiograph holds at most two heads; a few extra candidates leave the
+# gateway room to recover from one false positive ranked above a true head.
+DEFAULT_TOP_K = 4
+DEFAULT_MIN_SCORE = 0.3
+DEFAULT_NMS_IOU = 0.3  # two heads never overlap, so overlapping candidates are duplicates
+MIN_BOX_SIDE = 1.0  # original pixels
+
+
+class UnknownBackboneError(ValueError):
+    """A backbone name that is not one of :data:`DETECTOR_BACKBONES`."""
+
+
+class ImageShapeError(ValueError):
+    """A radiograph that is not a non-empty 2-D grey image."""
+
+
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """How an original (height, width) image maps onto the detector's S×S input."""
+
+    original_height: int
+    original_width: int
+    input_size: int
+    # Input pixels per original pixel along x and y: equal up to the rounding of the shorter side,
+    # kept apart so that the mapping is exact.
+    scale_x: float
+    scale_y: float
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.original_height, self.original_width
+
+
+    @property
+    def scaled_size(self) -> tuple[int, int]:
+        """(height, width) of the image content on the input canvas."""
+        return round(self.original_height * self.scale_y), round(self.original_width * self.scale_x)
+
+    def box_factors(self) -> torch.Tensor:
+        """(sx, sy, sx, sy): multiplies xyxy boxes from original into input coordinates."""
+        return torch.tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y], dtype=torch.float32)
+
+
+def letterbox_geometry(height: int, width: int, input_size: int) -> LetterboxGeometry:
+    """Scale factors that fit the longer image side into ``input_size``, keeping the aspect ratio."""
+    if height <= 0 or width <= 0:
+        raise ImageShapeError(f"empty image of size {height}x{width}")
+    scale = input_size / max(height, width)
+    scaled_height = max(1, min(input_size, round(height * scale)))
+    scaled_width = max(1, min(input_size, round(width * scale)))
+    return LetterboxGeometry(height, width, input_size, scaled_width / width, scaled_height / height)
+
+
+def prepare_detector_input(
+    image: np.ndarray | torch.Tensor, input_size: int = DETECTOR_INPUT_SIZES[DETECTOR_BACKBONES[0]]
+) -> tuple[torch.Tensor, LetterboxGeometry]:
+    """A grey (H, W) radiograph in [0, 1] as the detector's (3, S, S) float tensor, plus its geometry."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 2 or 0 in array.shape:
+        raise ImageShapeError(f"expected a grey image shaped (H, W), got {array.shape}")
+    geometry = letterbox_geometry(array.shape[0], array.shape[1], input_size)
+    scaled_height, scaled_width = geometry.scaled_size
+    # INTER_AREA averages the pixels it drops: no aliasing of noise and trabecular texture.
+    resized = cv2.resize(array.astype(np.float32, copy=False), (scaled_width, scaled_height), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((input_size, input_size), dtype=np.float32)
+    canvas[:scaled_height, :scaled_width] = resized
+    return torch.from_numpy(canvas).unsqueeze(0).expand(3, -1, -1).contiguous(), geometry
+
+
+def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
+    """Boxes (K, 4) in original pixel coordinates → detector-input coordinates (training targets)."""
+    return torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * geometry.box_factors()
+
+
+def boxes_to_original(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
+    """Boxes (K, 4) in detector-input coordinates → original pixel coordinates, clipped to the image."""
+    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) / geometry.box_factors()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, geometry.original_width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, geometry.original_height)
+    return boxes
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Femoral-head candidates of one radiograph, best first, in its own pixel coordinates."""
+
+    boxes: np.ndarray  # (K, 4) float32 xyxy
+    scores: np.ndarray  # (K,) float32
+
+
+class FemoralHeadDetector(nn.Module):
+    """Any-size grey radiograph in, femoral-head boxes in original coordinates out.
+
+    ``model`` is the torchvision SSD: in train mode it takes (images, targets) built with
+    :func:`prepare_detector_input` / :func:`boxes_to_input` and returns its loss dict
+    (``bbox_regression``: smooth-L1 over matched boxes, ``classification``: confidence loss with
+    hard-negative mining, both divided by the number of matched boxes).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        model: nn.Module,
+        top_k: int = DEFAULT_TOP_K,
+        min_score: float = DEFAULT_MIN_SCORE,
+        nms_iou: float = DEFAULT_NMS_IOU,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.input_size = DETECTOR_INPUT_SIZES[backbone]
+        self.labels = DETECTOR_LABELS
+        self.model = model
+        self.configure_postprocessing(top_k=top_k, min_score=min_score, nms_iou=nms_iou)
+
+    def configure_postprocessing(self, top_k: int, min_score: float, nms_iou: float) -> None:
+        """Thresholds of the SSD's own post-processing (score filter, NMS, top-k)."""
+        if top_k < 1 or not 0.0 <= min_score < 1.0 or not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"invalid post-processing top_k={top_k}, min_score={min_score}, nms_iou={nms_iou}")
+        self.top_k, self.min_score, self.nms_iou = top_k, min_score, nms_iou
+        self.model.score_thresh = min_score
+        self.model.nms_thresh = nms_iou
+        self.model.detections_per_img = top_k
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The arguments that rebuild this detector with :func:`build_detector`."""
+        return {"backbone": self.backbone_name, "top_k": self.top_k, "min_score": self.min_score, "nms_iou": self.nms_iou}
+
+    def prepare(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, LetterboxGeometry]:
+        return prepare_detector_input(image, self.input_size)
+
+    def forward(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[Detection]:
+        """Detect heads on each (H, W) [0, 1] radiograph in one batched pass (call in eval mode)."""
+        if self.model.training:
+            raise RuntimeError("FemoralHeadDetector.forward is inference; train through detector.model")
+        if not len(images):
+            return []
+        prepared = [self.prepare(image) for image in images]
+        device = next(self.model.parameters()).device
+        outputs = self.model([tensor.to(device) for tensor, _ in prepared])
+        return [self._to_detection(output, geometry) for output, (_, geometry) in zip(outputs, prepared)]
+
+    def _to_detection(self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry) -> Detection:
+        is_head = output["labels"] == FH_CLASS
+        boxes = boxes_to_original(output["boxes"][is_head].detach().cpu(), geometry)
+        scores = output["scores"][is_head].detach().cpu()
+        # A box on the black letterbox padding clips to nothing inside the image: no head there.
+        inside = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        boxes, scores = boxes[inside], scores[inside]
+        return Detection(boxes=boxes.numpy().astype(np.float32), scores=scores.numpy().astype(np.float32))
+
+    @torch.no_grad()
+    def detect(self, image: np.ndarray | torch.Tensor) -> Detection:
+        """Convenience for one radiograph."""
+        return self([image])[0]
+
+
+def build_detector(
+    backbone: str = DETECTOR_BACKBONES[0],
+    top_k: int = DEFAULT_TOP_K,
+    min_score: float = DEFAULT_MIN_SCORE,
+    nms_iou: float = DEFAULT_NMS_IOU,
+) -> FemoralHeadDetector:
+    """A randomly initialised two-class SSD (nothing can be downloaded here, so no pretrained weights)."""
+    if backbone not in DETECTOR_BACKBONES:
+        raise UnknownBackboneError(f"unknown detector backbone {backbone!r}; expected one of {DETECTOR_BACKBONES}")
+    factory = getattr(detection, backbone)
+    model = factory(
+        weights=None,
+        weights_backbone=None,
+        num_classes=len(DETECTOR_LABELS),
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return FemoralHeadDetector(backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou)

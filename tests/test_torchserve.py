@@ -1,0 +1,189 @@
+"""The five archives served by a real TorchServe on loopback: readiness, batched requests, shapes
+and labels, staging CAMs, detection coordinates, and bad bodies answered with a clear error.
+
+One server for the whole module (session fixture); it runs on free loopback ports with token
+authorisation disabled — allowed on loopback only — and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from avn.models import CLASSIFIER_TASKS, TASKS, build_classifier, build_detector, save_checkpoint
+from avn.serving.codec import WireFormatError, decode_crops_request, decode_image_request, encode_crops_json, encode_npy
+from avn.serving.torchserve import InsecureConfigError, Ports, TorchServe, write_config
+from avn.store import DEFAULT_SERVING, ServingConfig, build_store
+from avn.vocabulary import NOTES, STAGES
+
+pytestmark = pytest.mark.slow
+
+CROP = 224
+VERSION = "0.0.1-test"
+# A long batch window on the view model makes concurrent requests share one forward pass.
+BATCHING_SERVING = {"view": ServingConfig(batch_size=8, max_batch_delay_ms=400)}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> TorchServe:
+    root = tmp_path_factory.mktemp("torchserve")
+    torch.manual_seed(0)
+    for task in TASKS:
+        model = build_detector() if task == "detection" else build_classifier(task)
+        save_checkpoint(root / "run" / task / "model.pt", model, task, {"version": VERSION, "training_data_hash": "test"})
+    build_store(root / "run", root / "model_store", serving=BATCHING_SERVING)
+    torchserve = TorchServe(root / "model_store", root / "ts", disable_token_auth=True, gpus=0, system_metrics=False)
+    torchserve.start()
+    try:
+        torchserve.wait_until_ready(TASKS, timeout_s=150)
+        yield torchserve
+    finally:
+        torchserve.stop()
+
+
+def post(server: TorchServe, model: str, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{server.inference_url}/predictions/{model}", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def crops(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, CROP, CROP), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- the wire format, no server
+
+
+def test_crops_decode_from_npy_and_json_with_clear_errors() -> None:
+    batch = crops(2)
+    assert decode_crops_request(encode_npy(batch), CROP).crops.shape == (2, CROP, CROP)
+    assert decode_crops_request(encode_npy(batch[0]), CROP).crops.shape == (1, CROP, CROP)
+    decoded = decode_crops_request(json.loads(encode_crops_json(batch, cam_stage="IV")), CROP)
+    assert decoded.cam_stage == "IV" and np.array_equal(decoded.crops, batch)
+    with pytest.raises(WireFormatError, match="must be shaped"):
+        decode_crops_request(encode_npy(batch[:, :100]), CROP)
+    with pytest.raises(WireFormatError, match=r"in \[0, 1\]"):
+        decode_crops_request(encode_npy(batch * 255), CROP)
+    with pytest.raises(WireFormatError, match="cam_stage"):
+        decode_crops_request({"crops": json.loads(encode_crops_json(batch))["crops"], "cam_stage": "V"}, CROP)
+    with pytest.raises(WireFormatError, match="npy"):
+        decode_crops_request(b"\x00garbage", CROP)
+
+
+def test_images_decode_from_npy_and_16_bit_png() -> None:
+    image = np.random.default_rng(0).random((300, 400), dtype=np.float32)
+    assert decode_image_request(encode_npy(image)).shape == (300, 400)
+    ok, png = cv2.imencode(".png", (image * 65535).astype(np.uint16))
+    np.testing.assert_allclose(decode_image_request(png.tobytes()), image, atol=1e-4)
+    with pytest.raises(WireFormatError, match="neither"):
+        decode_image_request(b"GIF89a....")
+
+
+def test_token_auth_stays_on_away_from_loopback(tmp_path: Path) -> None:
+    with pytest.raises(InsecureConfigError):
+        write_config(tmp_path / "c.properties", tmp_path, Ports(1, 2, 3, 4, 5, 6), host="0.0.0.0", disable_token_auth=True)
+
+
+# ---------------------------------------------------------------- a real TorchServe
+
+
+def test_all_five_models_are_ready_with_their_batching_and_card(server: TorchServe) -> None:
+    for task in TASKS:
+        description = server.describe(task, customized=True)
+        expected = BATCHING_SERVING.get(task, DEFAULT_SERVING[task])
+        assert description["modelVersion"] == VERSION
+        assert (description["batchSize"], description["maxBatchDelay"]) == (expected.batch_size, expected.max_batch_delay_ms)
+        card = description["customizedMetadata"]
+        assert card["task"] == task and card["training_data_hash"] == "test"
+        if task in CLASSIFIER_TASKS:
+            assert tuple(card["labels"]) == CLASSIFIER_TASKS[task]
+
+
+@pytest.mark.parametrize("task", list(CLASSIFIER_TASKS))
+def test_two_crops_give_two_rows_of_named_probabilities(server: TorchServe, task: str) -> None:
+    status, answer = post(server, task, encode_npy(crops(2)))
+    labels = CLASSIFIER_TASKS[task]
+    assert status == 200 and answer["model"] == task and answer["version"] == VERSION
+    assert tuple(answer["labels"]) == labels
+    probabilities = np.array(answer["probabilities"])
+    assert probabilities.shape == (2, len(labels))
+    if task == "notes":
+        assert all(set(prediction) <= set(NOTES) for prediction in answer["predictions"])
+    else:
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+        assert answer["predictions"] == [labels[i] for i in probabilities.argmax(axis=1)]
+
+
+def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows(server: TorchServe) -> None:
+    sizes = [1, 2, 1, 3]
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        answers = list(pool.map(lambda n: post(server, "view", encode_npy(crops(n, seed=n))), sizes))
+    for size, (status, answer) in zip(sizes, answers):
+        assert status == 200 and np.array(answer["probabilities"]).shape == (size, 2)
+    assert max(_batched_request_counts(server, "view")) > 1
+
+
+def _batched_request_counts(server: TorchServe, task: str) -> list[int]:
+    """Requests per forward pass, from the handler's log lines (the log is written asynchronously)."""
+    counts: list[int] = []
+    for _ in range(20):
+        log = (server.log_dir / "model_log.log").read_text(errors="replace")
+        marker = f"{task}: one forward pass over "
+        counts = [int(line.split(marker)[1].split()[0]) for line in log.splitlines() if marker in line]
+        if counts and max(counts) > 1:
+            break
+        time.sleep(0.25)
+    return counts or [0]
+
+
+def test_staging_returns_a_cam_per_crop_for_the_predicted_or_requested_stage(server: TorchServe) -> None:
+    status, answer = post(server, "staging", encode_npy(crops(2)))
+    assert status == 200
+    cams = np.array(answer["cams"])
+    assert cams.shape == (2, CROP // 32, CROP // 32) and cams.min() >= 0 and cams.max() <= 1
+    assert answer["cam_labels"] == answer["predictions"]
+    status, answer = post(server, "staging", encode_crops_json(crops(2), cam_stage="IV"), "application/json")
+    assert status == 200 and answer["cam_labels"] == ["IV", "IV"] and np.array(answer["cams"]).shape == (2, 7, 7)
+    assert set(answer["predictions"]) <= set(STAGES)
+
+
+def test_detection_answers_in_the_pixel_coordinates_of_the_image_sent(server: TorchServe) -> None:
+    rng = np.random.default_rng(3)
+    radiograph = rng.random((2000, 2400), dtype=np.float32)
+    landscape = (rng.random((2100, 2600)) * 65535).astype(np.uint16)
+    ok, png = cv2.imencode(".png", landscape)
+    for body, (height, width) in ((encode_npy(radiograph), radiograph.shape), (png.tobytes(), landscape.shape)):
+        status, answer = post(server, "detection", body)
+        assert status == 200 and answer["image_size"] == [height, width]
+        boxes = np.array(answer["boxes"]).reshape(-1, 4)
+        assert len(boxes) == len(answer["scores"]) >= 1
+        assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= width).all() and (boxes[:, [1, 3]] <= height).all()
+        # Far beyond the 320 px detector input: the boxes were mapped back to the original image.
+        assert boxes.max() > 1000
+
+
+def test_a_bad_body_gets_a_clear_error_and_the_server_keeps_answering(server: TorchServe) -> None:
+    status, answer = post(server, "staging", b"this is not an array")
+    assert status == 400 and answer["type"] == "WireFormatError" and ".npy" in answer["message"]
+    status, answer = post(server, "detection", b"\x89PNG\r\n\x1a\nbroken")
+    assert status == 400 and "PNG" in answer["message"]
+    # A bad request in the same batch as good ones fails alone.
+    bodies = [encode_npy(crops(1)), b"garbage", encode_npy(crops(2))]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = [status for status, _ in pool.map(lambda body: post(server, "view", body), bodies)]
+    assert statuses == [200, 400, 200]
+    assert post(server, "staging", encode_npy(crops(1)))[0] == 200
