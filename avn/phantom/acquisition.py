@@ -246,7 +246,13 @@ def _bowel_gas(grid: Grid, regions: list[tuple], rng: np.random.Generator) -> np
             level = rng.uniform(0.4, 1.0)
             cv2.ellipse(img, (int(c[0]), int(c[1])), (max(int(a / grid.hx), 1), max(int(b / grid.hy), 1)),
                         float(rng.uniform(0, 180)), 0, 360, float(level), -1, lineType=cv2.LINE_AA)
-    img = cv2.GaussianBlur(img, (0, 0), 1.2 / grid.spacing)
+        # stool: many small gas bubbles in a faecal mass give the mottled texture over the sacrum
+        for _ in range(4 * n):
+            px, py = cx + rng.normal(0, 1.3 * sx), cy + rng.normal(0, 1.3 * sy)
+            c = grid.to_px(np.array([[px, py]]))[0]
+            rad = max(int(rng.uniform(0.8, 2.6) / grid.hx), 1)
+            cv2.circle(img, (int(c[0]), int(c[1])), rad, float(rng.uniform(0.15, 0.4)), -1, lineType=cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), 0.9 / grid.spacing)
     return 0.55 * img  # ~25-30 mm of gas instead of tissue at the pocket centre
 
 

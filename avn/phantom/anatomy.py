@@ -58,6 +58,8 @@ class Slab:
     density: float = 1.0
     flat: float = 1.0  # scales the chords: a thin plate whose rounded rim is wider than it is thick
     keep_in_socket: bool = False  # acetabular walls: drawn over the head, not cut by the socket
+    fossa: float = 0.0  # fraction of the thickness lost away from the rim (thin iliac fossa)
+    rim_mm: float = 12.0  # width of the thick rim before the fossa thins the plate
 
 
 @dataclass
@@ -182,10 +184,25 @@ class Projector:
     def __call__(self, pts: np.ndarray) -> np.ndarray:
         return self.world(pts)[:, :2] + self.shift
 
-    def tube(self, pts, radii, cortex, density=1.0, additive=False, role="", flat=1.0) -> Tube:
+    def tube(self, pts, radii, cortex, density=1.0, additive=False, role="", flat=1.0,
+             smooth: int = 1) -> Tube:
         pts3 = np.atleast_2d(np.asarray(pts, float))
         if pts3.shape[1] == 2:
             pts3 = np.column_stack([pts3, np.zeros(len(pts3))])
+        n = len(pts3)
+        if smooth and 3 <= n <= 12:
+            # round the corners of hand-placed control polygons (densely sampled curves are smooth
+            # already and would only cost segments); radii, cortex and density ride along
+            cols = [pts3, np.broadcast_to(np.asarray(radii, float), (n,))[:, None]]
+            per_point = [np.ndim(cortex) > 0, np.ndim(density) > 0]
+            cols += [np.asarray(x, float)[:, None] for x, on in zip((cortex, density), per_point) if on]
+            sm = chaikin(np.hstack(cols), smooth)
+            pts3, radii = sm[:, :3], sm[:, 3]
+            k = 4
+            if per_point[0]:
+                cortex, k = sm[:, k], k + 1
+            if per_point[1]:
+                density = sm[:, k]
         w = self.world(pts3)
         seg3 = np.linalg.norm(np.diff(w, axis=0), axis=1)
         seg2 = np.linalg.norm(np.diff(w[:, :2], axis=0), axis=1)
@@ -194,11 +211,44 @@ class Projector:
         return Tube(w[:, :2] + self.shift, np.broadcast_to(np.asarray(radii, float), (len(w),)).copy(),
                     cortex, density, stretch, additive, role, flat)
 
-    def slab(self, pts, half_thickness, cortex, density=1.0, flat=1.0) -> Slab:
+    def slab(self, pts, half_thickness, cortex, density=1.0, flat=1.0, fossa=0.0, rim_mm=12.0,
+             smooth: int = 3) -> Slab:
+        """A flat bone from a closed outline, its corners rounded (Chaikin) into a smooth contour."""
         pts3 = np.atleast_2d(np.asarray(pts, float))
         if pts3.shape[1] == 2:
             pts3 = np.column_stack([pts3, np.zeros(len(pts3))])
-        return Slab(self(pts3), half_thickness, cortex, density, flat)
+        if smooth:
+            pts3 = chaikin(pts3, smooth, closed=True)
+        return Slab(self(pts3), half_thickness, cortex, density, flat, fossa=fossa, rim_mm=rim_mm)
+
+
+def chaikin(values: np.ndarray, iterations: int = 2, closed: bool | None = None) -> np.ndarray:
+    """Corner cutting: a polyline/polygon (n, k) -> a smooth curve through its control points' hull.
+
+    Every column (x, y, z, radius, ...) is smoothed together. Open curves keep their end points;
+    a curve is treated as closed when its first and last rows coincide (or ``closed`` says so).
+    Two iterations turn the hand-placed anatomical corners into rounded contours (no facets).
+    """
+    v = np.asarray(values, float)
+    if len(v) < 3:
+        return v
+    if closed is None:
+        closed = bool(np.allclose(v[0], v[-1]))
+    if closed and np.allclose(v[0], v[-1]):
+        v = v[:-1]
+    for _ in range(iterations):
+        if closed:
+            nxt = np.roll(v, -1, axis=0)
+            q, r = 0.75 * v + 0.25 * nxt, 0.25 * v + 0.75 * nxt
+            v = np.stack([q, r], axis=1).reshape(-1, v.shape[1])
+        else:
+            a, b = v[:-1], v[1:]
+            q, r = 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b
+            mid = np.stack([q, r], axis=1).reshape(-1, v.shape[1])
+            v = np.vstack([v[:1], mid, v[-1:]])
+    if closed:
+        v = np.vstack([v, v[:1]])
+    return v
 
 
 def with_depth(points_xy: list[tuple[float, float]], depths: list[float] | float) -> np.ndarray:
@@ -295,7 +345,7 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         (tdx + 5, -0.55 * r, 10), (inlet, -0.30 * hc, -10), (inlet - 5, -0.52 * hc, -30),
         (0.17 * 2 * pw2, -0.68 * hc, -45),
     ]
-    bone.slabs.append(proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5))
+    bone.slabs.append(proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5, fossa=0.6, rim_mm=13.0))
     crest = [w[:3] for w in wing[1:8]]
     crest_in = [(x - 1.5 * np.sign(x - 0.3 * pw2), y + 2.0, z) for x, y, z in crest]
     bone.tubes.append(proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7))
@@ -306,11 +356,7 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     # anterior column above the roof up to the anterior inferior iliac spine
     bone.tubes.append(proj.tube(
         with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5))
-    # acetabular walls seen through the head, and the bulk of the acetabulum around it
-    disk = arc((hx - 0.25 * big_r, 0.1 * big_r), big_r + 4, 0, 360, 40)
-    walls = proj.slab(with_depth(disk, 0.0), 6.0, 1.0, density=0.8)
-    walls.keep_in_socket = True
-    bone.slabs.append(walls)
+    # the acetabular cup itself (walls over the head, socket) is drawn by render._cut_socket
 
     # Obturator foramen framed by the superior pubic ramus, the pubic body, the inferior pubic and
     # ischial rami, the ischial tuberosity and the ischial body (posterior column).
@@ -391,7 +437,7 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
 
 
 def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
-    """Sacrum with foramina and SI joint margins, coccyx, and the L5 and L4 vertebrae."""
+    """Sacrum (alae, SI joints, foramina, median crest), coccyx, and the L5 and L4 vertebrae."""
     rng = np.random.default_rng([anat.anatomy_seed, 13])
     m = side_measures(anat, "left")
     hc = m.crest_height
@@ -401,26 +447,38 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     bones: list[Bone] = []
 
     sacrum = Bone("sacrum")
-    half = [(24, s1 - 1), (0.12 * pw, s1 - 8), (0.175 * pw, s1 - 9), (0.182 * pw, s1 + 18),
-            (0.165 * pw, s1 + 42), (0.125 * pw, s1 + 62), (0.075 * pw, s1 + 80), (0.035 * pw, s1 + 95),
-            (0.0, s1 + 102)]
+    # half outline: S1 body, the ala curving up and out to the top of the SI joint, the joint's
+    # auricular curve down and in, then the tapering lower sacrum to the apex
+    half = [(22, s1 - 2), (0.09 * pw, s1 - 6), (0.14 * pw, s1 - 12), (0.178 * pw, s1 - 10),
+            (0.186 * pw, s1 + 6), (0.178 * pw, s1 + 26), (0.160 * pw, s1 + 46), (0.125 * pw, s1 + 62),
+            (0.075 * pw, s1 + 80), (0.035 * pw, s1 + 95), (0.0, s1 + 102)]
     outline = [(x, y) for x, y in half] + [(-x, y) for x, y in reversed(half[:-1])]
-    sacrum.slabs.append(proj.slab(with_depth(outline, -70), 11.0, 1.0, density=0.75))
-    for i, (dy, fx, fr) in enumerate([(22, 0.085, 5.2), (42, 0.075, 4.6), (60, 0.064, 4.0), (75, 0.053, 3.4)]):
+    sacrum.slabs.append(proj.slab(with_depth(outline, -70), 11.0, 1.0, density=0.75, fossa=0.25, rim_mm=10.0))
+    # anterior sacral foramina in paired rows converging downwards, each with a sclerotic upper arc
+    for dy, fx, fr in [(22, 0.085, 5.0), (41, 0.075, 4.4), (58, 0.064, 3.8), (73, 0.053, 3.2)]:
         for sgn in (-1, 1):
-            ctr = proj(np.array([[sgn * fx * pw, s1 + dy + rng.normal(0, 0.8), -70]]))[0]
-            sacrum.holes.append(Hole(ctr, fr, rim=0.4))
-    # S1 superior endplate seen obliquely, the median crest and both SI joint margins
-    end = arc((0, s1 + 3), 1.0, 0, 360, 30) * 0 + np.column_stack(
-        [23 * np.cos(np.linspace(0, 2 * np.pi, 30)), s1 + 3 + 4.5 * np.sin(np.linspace(0, 2 * np.pi, 30))])
-    sacrum.lines.append(proj.tube(with_depth(end, -60), 0.9, 0.0, density=1.2, additive=True))
-    for k in range(4):
-        y0 = s1 + 14 + 18 * k
-        sacrum.lines.append(proj.tube(with_depth([(0, y0), (0, y0 + 9)], -90), [2.4, 1.6], 0.0, 1.2, True))
+            cx, cy = sgn * fx * pw, s1 + dy + rng.normal(0, 0.8)
+            ctr = proj(np.array([[cx, cy, -70]]))[0]
+            sacrum.holes.append(Hole(ctr, fr, rim=0.15))
+            a = np.radians(np.linspace(200, 340, 9))  # the upper margin, concave downwards
+            arc_pts = np.column_stack([cx + 1.25 * fr * np.cos(a), cy + 1.1 * fr * np.sin(a)])
+            sacrum.lines.append(proj.tube(with_depth(arc_pts, -70), 0.8, 0.0, 0.9, True, smooth=0))
+    # S1 superior endplate seen obliquely: a thin ellipse
+    t = np.linspace(0, 2 * np.pi, 30)
+    end = np.column_stack([23 * np.cos(t), s1 + 3 + 4.5 * np.sin(t)])
+    sacrum.lines.append(proj.tube(with_depth(end, -60), 0.8, 0.0, density=1.0, additive=True, smooth=0))
+    # median sacral crest: a faint, slightly beaded midline ridge
+    crest = [(0.0, s1 + 12), (0.4, s1 + 35), (0.0, s1 + 58), (-0.3, s1 + 80)]
+    sacrum.lines.append(proj.tube(with_depth(crest, -90), [1.8, 1.5, 1.4, 1.0], 0.0, 0.55, True))
+    # sacroiliac joints: two sclerotic margins (sacral and iliac side) with a lucent cleft between
     for sgn in (-1, 1):
-        for off, dens in ((-1.5, 1.4), (-6.0, 1.0)):
-            pts = [(sgn * (x + off), y) for x, y in half[2:6]]
-            sacrum.lines.append(proj.tube(with_depth(pts, -70), [1.0, 1.2, 1.2, 1.0], 0.0, dens, True))
+        joint = np.array([(x, y) for x, y in half[3:8]])
+        for off, dens in ((0.5, 1.2), (-4.5, 1.0)):
+            pts = [(sgn * (x + off), y) for x, y in joint]
+            sacrum.lines.append(proj.tube(with_depth(pts, -70), [0.9, 1.1, 1.1, 1.0, 0.8], 0.0, dens, True))
+        cleft = chaikin(np.array([(sgn * (x - 2.0), y) for x, y in joint]), 2)
+        for x, y in cleft[1:-1:2]:
+            sacrum.holes.append(Hole(proj(np.array([[x, y, -70]]))[0], 1.6))
     bones.append(sacrum)
 
     coccyx = Bone("coccyx")
@@ -432,25 +490,41 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     top = s1 - 11.0
     for level, stout in (("L5", 1.0), ("L4", 0.7)):
         bottom, top = top, top - 28.0
-        v = Bone(level)
-        rect = rounded_rect(0.0, 0.5 * (top + bottom), width, 0.5 * (bottom - top), 4.0)
-        v.slabs.append(proj.slab(with_depth(rect, 0), 17.0, 1.1, density=0.85))
-        for y_end in (top, bottom):  # endplates seen slightly obliquely: thin ellipses
-            t = np.linspace(0, 2 * np.pi, 28)
-            ell = np.column_stack([(width - 1) * np.cos(t), y_end + 2.5 * np.sin(t)])
-            v.lines.append(proj.tube(with_depth(ell, 0), 0.9, 0.0, 1.1, True))
-        for sgn in (-1, 1):
-            t = np.linspace(0, 2 * np.pi, 22)
-            ped = np.column_stack([sgn * 15.5 + 4.8 * np.cos(t), top + 9.5 + 6.8 * np.sin(t)])
-            v.lines.append(proj.tube(with_depth(ped, -30), 1.3, 0.0, 1.5, True))
-            v.tubes.append(proj.tube(with_depth([(sgn * 19, top + 10), (sgn * (44 + 8 * stout), top + 6 - 4 * stout)], -35),
-                                     [6.5 * stout + 1, 4.0 * stout + 1.5], 1.2, density=0.8))
-            v.tubes.append(proj.tube(with_depth([(sgn * 14, top + 17), (sgn * 3, bottom + 3)], -50), [3.5, 3.0], 1.0))
-            v.tubes.append(proj.tube(with_depth([(sgn * 13, bottom - 4), (sgn * 14.5, bottom + 9)], -45), [4.0, 3.2], 1.0))
-        v.tubes.append(proj.tube(with_depth([(0, top + 14), (0, bottom + 9)], -70), [4.0, 3.0], 1.2, density=0.9))
-        bones.append(v)
+        bones.append(lumbar_vertebra(proj, level, width, top, bottom, stout))
         top -= 10.0  # disc space
     return bones
+
+
+def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, bottom: float, stout: float) -> Bone:
+    """A lumbar vertebra in AP: waisted body with endplates, oval pedicles, transverse processes,
+    laminae and a teardrop spinous process in the midline."""
+    v = Bone(level)
+    mid = 0.5 * (top + bottom)
+    # the body: endplate lips slightly wider than the concave waist
+    body = [(width, top + 1.5), (width - 2.2, mid), (width, bottom - 1.5), (width - 3, bottom),
+            (-(width - 3), bottom), (-width, bottom - 1.5), (-(width - 2.2), mid), (-width, top + 1.5),
+            (-(width - 3), top), (width - 3, top)]
+    v.slabs.append(proj.slab(with_depth(body, 0), 17.0, 1.1, density=0.8, smooth=2))
+    t = np.linspace(0, 2 * np.pi, 28)
+    for y_end in (top, bottom):  # endplates seen slightly obliquely: thin ellipses
+        ell = np.column_stack([(width - 1.5) * np.cos(t), y_end + 2.0 * np.sin(t)])
+        v.lines.append(proj.tube(with_depth(ell, 0), 0.8, 0.0, 1.0, True, smooth=0))
+    for sgn in (-1, 1):
+        ped = np.column_stack([sgn * 15.0 + 4.2 * np.cos(t), top + 9.5 + 6.5 * np.sin(t)])
+        v.lines.append(proj.tube(with_depth(ped, -30), 1.1, 0.0, 1.3, True, smooth=0))
+        # transverse process: L5's is broad and sweeps up and out; L4's is slenderer
+        tp = [(sgn * 18, top + 11), (sgn * (34 + 6 * stout), top + 8 - 3 * stout),
+              (sgn * (46 + 8 * stout), top + 4 - 5 * stout)]
+        v.tubes.append(proj.tube(with_depth(tp, -35), [5.5 * stout + 1.5, 3.8 * stout + 1.5, 2.5 * stout + 1.5],
+                                 1.0, density=0.7))
+        v.tubes.append(proj.tube(with_depth([(sgn * 14, top + 17), (sgn * 5, bottom + 2)], -50), [3.2, 2.6], 1.0,
+                                 density=0.7))  # lamina
+        v.tubes.append(proj.tube(with_depth([(sgn * 13, bottom - 4), (sgn * 14.5, bottom + 9)], -45), [3.6, 3.0],
+                                 1.0, density=0.7))  # inferior articular process
+    # spinous process end-on in the midline: a teardrop, broad above, tapering down
+    v.tubes.append(proj.tube(with_depth([(0, top + 13), (0, top + 19), (0, bottom + 8)], -70), [2.0, 4.2, 1.6],
+                             1.4, density=0.8, smooth=0))
+    return v
 
 
 def rounded_rect(cx, cy, hw, hh, rad) -> np.ndarray:

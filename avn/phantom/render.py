@@ -169,12 +169,54 @@ def _intersect(a, b):
     return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
 
 
-def _tube_into(tube: anatomy.Tube, grid: Grid, win, outer, inner, canc, additive_scale: float = 0.0):
-    """Chords of each tube segment, merged by max into (outer, inner, canc) of window ``win``.
+SMOOTH_UNION_MM = 5.0  # blend width (path mm) where two primitives of one bone meet
 
-    With ``additive_scale`` > 0 the tube is a cortical line: its chord is summed into ``outer``.
+
+def _smooth_max_into(dst: np.ndarray, src: np.ndarray, k: float = SMOOTH_UNION_MM) -> None:
+    """dst <- smooth maximum of (dst, src): a fillet instead of a crease where two primitives meet.
+
+    A hard maximum of two chord maps has a kink along the line where they cross; edge enhancement
+    turns every such kink into a visible seam. The polynomial smooth maximum
+    max(a, b) + k/4 * h^2, h = max(1 - |a - b| / k, 0) is C1 and equals max(a, b) away from the
+    crossing. Where one map is zero (outside its primitive) nothing is added.
+    """
+    h = np.abs(dst - src)
+    h *= np.float32(-1.0 / k)
+    h += np.float32(1.0)
+    np.maximum(h, 0.0, out=h)
+    h *= h
+    h *= np.float32(0.25 * k)
+    h *= (src > 0) & (dst > 0)
+    np.maximum(dst, src, out=dst)
+    dst += h
+
+
+def _profile_at(profile: np.ndarray, deg: np.ndarray) -> np.ndarray:
+    """A per-degree contour profile at fractional image polar angles (linear, periodic)."""
+    i0 = np.floor(deg)
+    frac = (deg - i0).astype(np.float32)
+    i0 = i0.astype(np.int32) % findings.PROFILE_SAMPLES
+    prof = profile.astype(np.float32)
+    return prof[i0] * (1 - frac) + prof[(i0 + 1) % findings.PROFILE_SAMPLES] * frac
+
+
+def _tube_into(tube: anatomy.Tube, grid: Grid, win, outer, inner, canc, additive_scale: float = 0.0):
+    """Chords of one tube into (outer, inner, canc) of window ``win``.
+
+    Segments of the tube merge by a hard maximum (they continue one another); the whole tube then
+    joins the bone's other primitives by a smooth maximum, so junctions are filleted, not creased.
+    With ``additive_scale`` > 0 the tube is a cortical line: its chord (max over its segments, no
+    double counting at the joints) is written into ``canc`` scaled by ``additive_scale``.
     """
     pts, radii = tube.points, tube.radii
+    tw = grid.window(*_box_of_points(pts, float(radii.max()) + grid.spacing))
+    tw = tw and _intersect(tw, win)
+    if tw is None:
+        return
+    th, tw_ = tw[1] - tw[0], tw[3] - tw[2]
+    t_out = np.zeros((th, tw_), np.float32)
+    t_in = None if additive_scale else np.zeros((th, tw_), np.float32)
+    t_canc = None if additive_scale else np.zeros((th, tw_), np.float32)
     stretch = tube.stretch if tube.stretch is not None else np.ones(len(pts) - 1)
     cortex = np.broadcast_to(np.asarray(tube.cortex, np.float32), (len(pts),))
     density = np.broadcast_to(np.asarray(tube.density, np.float32), (len(pts),))
@@ -182,9 +224,7 @@ def _tube_into(tube: anatomy.Tube, grid: Grid, win, outer, inner, canc, additive
         a, b = pts[i], pts[i + 1]
         ra, rb = float(radii[i]), float(radii[i + 1])
         seg_win = grid.window(*_box_of_points(np.array([a, b]), max(ra, rb) + grid.spacing))
-        if seg_win is None:
-            continue
-        seg_win = _intersect(seg_win, win)
+        seg_win = seg_win and _intersect(seg_win, tw)
         if seg_win is None:
             continue
         xs, ys = grid.coords(seg_win)
@@ -197,25 +237,32 @@ def _tube_into(tube: anatomy.Tube, grid: Grid, win, outer, inner, canc, additive
         r = ra + t * (rb - ra)
         k = 2.0 * float(stretch[i]) * tube.flat
         o = k * np.sqrt(np.maximum(r * r - d2, 0.0))
-        rs, cs = _sub(seg_win, win)
+        rs, cs = _sub(seg_win, tw)
+        np.maximum(t_out[rs, cs], o, out=t_out[rs, cs])
         if additive_scale:
-            # cortical lines: sum segments without double counting at the joints (max per line)
-            np.maximum(canc[rs, cs], o * additive_scale, out=canc[rs, cs])
             continue
         ri = np.maximum(r - (cortex[i] + t * (cortex[i + 1] - cortex[i])), 0.0)
         inn = k * np.sqrt(np.maximum(ri * ri - d2, 0.0))
-        np.maximum(outer[rs, cs], o, out=outer[rs, cs])
-        np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
+        np.maximum(t_in[rs, cs], inn, out=t_in[rs, cs])
         dens = density[i] + t * (density[i + 1] - density[i]) if density[i] != density[i + 1] else density[i]
-        np.maximum(canc[rs, cs], inn * dens, out=canc[rs, cs])
+        np.maximum(t_canc[rs, cs], inn * dens, out=t_canc[rs, cs])
+    rs, cs = _sub(tw, win)
+    if additive_scale:
+        np.maximum(canc[rs, cs], t_out * np.float32(additive_scale), out=canc[rs, cs])
+        return
+    _smooth_max_into(outer[rs, cs], t_out)
+    _smooth_max_into(inner[rs, cs], t_in)
+    _smooth_max_into(canc[rs, cs], t_canc, SMOOTH_UNION_MM * 0.6)
 
 
 def _slab_into(slab: anatomy.Slab, grid: Grid, win, outer, inner, canc):
-    """A flat bone: distance from its outline gives a rounded rim and a plate of constant thickness."""
+    """A flat bone: distance from its outline gives a rounded rim and a plate of constant thickness.
+
+    ``slab.fossa`` thins the plate away from its rim (the translucent iliac fossa inside the thick
+    crest and columns); the thinning ramps in over ``slab.rim_mm`` so no second outline appears.
+    """
     sw = grid.window(*_box_of_points(slab.polygon, 2 * grid.spacing))
-    if sw is None:
-        return
-    sw = _intersect(sw, win)
+    sw = sw and _intersect(sw, win)
     if sw is None:
         return
     pad = 8
@@ -231,22 +278,36 @@ def _slab_into(slab: anatomy.Slab, grid: Grid, win, outer, inner, canc):
     ti = max(t - slab.cortex, 0.1)
     di = np.clip(d - slab.cortex, 0.0, ti)
     inn = (2.0 * slab.flat) * np.sqrt(di * (2 * ti - di))
+    if slab.fossa > 0:
+        ramp = np.clip((d - slab.rim_mm) / slab.rim_mm, 0.0, 1.0)
+        thin = 1.0 - slab.fossa * ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep
+        o *= thin
+        inn *= thin
     rs, cs = _sub(sw, win)
-    np.maximum(outer[rs, cs], o, out=outer[rs, cs])
-    np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
-    np.maximum(canc[rs, cs], inn * slab.density, out=canc[rs, cs])
+    _smooth_max_into(outer[rs, cs], o)
+    _smooth_max_into(inner[rs, cs], inn)
+    _smooth_max_into(canc[rs, cs], inn * np.float32(slab.density), SMOOTH_UNION_MM * 0.6)
 
 
 def _polar(grid: Grid, win, centre) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) and fractional image polar angle (deg, [0, 360)) of each pixel about ``centre``."""
     xs, ys = grid.coords(win)
     dx, dy = xs - centre[0], ys - centre[1]
     dist = np.sqrt(dx * dx + dy * dy)
-    deg = np.degrees(np.arctan2(dy, dx)).astype(np.int32) % findings.PROFILE_SAMPLES
+    deg = np.degrees(np.arctan2(dy, dx)) % findings.PROFILE_SAMPLES
     return dist, deg
 
 
+HEAD_DENSITY = 0.42  # cancellous density of the head: a thick sphere, but no brighter than the neck
+
+
 def _head_into(h: HipScene, grid: Grid, win, outer, inner, canc):
-    """The femoral head: chords of a sphere whose radius follows the drawn contour."""
+    """The femoral head: chords of a sphere whose radius follows the drawn contour.
+
+    Its cancellous density is kept low so that, through ~50 mm of bone, the head reads about as
+    dense as the neck and trochanters; the thin subchondral plate gives the crisp outline and the
+    principal compressive group (``FemurModel.groups``) the denser band towards the dome.
+    """
     c = h.femur.head_centre
     rmax = float(h.head_rho.max())
     hw = grid.window(c[0] - rmax - 1, c[1] - rmax - 1, c[0] + rmax + 1, c[1] + rmax + 1)
@@ -254,14 +315,14 @@ def _head_into(h: HipScene, grid: Grid, win, outer, inner, canc):
     if hw is None:
         return None
     dist, deg = _polar(grid, hw, c)
-    rho = h.head_rho[deg].astype(np.float32)
+    rho = _profile_at(h.head_rho, deg)
     o = 2.0 * np.sqrt(np.maximum(rho * rho - dist * dist, 0.0))
     ri = rho - HEAD_CORTEX_MM
     inn = 2.0 * np.sqrt(np.maximum(ri * ri - dist * dist, 0.0))
     rs, cs = _sub(hw, win)
-    np.maximum(outer[rs, cs], o, out=outer[rs, cs])
-    np.maximum(inner[rs, cs], inn, out=inner[rs, cs])
-    np.maximum(canc[rs, cs], inn * 0.7, out=canc[rs, cs])
+    _smooth_max_into(outer[rs, cs], o)
+    _smooth_max_into(inner[rs, cs], inn)
+    _smooth_max_into(canc[rs, cs], inn * np.float32(HEAD_DENSITY), SMOOTH_UNION_MM * 0.6)
     return hw, (dist < rho)
 
 
@@ -327,36 +388,59 @@ def rasterise(scene: Scene, grid: Grid, rng: np.random.Generator) -> Layers:
     return layers
 
 
-def _cut_socket(h: HipScene, grid: Grid, win, outer, inner, canc):
-    """Hollow the acetabular socket out of the hip bone under the roof and the medial fossa.
+ACETABULAR_WALL_MM = 3.5  # thickness of the cup (anterior/posterior walls) around the socket
 
-    Only that sector is cut: lower down, the walls, the pubis and the ischium lie in front of and
-    behind the head and overlap it on the film. The socket surface is drawn as the sourcil.
+
+def _chord(radius: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Length of the chord of a sphere of ``radius`` at ``dist`` from its centre (0 outside)."""
+    return 2.0 * np.sqrt(np.maximum(radius * radius - dist * dist, 0.0))
+
+
+def _cut_socket(h: HipScene, grid: Grid, win, outer, inner, canc):
+    """Hollow the acetabular socket out of the hip bone: subtract the cavity's chord.
+
+    The socket is a sphere of radius ``acet_rho`` about the head centre; along each ray the hip
+    bone loses the length of that sphere it crosses (never below zero). This is smooth in every
+    direction: no sector edges running through the head centre. Where the hip bone is thin (the
+    roof, the medial fossa) the cavity empties it, so the joint space shows as a lucent band under
+    the sourcil; the thick columns and walls in front of and behind the head keep some bone and
+    overlap the head. The cut fades out towards the acetabular notch (inferolaterally), where the
+    socket is open and the ischium and pubis run across the lower head.
     """
     c = h.femur.head_centre
     rmax = float(h.acet_rho.max()) + 1
-    sw = grid.window(c[0] - rmax, c[1] - rmax, c[0] + rmax, c[1] + rmax)
+    ext = rmax + ACETABULAR_WALL_MM
+    sw = grid.window(c[0] - ext, c[1] - ext, c[0] + ext, c[1] + ext)
     sw = sw and _intersect(sw, win)
     if sw is None:
         return
     dist, deg = _polar(grid, sw, c)
-    sector = _socket_sector(h)
-    cut = np.clip((h.acet_rho[deg] - dist) / grid.spacing + 0.5, 0.0, 1.0) * sector[deg]
-    keep = (1.0 - cut).astype(np.float32)
+    rho = _profile_at(h.acet_rho, deg)
+    cavity = 2.0 * np.sqrt(np.maximum(rho * rho - dist * dist, 0.0))
+    # weight along the socket axis (roof middle direction): 1 over the roof, 0 past the notch
+    axis = math.radians(0.5 * (h.roof_deg[0] + h.roof_deg[1]))
+    xs, ys = grid.coords(sw)
+    along = ((xs - c[0]) * math.cos(axis) + (ys - c[1]) * math.sin(axis)) / max(rmax, 1.0)
+    w = np.clip((along + 0.45) / 0.7, 0.0, 1.0)
+    weight = w * w * (3.0 - 2.0 * w)
+    cavity *= weight
     rs, cs = _sub(sw, win)
-    for arr in (outer, inner, canc):
-        arr[rs, cs] *= keep
-
-
-def _socket_sector(h: HipScene) -> np.ndarray:
-    """Weight (per image polar degree) of the socket that shows as a gap: roof plus medial fossa."""
-    medial, lateral = h.roof_deg
-    toward_medial = 1.0 if medial > lateral else -1.0  # direction of increasing angle medially
-    deg = np.arange(findings.PROFILE_SAMPLES, dtype=np.float64)
-    lo, hi = sorted((lateral - toward_medial * 4.0, medial + toward_medial * 30.0))
-    mid = 0.5 * (lo + hi)
-    off = np.abs((deg - mid + 180.0) % 360.0 - 180.0) - 0.5 * (hi - lo)
-    return np.clip(1.0 - off / 15.0, 0.0, 1.0).astype(np.float32)
+    o, i = outer[rs, cs], inner[rs, cs]
+    keep = np.maximum(i - cavity, 0.0) / np.maximum(i, 1e-3)
+    np.maximum(o - cavity, 0.0, out=o)
+    i *= keep
+    canc[rs, cs] *= keep
+    # the cup's wall: a spherical shell around the socket, seen through the head (the acetabulum
+    # overlaps the head); its tangent over the roof adds to the sourcil
+    # outside the socket the hip bone is already there: fade the shell's outer tangent away so it
+    # does not draw a second ring
+    outside = np.clip((dist - rho) / ACETABULAR_WALL_MM, 0.0, 1.0)
+    weight *= np.float32(0.7) * (1.0 - outside) ** 2
+    shell_out = _chord(rho + ACETABULAR_WALL_MM, dist) - _chord(rho, dist)
+    shell_in = _chord(rho + ACETABULAR_WALL_MM - 0.8, dist) - _chord(rho + 0.8, dist)
+    o += shell_out * weight
+    i += shell_in * weight
+    canc[rs, cs] += shell_in * (weight * np.float32(0.8))
 
 
 def _hole_into(hole: anatomy.Hole, grid: Grid, win, canc, outer):
@@ -473,13 +557,21 @@ def _osteophytes_into(scene: Scene, grid: Grid, layers: Layers):
 
 
 def trabecular_texture(shape, spacing, rng) -> np.ndarray:
-    """Isotropic band-pass noise (~1-3 mm) with mean 1: the trabecular network of cancellous bone."""
+    """The trabecular network of cancellous bone as a multiplicative texture with mean ~1.
+
+    The zero crossings of band-pass noise (~0.5-1.2 mm) form connected, curving lines; a ridge
+    function of the band turns them into a lattice of plates and rods with marrow spaces between,
+    instead of the sand-like grain of plain filtered noise.
+    """
     noise = acq_mod.gaussian_noise(rng, shape)
-    fine = cv2.GaussianBlur(noise, (0, 0), 0.55)
-    coarse = cv2.GaussianBlur(fine, (0, 0), 0.8 / spacing)
+    fine = cv2.GaussianBlur(noise, (0, 0), max(0.45 / spacing, 0.6))
+    coarse = cv2.GaussianBlur(fine, (0, 0), 1.2 / spacing)
     band = fine - coarse
-    band *= 1.0 / (float(band[::4, ::4].std()) + 1e-6)
-    return np.maximum(1.0 + 0.16 * band, 0.0)
+    band *= np.float32(1.0 / (0.7 * float(band[::4, ::4].std()) + 1e-6))
+    ridge = cv2.exp(-(band * band))  # 1 on the zero-crossing lines, ~0 in the marrow spaces
+    ridge *= np.float32(0.24)
+    ridge += np.float32(0.9)
+    return ridge
 
 
 # --------------------------------------------------------------------------- soft tissue geometry
@@ -517,6 +609,8 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
         parts.append(np.array([p0 + n * half, p1 + n * half, p1 - n * half, p0 - n * half]))
     trunk = np.array(trunk_l + trunk_r[::-1])
     parts.insert(0, trunk)
+    # skin is a smooth curve: round the hand-placed corners (gluteal bulge, flank, thigh edges)
+    parts = [anatomy.chaikin(np.vstack([p, p[:1]]), 3) for p in parts]
     half_depth = 95.0 + 60.0 * st
 
     tdl, tdr = geo.hemipelvis["right"]["teardrop"], geo.hemipelvis["left"]["teardrop"]
