@@ -16,6 +16,8 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
 DEMO_DATA = Path("data/demo")
+TRAINING_DATA = Path("data/phantom-quick")
+QUICK_RUN = Path("runs/quick")
 
 
 def progress_bar() -> Progress:
@@ -74,24 +76,122 @@ def phantom_grid(
     console.print(f"wrote {out}")
 
 
+TRAIN_TASKS = ("detection", "view", "side", "staging", "notes", "all")
+
+
+@app.command()
+def train(
+    task: str = typer.Argument(..., help="detection, view, side, staging, notes or all."),
+    data: Path = typer.Option(..., "--data", help="Data-set folder (docs/dataset.md)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: <task>/model.pt and metrics.json."),
+    profile: str = typer.Option("quick", help="quick (CPU minutes) or paper (SPEC §2)."),
+    folds: int = typer.Option(0, min=0, help="k of the subject-grouped CV (0 = the profile's)."),
+    repeats: int = typer.Option(0, min=0, help="CV repeats with different seeds (0 = the profile's)."),
+    seed: int = typer.Option(0, help="Seed of folds, initialisation and augmentation."),
+) -> None:
+    """Train models with subject-grouped cross-validation; reruns resume where they stopped."""
+    from avn.training.profiles import get_profile
+    from avn.training.runner import TASK_ORDER, TrainingError, prepare_context, train as train_tasks
+
+    if task not in TRAIN_TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; expected one of {TRAIN_TASKS}")
+    try:
+        chosen = get_profile(profile)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    tasks = list(TASK_ORDER) if task == "all" else [task]
+    with progress_bar() as progress:
+        bars: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int, figures: dict[str, float]) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=total)
+            text = " ".join(f"{k} {v:.3f}" for k, v in figures.items())
+            progress.update(bars[stage], completed=done, total=total, description=f"{stage} {text}".strip())
+
+        try:
+            context = prepare_context(data, out, chosen, seed, folds or None, repeats or None, reporter=report)
+            results = train_tasks(tasks, context)
+        except TrainingError as error:
+            console.print(f"[red]error:[/] {error}")
+            raise typer.Exit(1) from error
+    for name, result in results.items():
+        console.print(f"{name}: {result['version']} T-set {_headline_text(name, result)}")
+
+
+def _headline_text(task: str, result: dict) -> str:
+    from avn.training.runner import headline_figures
+
+    figures = headline_figures(task, result["test"])
+    return ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in figures.items())
+
+
+@app.command("build-store")
+def build_store_command(
+    run_dir: Path = typer.Option(..., "--run", help="Run folder written by `avn train`."),
+    out: Path = typer.Option(Path("model_store"), "--out", help="Where the .mar archives go."),
+) -> None:
+    """Package the five trained models as TorchServe archives (detection, view, side, staging, notes)."""
+    from avn.store import StoreError, build_store
+
+    try:
+        archives = build_store(run_dir, out)
+    except StoreError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from error
+    for task, path in archives.items():
+        console.print(f"{task}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command()
 def run(
     data: Path = typer.Option(DEMO_DATA, help="Demo data set folder (built when missing)."),
     subjects: int = typer.Option(20, min=1, help="Subjects in the demo data set."),
+    training_data: Path = typer.Option(TRAINING_DATA, help="Phantom the quick models train on."),
+    run_dir: Path = typer.Option(QUICK_RUN, "--run", help="Run folder of the quick models."),
+    store: Path = typer.Option(Path("model_store"), help="Where the TorchServe archives go."),
     seed: int = typer.Option(0),
 ) -> None:
-    """The main job: build whatever is missing (demo phantom data set), then validate it."""
+    """The main job: build whatever is missing (demo data set, training phantom, quick models,
+    model store), validating each step."""
+    from avn.training.profiles import QUICK
+
+    ensure_phantom(data, subjects, seed, image_format="dicom", scale=1.0, purpose="demo data set")
+    ensure_phantom(
+        training_data, QUICK.phantom_subjects, seed + 1, image_format="png", scale=QUICK.phantom_scale,
+        purpose="training phantom",
+    )
+    if not all((run_dir / task / "model.pt").exists() for task in TRAIN_TASKS[:-1]):
+        console.print(f"[bold]models missing:[/] training the quick profile into {run_dir}")
+        train(task="all", data=training_data, out=run_dir, profile="quick", folds=0, repeats=0, seed=seed)
+    if store_is_stale(run_dir, store):
+        console.print(f"[bold]model store missing or older than the models:[/] building {store}")
+        build_store_command(run_dir=run_dir, out=store)
+    console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
+
+
+def ensure_phantom(folder: Path, subjects: int, seed: int, image_format: str, scale: float, purpose: str) -> None:
+    """Build a phantom data set unless one is there, then insist that it passes the checker."""
     from avn.dataset.check import check_dataset
 
-    if not (data / "annotations.json").exists():
-        console.print(f"[bold]demo data set missing:[/] building {subjects} phantom subjects in {data}")
-        phantom(out=data, subjects=subjects, seed=seed, image_format="dicom", workers=0, scale=1.0)
-    else:
-        console.print(f"demo data set present in {data}")
-    report = check_dataset(data)
+    if not (folder / "annotations.json").exists():
+        console.print(f"[bold]{purpose} missing:[/] building {subjects} phantom subjects in {folder}")
+        phantom(out=folder, subjects=subjects, seed=seed, image_format=image_format, workers=0, scale=scale)
+    report = check_dataset(folder)
+    console.print(f"{purpose} {folder}:")
     typer.echo(report.format_text())
     if not report.ok:
         raise typer.Exit(1)
+
+
+def store_is_stale(run_dir: Path, store: Path) -> bool:
+    from avn.models.checkpoint import TASKS
+
+    for task in TASKS:
+        archive, model = store / f"{task}.mar", run_dir / task / "model.pt"
+        if not archive.exists() or archive.stat().st_mtime < model.stat().st_mtime:
+            return True
+    return False
 
 
 if __name__ == "__main__":

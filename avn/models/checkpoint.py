@@ -27,7 +27,7 @@ from avn.models.detector import DETECTOR_BACKBONES, FemoralHeadDetector, build_d
 DETECTION_TASK = "detection"
 TASKS: tuple[str, ...] = (DETECTION_TASK, *CLASSIFIER_TASKS)
 CHECKPOINT_FORMAT = "avn-checkpoint/1"
-METADATA_KEYS = frozenset({"version", "training_data_hash", "metrics", "created", "temperature", "extra"})
+METADATA_KEYS = frozenset({"version", "training_data_hash", "metrics", "created", "temperature", "input_size", "extra"})
 REQUIRED_METADATA = ("version", "training_data_hash")
 
 
@@ -161,7 +161,8 @@ def _card_for(model: nn.Module, task: str, metadata: Mapping[str, Any]) -> Model
     if isinstance(model, FemoralHeadDetector):
         architecture, labels, input_size = model.backbone_name, model.labels, model.input_size
     else:
-        architecture, labels, input_size = ARCHITECTURE, model.labels, INPUT_SIZE
+        # The crop side a classifier was trained on (profiles differ); serving must send that size.
+        architecture, labels, input_size = ARCHITECTURE, model.labels, metadata.get("input_size", INPUT_SIZE)
     return ModelCard(
         task=task,
         architecture=architecture,

@@ -1,0 +1,1 @@
+"""Training of the five models: data, augmentation, losses, loops and cross-validation."""

@@ -1,0 +1,155 @@
+"""The training loop of one head classifier on one fold (plain PyTorch, no trainer framework).
+
+Adam (lr 1e-4, weight decay 5e-4), learning rate halved when the validation score stalls,
+per-epoch validation, the best weights kept. After every epoch the loop writes its state so an
+interrupted run resumes where it stopped; per-epoch randomness derives from (seed, epoch), so a
+resumed run takes the same path as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from avn.crop import normalise
+from avn.models.classifier import HeadClassifier, build_classifier, init_from
+from avn.training.augment import augment_crop, flip_labels
+from avn.training.head_data import CropSet
+from avn.training.losses import FocalLoss, inverse_frequency_alpha
+from avn.training.profiles import Profile
+from avn.training.scoring import selection_score, task_metrics
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class FitResult:
+    model: HeadClassifier  # with the best validation weights
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]]
+
+
+def loss_for(task: str, train: CropSet, profile: Profile) -> nn.Module:
+    if task == "staging":
+        alpha = inverse_frequency_alpha(torch.as_tensor(train.labels(task)), classes=4)
+        return FocalLoss(alpha=alpha, gamma=profile.focal_gamma)
+    if task == "notes":
+        return nn.BCEWithLogitsLoss()
+    return nn.CrossEntropyLoss()
+
+
+def to_batch(crops: np.ndarray) -> torch.Tensor:
+    """(B, S, S) [0, 1] crops → normalised (B, 1, S, S) tensor, as the handlers prepare them."""
+    return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))[:, None]
+
+
+@torch.no_grad()
+def predict(model: HeadClassifier, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    out = [
+        model.probabilities(model(to_batch(crops[i : i + batch_size].astype(np.float32)))).numpy()
+        for i in range(0, len(crops), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
+
+
+def fit_classifier(
+    task: str,
+    train: CropSet,
+    val: CropSet,
+    profile: Profile,
+    work_dir: Path,
+    seed: int,
+    init_state: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    epochs: int | None = None,
+) -> FitResult:
+    """Train ``task`` on ``train``, validate on ``val`` each epoch, return the best model."""
+    torch.manual_seed(seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = build_classifier(task)
+    if init_state is not None:
+        init_from(model, init_state)
+    optimiser = torch.optim.Adam(model.parameters(), lr=profile.learning_rate, weight_decay=profile.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=0.5, patience=profile.plateau_patience
+    )
+    criterion = loss_for(task, train, profile)
+    labels = train.labels(task)
+    total_epochs = epochs if epochs is not None else profile.epochs[task]
+    state = _resume(work_dir, model, optimiser, scheduler)
+    best_state, best_score, best_epoch, history = state
+    for epoch in range(len(history), total_epochs):
+        loss = _train_one_epoch(task, model, train.crops, labels, criterion, optimiser, profile, seed, epoch, on_step)
+        metrics = task_metrics(task, val.labels(task), predict(model, val.crops))
+        score = selection_score(task, metrics)
+        scheduler.step(score)
+        history.append({"epoch": epoch, "loss": loss, "val_score": score, "lr": optimiser.param_groups[0]["lr"]})
+        if best_state is None or score > best_score:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_score, best_epoch = score, epoch
+        _save_state(work_dir, model, optimiser, scheduler, best_state, best_score, best_epoch, history)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(model.eval(), best_score, best_epoch, history)
+
+
+def _train_one_epoch(task, model, crops, labels, criterion, optimiser, profile, seed, epoch, on_step) -> float:
+    model.train()
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(crops))
+    losses = []
+    for start in range(0, len(order), profile.batch_size):
+        index = order[start : start + profile.batch_size]
+        if len(index) < 2:  # batch norm needs two samples
+            continue
+        augmented = [augment_crop(crops[i].astype(np.float32), rng) for i in index]
+        batch = to_batch(np.stack([crop for crop, _ in augmented]))
+        flipped = np.array([was_flipped for _, was_flipped in augmented])
+        target = torch.from_numpy(flip_labels(task, labels[index], flipped))
+        optimiser.zero_grad(set_to_none=True)
+        loss = criterion(model(batch), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step({"loss": float(np.mean(losses[-20:]))})
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _resume(work_dir: Path, model, optimiser, scheduler):
+    path = work_dir / STATE_FILE
+    if not path.exists():
+        return None, float("-inf"), -1, []
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["best_state"], state["best_score"], state["best_epoch"], state["history"]
+
+
+def _save_state(work_dir, model, optimiser, scheduler, best_state, best_score, best_epoch, history) -> None:
+    path = work_dir / STATE_FILE
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_state": best_state,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "history": history,
+        },
+        partial,
+    )
+    partial.replace(path)
+    (work_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))

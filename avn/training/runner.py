@@ -1,0 +1,297 @@
+"""``avn train``: cross-validated training of the five models into a run folder.
+
+For each task, the training split is cut into subject-grouped folds (``repeats`` × ``folds``);
+each fold trains a model with per-epoch validation and keeps its best epoch, which is then
+scored on the held-out T-set. The fold with the best validation score becomes the task's
+deployable checkpoint ``RUN_DIR/<task>/model.pt``; ``RUN_DIR/<task>/metrics.json`` holds every
+fold's figures, their mean and spread, and the deployed model's T-set metrics. Finished folds are
+skipped on a rerun and an interrupted fold resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from avn.dataset.check import check_dataset
+from avn.dataset.format import ANNOTATIONS_FILE, Dataset, load_dataset
+from avn.metrics import to_jsonable
+from avn.models.checkpoint import load_checkpoint, save_checkpoint
+from avn.models.detector import DETECTOR_INPUT_SIZES
+from avn.training.classifier_loop import fit_classifier, predict
+from avn.training.detection_loop import build_detection_set, detection_metrics, fit_detector
+from avn.training.folds import Fold, subject_folds
+from avn.training.head_data import build_crops, serving_scale, training_scales
+from avn.training.profiles import Profile
+from avn.training.scoring import task_metrics
+
+TASK_ORDER = ("detection", "view", "side", "staging", "notes")  # staging starts from view
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+FOLD_RESULT = "result.json"
+FOLD_WEIGHTS = "best_weights.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (bad data set, missing prerequisite model)."""
+
+
+@dataclass
+class TrainingContext:
+    data_dir: Path
+    run_dir: Path
+    profile: Profile
+    seed: int
+    dataset: Dataset
+    data_hash: str
+    folds: list[Fold]
+    reporter: Callable[[str, int, int, dict[str, float]], None] | None = None  # (stage, done, total, figures)
+
+    def report(self, stage: str, done: int, total: int, **figures: float) -> None:
+        if self.reporter:
+            self.reporter(stage, done, total, figures)
+
+
+def dataset_fingerprint(folder: Path) -> str:
+    """SHA-256 over annotations.json and every image's name and size (reading GBs of pixels
+    for a fingerprint would cost more than it protects)."""
+    digest = hashlib.sha256((folder / ANNOTATIONS_FILE).read_bytes())
+    for path in sorted((folder / "images").rglob("*")) if (folder / "images").exists() else []:
+        if path.is_file():
+            digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def prepare_context(data_dir: Path, run_dir: Path, profile: Profile, seed: int, folds: int | None, repeats: int | None, reporter=None) -> TrainingContext:
+    report = check_dataset(data_dir)
+    if not report.ok:
+        raise TrainingError(f"data set {data_dir} does not pass `avn data check`:\n{report.format_text()}")
+    dataset = load_dataset(data_dir)
+    train_subjects = dataset.splits.get("train", [])
+    if not dataset.splits.get("test"):
+        raise TrainingError(f"data set {data_dir} has no T-set subjects (split 'test')")
+    fold_list = subject_folds(
+        train_subjects,
+        folds or profile.folds,
+        repeats or profile.repeats,
+        seed,
+        profile.fold_limit if folds is None and repeats is None else None,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TrainingContext(data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter)
+
+
+def train(tasks: list[str], context: TrainingContext) -> dict[str, dict[str, Any]]:
+    """Train ``tasks`` (in dependency order) and return each task's metrics document."""
+    ordered = [task for task in TASK_ORDER if task in tasks]
+    results = {}
+    for task in ordered:
+        finished = _finished_task(context, task)
+        if finished is not None:  # a rerun after an interruption picks up at the first unfinished task
+            results[task] = finished
+            continue
+        started = time.perf_counter()
+        results[task] = train_detection(context) if task == "detection" else train_classifier_task(task, context)
+        results[task]["train_seconds"] = round(time.perf_counter() - started, 1)
+        _write_json(context.run_dir / task / METRICS_FILE, results[task])
+    return results
+
+
+def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]:
+    profile, dataset = context.profile, context.dataset
+    init_state = _view_trunk(context) if task == "staging" else None
+    train_subjects = dataset.splits["train"]
+    test_subjects = dataset.splits["test"]
+    images_total = sum(1 for image in dataset.images if image.subject_id in set(train_subjects) | set(test_subjects))
+    progress = {"done": 0}
+
+    def on_image() -> None:
+        progress["done"] += 1
+        context.report(f"{task}: cropping heads", progress["done"], 2 * images_total)
+
+    pool = build_crops(context.data_dir, dataset, train_subjects, profile.input_size, training_scales(profile.resamples), on_image=on_image)
+    held = build_crops(context.data_dir, dataset, list(train_subjects) + list(test_subjects), profile.input_size, serving_scale, on_image=on_image)
+    test = held.select_subjects(test_subjects)
+    fold_docs = []
+    for fold in context.folds:
+        fold_dir = context.run_dir / task / "folds" / fold.name
+        if (fold_dir / FOLD_RESULT).exists():
+            fold_docs.append(json.loads((fold_dir / FOLD_RESULT).read_text()))
+            continue
+        steps = {"n": 0}
+        epochs = profile.epochs[task]
+        train_set = pool.select_subjects(fold.train_subjects)
+        val_set = held.select_subjects(fold.val_subjects)
+        per_epoch = max(1, len(train_set) // profile.batch_size)
+
+        def on_step(figures: dict[str, float]) -> None:
+            steps["n"] += 1
+            context.report(f"{task} {fold.name}", steps["n"], per_epoch * epochs, **figures)
+
+        fit = fit_classifier(task, train_set, val_set, profile, fold_dir, _fold_seed(context, fold), init_state, on_step)
+        doc = {
+            "fold": fold.name,
+            "best_epoch": fit.best_epoch,
+            "val_score": fit.best_score,
+            "train_crops": len(train_set),
+            "val_heads": len(val_set),
+            "test": task_metrics(task, test.labels(task), predict(fit.model, test.crops)),
+        }
+        torch.save(fit.model.state_dict(), fold_dir / FOLD_WEIGHTS)
+        _write_json(fold_dir / FOLD_RESULT, doc)
+        fold_docs.append(to_jsonable(doc))
+    best = max(fold_docs, key=lambda d: d["val_score"])
+    from avn.models.classifier import build_classifier
+
+    model = build_classifier(task)
+    model.load_state_dict(torch.load(context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
+    return _finish(task, context, model, fold_docs, best, input_size=profile.input_size)
+
+
+def train_detection(context: TrainingContext) -> dict[str, Any]:
+    profile, dataset = context.profile, context.dataset
+    input_size = DETECTOR_INPUT_SIZES[profile.detector_backbone]
+    train_subjects, test_subjects = dataset.splits["train"], dataset.splits["test"]
+    wanted = list(train_subjects) + list(test_subjects)
+    total = sum(1 for image in dataset.images if image.subject_id in set(wanted))
+    progress = {"done": 0}
+
+    def on_image() -> None:
+        progress["done"] += 1
+        context.report("detection: preparing radiographs", progress["done"], total)
+
+    everything = build_detection_set(context.data_dir, dataset, wanted, input_size, on_image)
+    test = everything.select_subjects(test_subjects)
+    fold_docs = []
+    for fold in context.folds:
+        fold_dir = context.run_dir / "detection" / "folds" / fold.name
+        if (fold_dir / FOLD_RESULT).exists():
+            fold_docs.append(json.loads((fold_dir / FOLD_RESULT).read_text()))
+            continue
+        train_set = everything.select_subjects(fold.train_subjects)
+        val_set = everything.select_subjects(fold.val_subjects)
+        epochs = profile.epochs["detection"]
+        per_epoch = max(1, len(train_set) // profile.detector_batch_size)
+        steps = {"n": 0}
+
+        def on_step(figures: dict[str, float]) -> None:
+            steps["n"] += 1
+            context.report(f"detection {fold.name}", steps["n"], per_epoch * epochs, **figures)
+
+        detector, score, best_epoch, _ = fit_detector(train_set, val_set, profile, fold_dir, _fold_seed(context, fold), on_step=on_step)
+        doc = {
+            "fold": fold.name,
+            "best_epoch": best_epoch,
+            "val_score": score,
+            "train_radiographs": len(train_set),
+            "val_radiographs": len(val_set),
+            "test": detection_metrics(detector, test),
+        }
+        torch.save(detector.state_dict(), fold_dir / FOLD_WEIGHTS)
+        _write_json(fold_dir / FOLD_RESULT, doc)
+        fold_docs.append(to_jsonable(doc))
+    best = max(fold_docs, key=lambda d: d["val_score"])
+    from avn.models.detector import build_detector
+
+    detector = build_detector(profile.detector_backbone)
+    detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
+    return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
+
+
+def _finish(task: str, context: TrainingContext, model, fold_docs: list[dict], best: dict, input_size: int) -> dict[str, Any]:
+    version = f"{task}-{_weights_digest(model)[:12]}"
+    doc = {
+        "task": task,
+        "profile": context.profile.name,
+        "seed": context.seed,
+        "version": version,
+        "training_data_hash": context.data_hash,
+        "input_size": input_size,
+        "deployed_fold": best["fold"],
+        "test": best["test"],
+        "folds": fold_docs,
+        "fold_summary": summarise_folds(task, fold_docs),
+    }
+    save_checkpoint(
+        context.run_dir / task / MODEL_FILE,
+        model,
+        task,
+        {"version": version, "training_data_hash": context.data_hash, "metrics": to_jsonable(best["test"]),
+         "input_size": input_size, "extra": {"profile": context.profile.name, "fold": best["fold"]}},
+    )
+    return to_jsonable(doc)
+
+
+def headline_figures(task: str, test: dict[str, Any]) -> dict[str, float | None]:
+    """The few numbers per task that the paper reports and the README tabulates."""
+    if task == "detection":
+        return {f"f1@{t}": test[t]["f1"] for t in ("0.5", "0.6", "0.7")}
+    if task == "staging":
+        figures = {"presence_auc": test["presence"]["auc"], "staging_macro_f1": test["staging"]["macro_f1"]}
+        figures.update({f"auc_{stage}": m["auc"] for stage, m in test["staging"]["per_class"].items()})
+        return figures
+    if task == "notes":
+        return {"macro_auc": test["macro_auc"], "micro_auc": test["micro_auc"]}
+    return {"auc": test["auc"], "sensitivity": test["sensitivity"], "specificity": test["specificity"]}
+
+
+def summarise_folds(task: str, fold_docs: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Mean, standard deviation and 2.5/97.5 percentiles of each headline figure over folds."""
+    figures = [headline_figures(task, doc["test"]) for doc in fold_docs]
+    summary = {}
+    for key in figures[0] if figures else []:
+        values = np.array([f[key] for f in figures if f[key] is not None], dtype=float)
+        if values.size == 0:
+            summary[key] = {"mean": None, "std": None, "p2.5": None, "p97.5": None, "n": 0}
+            continue
+        summary[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "p2.5": float(np.percentile(values, 2.5)),
+            "p97.5": float(np.percentile(values, 97.5)),
+            "n": int(values.size),
+        }
+    return summary
+
+
+def _finished_task(context: TrainingContext, task: str) -> dict[str, Any] | None:
+    metrics_path = context.run_dir / task / METRICS_FILE
+    if not (metrics_path.exists() and (context.run_dir / task / MODEL_FILE).exists()):
+        return None
+    doc = json.loads(metrics_path.read_text())
+    same_folds = [d["fold"] for d in doc.get("folds", [])] == [f.name for f in context.folds]
+    same_data = doc.get("training_data_hash") == context.data_hash
+    return doc if same_folds and same_data and doc.get("profile") == context.profile.name else None
+
+
+def _view_trunk(context: TrainingContext) -> dict[str, torch.Tensor]:
+    path = context.run_dir / "view" / MODEL_FILE
+    if not path.exists():
+        raise TrainingError(f"staging starts from the trained view model, but {path} does not exist: train 'view' first")
+    model, _ = load_checkpoint(path)
+    return model.state_dict()
+
+
+def _fold_seed(context: TrainingContext, fold: Fold) -> int:
+    return context.seed * 1000 + fold.repeat * 100 + fold.index
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(document), indent=1))
