@@ -279,3 +279,95 @@ def test_chaikin_rounds_corners_keeps_ends_and_closure():
     sm = chaikin(line, 2)
     assert np.allclose(sm[0], line[0]) and np.allclose(sm[-1], line[-1])  # open: ends kept
     assert sm.shape[1] == 3  # extra columns (radii) ride along
+
+
+# --------------------------------------------------------------------------- realism: hip bone over the head, femur outline
+
+
+def _longest_horizontal_edge(scene, grid, layers, side, thr=0.02) -> float:
+    """Longest run (in head radii) of a same-signed sharp vertical step in one row of the noise-free
+    bone attenuation, inside the lower half of the head (3 mm inside its outline)."""
+    import cv2
+
+    from avn.phantom.render import MU_CANCELLOUS, MU_CORTEX
+
+    path = MU_CORTEX * layers.cortical + MU_CANCELLOUS * layers.cancellous
+    h = scene.hips[side]
+    c, r = h.femur.head_centre, h.femur.head_radius
+    win = grid.window(c[0] - r, c[1] - r, c[0] + r, c[1] + r)
+    sub = np.ascontiguousarray(path[win[0]:win[1], win[2]:win[3]])
+    xs, ys = grid.coords(win)
+    high = sub - cv2.GaussianBlur(sub, (0, 0), 2.0 / grid.spacing)  # sharp structure only
+    gy = np.zeros_like(high)
+    gy[1:-1] = (high[2:] - high[:-2]) / (2 * grid.hy)
+    inside = (np.hypot(xs - c[0], ys - c[1]) < r - 3.0) & (ys > c[1])
+    best = 0
+    for sign in (1, -1):
+        for row in (sign * gy > thr) & inside:
+            d = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+            starts, ends = np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]
+            if len(starts):
+                best = max(best, int((ends - starts).max()))
+    return best * grid.hx / r
+
+
+@pytest.mark.parametrize("view", ["AP", "FL"])
+def test_no_long_straight_edge_across_the_lower_head(view, monkeypatch):
+    """The pubic/ischial tubes end in the socket: no straight edge may cross the lower head."""
+    from avn.phantom import render
+
+    s = spec(view=view, right="absence", left="absence")
+    scene, grid, layers, _, _ = render_layers(s, 1.0)
+    for side in ("right", "left"):
+        assert _longest_horizontal_edge(scene, grid, layers, side) < 0.35
+    # the check is able to see such an edge: with the socket cut fading out below the head centre
+    # (as it used to) the superior ramus' edge runs across the head
+    monkeypatch.setattr(render, "SOCKET_CUT_FADE", (-0.45, 0.7))
+    scene, grid, layers, _, _ = render_layers(s, 1.0)
+    assert max(_longest_horizontal_edge(scene, grid, layers, side) for side in ("right", "left")) > 0.5
+
+
+def _distance_to_shaft_axis(f, p) -> float:
+    a, b = f.landmarks["shaft_top"], f.landmarks["shaft_distal"]
+    d = (b - a) / np.linalg.norm(b - a)
+    v = p - a
+    return float(abs(v[0] * d[1] - v[1] * d[0]))
+
+
+@pytest.mark.parametrize("view", ["AP", "FL"])
+def test_lesser_trochanter_is_attached_to_the_femur(view):
+    """Bone all the way from the lesser trochanter's tip to the shaft axis: a prominence, not an island."""
+    s = spec(view=view, right="absence", left="absence")
+    scene, grid, layers, _, _ = render_layers(s, 1.0)
+    path = _bone_path(layers)
+    for side, h in scene.hips.items():
+        f = h.femur
+        tip = f.landmarks["lesser_trochanter"]
+        a, b = f.landmarks["shaft_top"], f.landmarks["shaft_distal"]
+        d = (b - a) / np.linalg.norm(b - a)
+        foot = a + d * float((tip - a) @ d)  # the shaft axis at the trochanter's level
+        t = np.linspace(0.0, 1.0, 40)[:, None]
+        pts = tip * (1 - t) + foot * t
+        samples = np.array([_ray(grid, path, p, 0.0, np.array([0.0]))[0] for p in pts])
+        assert samples.min() > 3.0  # mm of bone along the whole way: no soft-tissue gap
+        # it stands out medially beyond the shaft, and more so in the frog-leg view
+        assert _distance_to_shaft_axis(f, tip) > 0.3 * f.head_radius * 2
+
+
+def test_lesser_trochanter_more_prominent_in_frog_leg():
+    for seed in (1, 2):
+        ap = render_layers(spec(view="AP", seed=seed))[0]
+        fl = render_layers(spec(view="FL", seed=seed + 10))[0]
+        for side in ("right", "left"):
+            f_ap, f_fl = ap.hips[side].femur, fl.hips[side].femur
+            assert (_distance_to_shaft_axis(f_fl, f_fl.landmarks["lesser_trochanter"])
+                    > _distance_to_shaft_axis(f_ap, f_ap.landmarks["lesser_trochanter"]))
+
+
+def test_greater_trochanter_tip_near_head_centre_level():
+    g = radiograph_geometry(spec(view="AP", right="absence", left="absence"))
+    for side in ("right", "left"):
+        c, gt = g[side]["head_centre"], g[side]["landmarks"]["greater_trochanter"]
+        r = g[side]["head_radius"]
+        assert abs(gt[1] - c[1]) < 0.5 * r  # the tip at about the level of the head centre
+        assert abs(gt[0]) > abs(c[0])  # lateral to the head

@@ -203,7 +203,7 @@ def soft_tissue(grid: Grid, outline_parts: list[np.ndarray], half_depth: float, 
     a += _ellipses(coarse, details.get("bladder", []), MU_SOFT * 0.25)
     a = cv2.resize(a.astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
     a += _fat_planes(grid, details.get("fat_planes", []))
-    a -= _bowel_gas(grid, details.get("gas_regions", []), rng)
+    a -= _bowel_gas(grid, details.get("colon", []), rng)
     return np.maximum(a, 0)
 
 
@@ -234,26 +234,69 @@ def _ellipses(grid: Grid, ells: list[tuple], strength: float) -> np.ndarray:
     return strength * 30.0 * img
 
 
-def _bowel_gas(grid: Grid, regions: list[tuple], rng: np.random.Generator) -> np.ndarray:
-    """Gas pockets and mottled stool in the colon and rectum: irregular lucencies."""
+def _bowel_gas(grid: Grid, colon: list[tuple], rng: np.random.Generator) -> np.ndarray:
+    """Large-bowel gas: colon segments with haustral folds, and mottled stool.
+
+    Each segment is (control points (n, 2) mm, width mm, stool fraction). Its course is jittered,
+    then drawn as a gas column whose lumen is crossed by haustral folds (thin septa every ~12-20 mm
+    reaching part way across) and partly filled with faeces: a soft mass of small gas bubbles.
+    """
     img = np.zeros(grid.shape, np.float32)
-    for (cx, cy, sx, sy, n, size) in regions:
-        for _ in range(n):
-            px, py = cx + rng.normal(0, sx), cy + rng.normal(0, sy)
-            c = grid.to_px(np.array([[px, py]]))[0]
-            a = rng.uniform(0.4, 1.0) * size
-            b = a * rng.uniform(0.4, 0.9)
-            level = rng.uniform(0.4, 1.0)
-            cv2.ellipse(img, (int(c[0]), int(c[1])), (max(int(a / grid.hx), 1), max(int(b / grid.hy), 1)),
-                        float(rng.uniform(0, 180)), 0, 360, float(level), -1, lineType=cv2.LINE_AA)
-        # stool: many small gas bubbles in a faecal mass give the mottled texture over the sacrum
-        for _ in range(4 * n):
-            px, py = cx + rng.normal(0, 1.3 * sx), cy + rng.normal(0, 1.3 * sy)
-            c = grid.to_px(np.array([[px, py]]))[0]
-            rad = max(int(rng.uniform(0.8, 2.6) / grid.hx), 1)
-            cv2.circle(img, (int(c[0]), int(c[1])), rad, float(rng.uniform(0.15, 0.4)), -1, lineType=cv2.LINE_AA)
+    if not colon:
+        return img
+    folds = np.zeros(grid.shape, np.float32)
+    px_mm = 1.0 / grid.spacing
+    for pts, width, stool in colon:
+        pts = np.asarray(pts, float) + rng.normal(0.0, 5.0, (len(pts), 2))
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        n = max(int(s[-1] / 3.0), 2)
+        t = np.linspace(0.0, s[-1], n)
+        path = np.column_stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])])
+        # the lumen's width varies (distended and collapsed parts)
+        wmod = width * (0.75 + 0.25 * np.sin(t / rng.uniform(25, 45) + rng.uniform(0, 6)))
+        gas_level = float(rng.uniform(0.55, 1.0))
+        for i in range(n - 1):
+            if rng.random() < 0.08:  # a collapsed stretch without gas
+                continue
+            uv = np.round(grid.to_px(path[i:i + 2]) * 16 - 8).astype(np.int32)
+            cv2.polylines(img, [uv], False, gas_level, thickness=max(int(wmod[i] * px_mm), 1),
+                          lineType=cv2.LINE_AA, shift=4)
+        # haustral folds across the lumen
+        pos = float(rng.uniform(4, 12))
+        while pos < s[-1]:
+            k = min(int(pos / s[-1] * (n - 1)), n - 2)
+            dvec = path[k + 1] - path[k]
+            dvec /= np.linalg.norm(dvec) + 1e-6
+            nrm = np.array([-dvec[1], dvec[0]])
+            half = 0.5 * wmod[k] * rng.uniform(0.5, 1.0)
+            side = rng.choice([-1.0, 1.0]) if rng.random() < 0.5 else 0.0
+            a = path[k] + nrm * (side * 0.5 * wmod[k] - half if side else -half)
+            b = path[k] + nrm * (side * 0.5 * wmod[k] + half if side else half)
+            if side > 0:
+                a, b = path[k] + nrm * (0.5 * wmod[k] - 2 * half), path[k] + nrm * 0.5 * wmod[k]
+            elif side < 0:
+                a, b = path[k] - nrm * 0.5 * wmod[k], path[k] - nrm * (0.5 * wmod[k] - 2 * half)
+            uv = np.round(grid.to_px(np.array([a, b])) * 16 - 8).astype(np.int32)
+            cv2.polylines(folds, [uv], False, 1.0, thickness=max(int(2.2 * px_mm), 1), lineType=cv2.LINE_AA, shift=4)
+            pos += float(rng.uniform(12, 20))
+        # stool: a stretch of the segment with mottled gas bubbles instead of a clear column
+        if stool > 0:
+            k0 = int(rng.uniform(0, 1 - stool) * (n - 1))
+            k1 = min(k0 + int(stool * (n - 1)), n - 1)
+            for _ in range(int(12 * (k1 - k0 + 1) / 3 + 10)):
+                k = int(rng.integers(k0, k1 + 1))
+                c = path[k] + rng.normal(0.0, 0.3 * wmod[k], 2)
+                u, v = grid.to_px(c[None])[0]
+                rad = max(int(rng.uniform(0.8, 2.8) * px_mm), 1)
+                cv2.circle(img, (int(u), int(v)), rad, float(rng.uniform(0.5, 1.0)), -1, lineType=cv2.LINE_AA)
+            # faeces displace the gas column in that stretch
+            uv = np.round(grid.to_px(path[k0:k1 + 1]) * 16 - 8).astype(np.int32)
+            cv2.polylines(folds, [uv], False, 0.55, thickness=max(int(0.7 * width * px_mm), 1),
+                          lineType=cv2.LINE_AA, shift=4)
+    img -= folds * img
     img = cv2.GaussianBlur(img, (0, 0), 0.9 / grid.spacing)
-    return 0.55 * img  # ~25-30 mm of gas instead of tissue at the pocket centre
+    return 0.75 * img  # ~35 mm of gas instead of tissue in a distended segment
 
 
 # --------------------------------------------------------------------------- detection

@@ -60,6 +60,7 @@ class Slab:
     keep_in_socket: bool = False  # acetabular walls: drawn over the head, not cut by the socket
     fossa: float = 0.0  # fraction of the thickness lost away from the rim (thin iliac fossa)
     rim_mm: float = 12.0  # width of the thick rim before the fossa thins the plate
+    fossa_shape: tuple[float, float, float, float] | None = None  # oval (cx, cy, ax, ay) mm of the thinning
 
 
 @dataclass
@@ -345,7 +346,11 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         (tdx + 5, -0.55 * r, 10), (inlet, -0.30 * hc, -10), (inlet - 5, -0.52 * hc, -30),
         (0.17 * 2 * pw2, -0.68 * hc, -45),
     ]
-    bone.slabs.append(proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5, fossa=0.6, rim_mm=13.0))
+    wing_slab = proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5, fossa=0.6, rim_mm=13.0)
+    # the thin iliac fossa: a smooth oval in the upper wing, not a copy of the wing's outline
+    f_c = proj(np.array([[0.60 * pw2, -0.72 * hc, -20.0]]))[0]
+    wing_slab.fossa_shape = (float(f_c[0]), float(f_c[1]), 0.30 * pw2, 0.21 * hc)
+    bone.slabs.append(wing_slab)
     crest = [w[:3] for w in wing[1:8]]
     crest_in = [(x - 1.5 * np.sign(x - 0.3 * pw2), y + 2.0, z) for x, y, z in crest]
     bone.tubes.append(proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7))
@@ -371,7 +376,7 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     tilt = math.radians(14.0 if female else 20.0)  # the foramen's long axis leans laterally at the top
     anchor_deg = np.array([-90, -45, 0, 45, 90, 135, 180, 225, 270])
     #                     sup ramus, acetab., ischium, tuberos., isch. ramus, inf. ramus, pubis, -, sup
-    anchor_r = np.array([8.5, 13.0, 12.0, 12.0, 6.5, 6.0, r_pub, 9.0, 8.5])
+    anchor_r = np.array([6.8, 12.0, 11.5, 13.5, 5.2, 4.8, r_pub, 7.5, 6.8])
     ring, radii = [], []
     for ang in np.radians(np.arange(0.0, 360.0 + 1e-6, 20.0)):
         deg = (math.degrees(ang) + 90) % 360 - 90
@@ -385,14 +390,14 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         radii.append(rr)
     bone.tubes.append(proj.tube(ring, radii, 1.4, density=0.9))
     bone.tubes.append(proj.tube(  # superior ramus into the acetabulum
-        with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]), [9.0, 11.0], 1.4,
+        with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]), [7.0, 10.5], 1.4,
                    flat=0.75))
     bone.tubes.append(proj.tube(  # pubic body with its flat symphyseal face
         with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
         [r_pub - 0.5, r_pub, r_pub - 2.0], 1.4, density=0.9))
-    bone.tubes.append(proj.tube(  # ischial tuberosity: thick, rounded, slightly elongated
-        with_depth([(tub[0] - 3, tub[1] - 9), (tub[0], tub[1] + 1)], -35), [12.0, 13.0], 1.6, density=0.9,
-        flat=0.8))
+    bone.tubes.append(proj.tube(  # ischial tuberosity: thick, rounded inferolaterally
+        with_depth([(tub[0] - 4, tub[1] - 10), (tub[0] + 1.5, tub[1] + 1.5)], -35), [12.0, 15.0], 1.8, density=0.95,
+        flat=0.85))
     bone.tubes.append(proj.tube(  # ischial body / posterior column behind the head, down to the tuberosity
         with_depth([(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
                    [-25, -30, -35]), [15.0, 14.0, 12.0], 1.5, density=0.9, flat=0.8))
@@ -595,33 +600,59 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
 
     p = lambda v: np.asarray(v, float)  # noqa: E731
     subcap = -nk * (0.95 * m.head_radius)
+    perp = np.cross(nk, ant)  # in the femur's plane, towards the inferior (calcar) border of the neck
+    nl = ax["neck_len"]
+    # the neck waists just lateral to the head and flares into the trochanters: concave superior and
+    # inferior borders; slightly flattened front to back
+    neck_s = [0.0, 0.95 * m.head_radius, 0.55 * nl, 0.82 * nl, 1.0 * nl]
+    neck_r = [0.36 * d, 0.315 * d, 0.295 * d, 0.35 * d, 0.47 * d]
     neck_tubes = [
-        proj.tube([p([0, 0, 0]), subcap, base + nk * 6], [0.36 * d, 0.33 * d, 0.47 * d], 2.0, density=0.75),
+        proj.tube([-nk * s_ for s_ in neck_s], neck_r, np.array([1.4, 1.6, 2.0, 2.4, 2.4]), density=0.75,
+                  flat=0.85, smooth=1),
     ]
-    gt_top = base + lat * 0.24 * d - sh * 0.50 * d - ant * 5
-    gt_bot = base + lat * 0.22 * d - sh * 0.02 * d - ant * 6
-    lt_base = base + sh * 0.78 * d - lat * 0.20 * d - ant * 8
-    lt_dir = -lat * 0.55 + sh * 0.35 - ant * 0.75
-    lt_tip = lt_base + lt_dir / np.linalg.norm(lt_dir) * 0.36 * d
-    shaft_top = base - sh * 0.15 * d
+    # greater trochanter: a mass rising from the lateral shaft cortex (its lateral face continues the
+    # shaft's) to a tip hooking medially at about the level of the head centre
+    gt_pts = [base + lat * 0.20 * d + sh * 0.45 * d - ant * 4, base + lat * 0.24 * d - sh * 0.15 * d - ant * 5,
+              base + lat * 0.21 * d - sh * 0.55 * d - ant * 6, base + lat * 0.11 * d - sh * 0.76 * d - ant * 7]
+    gt_top = gt_pts[-1]
+    # lesser trochanter: a posteromedial prominence at the neck-shaft junction, rooted in the shaft
+    # (more posterior than medial: half hidden behind the shaft in AP, prominent in frog-leg)
+    lt_root = base + sh * 0.40 * d - lat * 0.18 * d - ant * 3
+    lt_dir = -lat * 0.40 + sh * 0.22 - ant * 0.92
+    lt_dir = lt_dir / np.linalg.norm(lt_dir)
+    lt_tip = lt_root + lt_dir * 0.55 * d
+    shaft_top = base - sh * 0.12 * d  # its rounded top stays hidden inside the neck base and trochanter
     shaft_end = base + sh * 420.0
     tubes = neck_tubes + [
-        proj.tube([gt_top, gt_bot], [0.23 * d, 0.27 * d], 1.2, density=0.7),  # greater trochanter
-        proj.tube([lt_base - lt_dir * 4, lt_tip], [0.19 * d, 0.10 * d], 1.2, density=0.7),  # lesser trochanter
+        # the trochanter is deeper (front to back) than wide: as dense as the intertrochanteric region
+        proj.tube(gt_pts, [0.21 * d, 0.24 * d, 0.19 * d, 0.09 * d], 1.2, density=0.7, flat=1.45, smooth=1),
+        proj.tube([lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
+                  [0.24 * d, 0.16 * d, 0.09 * d], 1.3, density=0.7, flat=0.8, smooth=1),
         # metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow
-        proj.tube([shaft_top, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d, shaft_end],
-                  [0.42 * d, 0.36 * d, 0.33 * d, 0.315 * d, 0.31 * d],
-                  np.array([2.0, 2.6, 0.75 * cortex, cortex, cortex]), density=np.array([0.7, 0.6, 0.35, 0.22, 0.2])),
+        proj.tube([shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d,
+                   shaft_end], [0.30 * d, 0.39 * d, 0.36 * d, 0.33 * d, 0.315 * d, 0.31 * d],
+                  np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
+                  density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]), smooth=0),
     ]
     bone.tubes.extend(tubes)
-    # intertrochanteric crest (posterior) and line (anterior)
-    bone.lines.append(proj.tube([gt_bot + sh * 0.2 * d - ant * 8, base + sh * 0.35 * d - ant * 12, lt_base],
-                                [1.4, 1.6, 1.2], 0.0, density=0.7, additive=True))
+    # intertrochanteric crest (posterior, from the trochanter's tip to the lesser trochanter) and the
+    # fainter intertrochanteric line (anterior)
+    bone.lines.append(proj.tube([base + lat * 0.14 * d - sh * 0.55 * d - ant * 12, base + lat * 0.10 * d - ant * 14,
+                                 base - lat * 0.02 * d + sh * 0.30 * d - ant * 12, lt_root + lt_dir * 0.2 * d],
+                                [1.3, 1.7, 1.6, 1.2], 0.0, density=0.75, additive=True))
+    bone.lines.append(proj.tube([base + lat * 0.20 * d - sh * 0.30 * d + ant * 12, base + lat * 0.02 * d + ant * 14,
+                                 base - lat * 0.12 * d + sh * 0.35 * d + ant * 12],
+                                [1.0, 1.2, 1.0], 0.0, density=0.45, additive=True))
+    # the calcar: thick cortex of the inferior neck curving into the medial shaft cortex
+    calcar = [-nk * 0.95 * m.head_radius + perp * (0.315 * d - 1.8), -nk * 0.55 * nl + perp * (0.295 * d - 2.0),
+              -nk * 0.85 * nl + perp * (0.37 * d - 2.6), base + sh * 0.15 * d - lat * (0.40 * d - 3.0),
+              base + sh * 0.40 * d - lat * (0.38 * d - 3.0)]
+    bone.lines.append(proj.tube(calcar, [0.9, 1.4, 1.9, 1.7, 0.6], 0.0, density=0.9, additive=True, smooth=1))
     # trabecular groups: principal compressive (dome -> calcar), principal tensile (arc to lateral cortex)
     head_sup = p([0.25, -0.97, 0.0]) * 0.78 * m.head_radius
-    calcar = base + sh * 0.35 * d - lat * 0.33 * d
+    calcar_end = base + sh * 0.35 * d - lat * 0.33 * d
     groups = [
-        proj.tube([head_sup, -nk * 0.2 * d, calcar], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55,
+        proj.tube([head_sup, -nk * 0.2 * d, calcar_end], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55,
                   role="compressive"),
         proj.tube([p([-0.55, 0.45, 0]) * 0.75 * m.head_radius, -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
                    base + lat * 0.40 * d + sh * 0.30 * d], [0.07 * d, 0.08 * d, 0.06 * d], 0.0, density=0.45,
@@ -629,15 +660,19 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     ]
     # the physeal scar: a faint sclerotic line across the head base
     scar_c = -nk * 0.45 * m.head_radius
-    perp = np.cross(nk, ant)
     scar = [scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius, scar_c,
             scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius]
     if with_head:
         bone.lines.append(proj.tube(scar, [0.6, 0.8, 0.6], 0.0, density=0.8, additive=True))
+        # Ward's triangle: the sparser cancellous bone between the compressive, tensile and
+        # calcar groups at the base of the neck reads slightly more lucent
+        ward = proj((-nk * 0.72 * nl + perp * 0.06 * d)[None])[0]
+        bone.holes.append(Hole(ward, 0.17 * d))
 
     prosthesis: list[Bone] = []
     if not with_head:
         bone.tubes[:] = tubes[1:]  # head and neck resected; the stem replaces them
+        bone.lines[:] = bone.lines[:2]  # no calcar line along a neck that is not there
         groups = []
         prosthesis = build_prosthesis(proj, ax, m)
 
@@ -645,7 +680,7 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     pts = {
         "head_centre": centre2,
         "neck_base": proj(base[None])[0],
-        "greater_trochanter": proj((gt_top - sh * 0.23 * d)[None])[0],
+        "greater_trochanter": proj((gt_top - sh * 0.085 * d)[None])[0],
         "lesser_trochanter": proj(lt_tip[None])[0],
         "shaft_top": proj(base[None])[0],
         "shaft_distal": proj((base + sh * 150.0)[None])[0],

@@ -280,7 +280,14 @@ def _slab_into(slab: anatomy.Slab, grid: Grid, win, outer, inner, canc):
     inn = (2.0 * slab.flat) * np.sqrt(di * (2 * ti - di))
     if slab.fossa > 0:
         ramp = np.clip((d - slab.rim_mm) / slab.rim_mm, 0.0, 1.0)
-        thin = 1.0 - slab.fossa * ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep
+        ramp = ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep
+        if slab.fossa_shape is not None:
+            # an oval fossa fading smoothly (super-Gaussian): its edge does not repeat the outline
+            fx, fy, fa, fb = slab.fossa_shape
+            xs, ys = grid.coords(sw)
+            q = ((xs - fx) / fa) ** 2 + ((ys - fy) / fb) ** 2
+            ramp = ramp * np.exp(-q * q)
+        thin = 1.0 - slab.fossa * ramp
         o *= thin
         inn *= thin
     rs, cs = _sub(sw, win)
@@ -389,6 +396,9 @@ def rasterise(scene: Scene, grid: Grid, rng: np.random.Generator) -> Layers:
 
 
 ACETABULAR_WALL_MM = 3.5  # thickness of the cup (anterior/posterior walls) around the socket
+# where the socket cut fades in along the socket axis (fraction of its radius, start and width):
+# from just above the notch, so no tube that ends at the acetabulum shows an edge across the head
+SOCKET_CUT_FADE = (-0.95, 0.35)
 
 
 def _chord(radius: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -404,8 +414,9 @@ def _cut_socket(h: HipScene, grid: Grid, win, outer, inner, canc):
     direction: no sector edges running through the head centre. Where the hip bone is thin (the
     roof, the medial fossa) the cavity empties it, so the joint space shows as a lucent band under
     the sourcil; the thick columns and walls in front of and behind the head keep some bone and
-    overlap the head. The cut fades out towards the acetabular notch (inferolaterally), where the
-    socket is open and the ischium and pubis run across the lower head.
+    overlap the head. The cut covers the whole socket down to the acetabular notch, so the pubic
+    and ischial tubes that end at the acetabulum leave no straight edge across the lower head; only
+    the cup's walls (a spherical shell) fade out towards the notch, where the socket is open.
     """
     c = h.femur.head_centre
     rmax = float(h.acet_rho.max()) + 1
@@ -421,9 +432,11 @@ def _cut_socket(h: HipScene, grid: Grid, win, outer, inner, canc):
     axis = math.radians(0.5 * (h.roof_deg[0] + h.roof_deg[1]))
     xs, ys = grid.coords(sw)
     along = ((xs - c[0]) * math.cos(axis) + (ys - c[1]) * math.sin(axis)) / max(rmax, 1.0)
+    w = np.clip((along - SOCKET_CUT_FADE[0]) / SOCKET_CUT_FADE[1], 0.0, 1.0)
+    cavity *= w * w * (3.0 - 2.0 * w)
+    # the cup's walls stop at the acetabular notch (inferiorly the socket is open)
     w = np.clip((along + 0.45) / 0.7, 0.0, 1.0)
     weight = w * w * (3.0 - 2.0 * w)
-    cavity *= weight
     rs, cs = _sub(sw, win)
     o, i = outer[rs, cs], inner[rs, cs]
     keep = np.maximum(i - cavity, 0.0) / np.maximum(i, 1e-3)
@@ -628,10 +641,33 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
     mid = 0.5 * (tdl + tdr)
     bladder = [(mid[0], mid[1] - 0.16 * hc, 40.0 + 8 * st, 28.0)]
     pw = anat.pelvis_width_mm
-    gas = [(mid[0] - 0.23 * pw, -0.62 * hc, 22, 18, 5, 16.0), (mid[0] + 0.24 * pw, -0.7 * hc, 25, 16, 4, 14.0),
-           (mid[0], -0.42 * hc, 14, 22, 3, 11.0), (mid[0] - 0.2 * pw, -0.55 * hc, 20, 18, 14, 3.5),
-           (mid[0] + 0.05 * pw, -0.3 * hc, 14, 15, 10, 3.0)]
-    return parts, half_depth, fat, {"fat_planes": planes, "bladder": bladder, "gas_regions": gas}
+    # large-bowel gas: the rectosigmoid looping over the sacrum from the left iliac fossa, and the
+    # caecum / ascending colon in the right iliac fossa (the patient's right is image left, -x)
+    mx = mid[0]
+    colon = [
+        (np.array([(mx + 0.24 * pw, -0.68 * hc), (mx + 0.22 * pw, -0.56 * hc), (mx + 0.10 * pw, -0.50 * hc),
+                   (mx + 0.02 * pw, -0.62 * hc), (mx - 0.05 * pw, -0.48 * hc), (mx, -0.30 * hc),
+                   (mx + 0.01 * pw, -0.12 * hc)]), 24.0, 0.5),
+        (np.array([(mx - 0.24 * pw, -0.22 * hc), (mx - 0.26 * pw, -0.40 * hc), (mx - 0.25 * pw, -0.58 * hc),
+                   (mx - 0.23 * pw, -0.76 * hc)]), 40.0, 0.7),
+    ]
+    # gluteal and thigh intermuscular fat planes: long gentle curves lateral to the wing and along
+    # the thighs (gluteus medius/minimus, vastus lateralis, adductors)
+    for side in ("right", "left"):
+        lm = geo.hemipelvis[side]
+        f = geo.femurs[side]
+        s = anatomy.SIDE_SIGN[side]
+        crest = lm["crest_lateral"]
+        gt = f.landmarks["greater_trochanter"]
+        planes.append(np.array([crest + (s * 8, -25), crest + (s * 14, 30), 0.5 * (crest + gt) + (s * 22, 10),
+                                gt + (s * 14, -12), gt + (s * 12, 25)]))
+        a_, b_ = f.landmarks["neck_base"], f.landmarks["shaft_distal"]
+        dd = (b_ - a_) / np.linalg.norm(b_ - a_)
+        nn = np.array([-dd[1], dd[0]])
+        nn *= 1.0 if nn[0] * s > 0 else -1.0  # towards lateral
+        for off, t0, t1 in ((30.0, 10.0, 300.0), (-34.0, 40.0, 300.0), (48.0, 60.0, 300.0)):
+            planes.append(np.array([a_ + dd * t + nn * (off + 4.0 * math.sin(t / 40.0)) for t in np.linspace(t0, t1, 6)]))
+    return parts, half_depth, fat, {"fat_planes": planes, "bladder": bladder, "colon": colon}
 
 
 # --------------------------------------------------------------------------- entry point
