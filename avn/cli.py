@@ -110,7 +110,9 @@ def train(
             progress.update(bars[stage], completed=done, total=total, description=f"{stage} {text}".strip())
 
         try:
-            context = prepare_context(data, out, chosen, seed, folds or None, repeats or None, reporter=report)
+            context = prepare_context(
+                data, out, chosen, seed, folds or None, repeats or None, reporter=report, logger=progress.console.print
+            )
             results = train_tasks(tasks, context)
         except TrainingError as error:
             console.print(f"[red]error:[/] {error}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models import detection
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
@@ -203,4 +204,10 @@ def build_detector(
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
+    if backbone == "ssdlite320_mobilenet_v3_large":
+        # torchvision's SSDLite anchors start at 0.2 of the input (64 px), but a femoral head is
+        # about 0.13 of a letterboxed pelvis (~40 px): a 64-px anchor overlaps it with IoU ~0.4,
+        # below the matcher's 0.5, leaving each head a single forced match. Same aspect ratios, so
+        # the head's anchor count is unchanged.
+        model.anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.08, max_ratio=0.5)
     return FemoralHeadDetector(backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou)

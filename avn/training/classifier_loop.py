@@ -70,6 +70,7 @@ def fit_classifier(
     seed: int,
     init_state: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     epochs: int | None = None,
 ) -> FitResult:
     """Train ``task`` on ``train``, validate on ``val`` each epoch, return the best model."""
@@ -93,6 +94,8 @@ def fit_classifier(
         score = selection_score(task, metrics)
         scheduler.step(score)
         history.append({"epoch": epoch, "loss": loss, "val_score": score, "lr": optimiser.param_groups[0]["lr"]})
+        if on_epoch:
+            on_epoch(history[-1])
         if best_state is None or score > best_score:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best_score, best_epoch = score, epoch

@@ -129,6 +129,7 @@ def fit_detector(
     backbone: str | None = None,
     epochs: int | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ):
     torch.manual_seed(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,8 @@ def fit_detector(
         score = detection_score(metrics)
         scheduler.step(score)
         history.append({"epoch": epoch, "loss": loss, "val_score": score, "lr": optimiser.param_groups[0]["lr"]})
+        if on_epoch:
+            on_epoch(history[-1])
         if best_state is None or score > best_score:
             best_state = {k: v.detach().clone() for k, v in detector.state_dict().items()}
             best_score, best_epoch = score, epoch

@@ -54,6 +54,14 @@ class TrainingContext:
     data_hash: str
     folds: list[Fold]
     reporter: Callable[[str, int, int, dict[str, float]], None] | None = None  # (stage, done, total, figures)
+    logger: Callable[[str], None] | None = None  # one line per finished epoch
+
+    def log_epoch(self, stage: str, entry: dict[str, Any]) -> None:
+        if self.logger:
+            self.logger(
+                f"{stage} epoch {entry['epoch'] + 1}: loss {entry['loss']:.4f}, "
+                f"validation {entry['val_score']:.4f}, lr {entry['lr']:.2e}"
+            )
 
     def report(self, stage: str, done: int, total: int, **figures: float) -> None:
         if self.reporter:
@@ -70,7 +78,16 @@ def dataset_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_context(data_dir: Path, run_dir: Path, profile: Profile, seed: int, folds: int | None, repeats: int | None, reporter=None) -> TrainingContext:
+def prepare_context(
+    data_dir: Path,
+    run_dir: Path,
+    profile: Profile,
+    seed: int,
+    folds: int | None,
+    repeats: int | None,
+    reporter=None,
+    logger=None,
+) -> TrainingContext:
     report = check_dataset(data_dir)
     if not report.ok:
         raise TrainingError(f"data set {data_dir} does not pass `avn data check`:\n{report.format_text()}")
@@ -86,7 +103,7 @@ def prepare_context(data_dir: Path, run_dir: Path, profile: Profile, seed: int, 
         profile.fold_limit if folds is None and repeats is None else None,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    return TrainingContext(data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter)
+    return TrainingContext(data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter, logger)
 
 
 def train(tasks: list[str], context: TrainingContext) -> dict[str, dict[str, Any]]:
@@ -136,7 +153,10 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
             steps["n"] += 1
             context.report(f"{task} {fold.name}", steps["n"], per_epoch * epochs, **figures)
 
-        fit = fit_classifier(task, train_set, val_set, profile, fold_dir, _fold_seed(context, fold), init_state, on_step)
+        fit = fit_classifier(
+            task, train_set, val_set, profile, fold_dir, _fold_seed(context, fold), init_state, on_step,
+            on_epoch=lambda entry: context.log_epoch(f"{task} {fold.name}", entry),
+        )
         doc = {
             "fold": fold.name,
             "best_epoch": fit.best_epoch,
@@ -186,7 +206,10 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
             steps["n"] += 1
             context.report(f"detection {fold.name}", steps["n"], per_epoch * epochs, **figures)
 
-        detector, score, best_epoch, _ = fit_detector(train_set, val_set, profile, fold_dir, _fold_seed(context, fold), on_step=on_step)
+        detector, score, best_epoch, _ = fit_detector(
+            train_set, val_set, profile, fold_dir, _fold_seed(context, fold), on_step=on_step,
+            on_epoch=lambda entry: context.log_epoch(f"detection {fold.name}", entry),
+        )
         doc = {
             "fold": fold.name,
             "best_epoch": best_epoch,
