@@ -371,3 +371,32 @@ def test_greater_trochanter_tip_near_head_centre_level():
         r = g[side]["head_radius"]
         assert abs(gt[1] - c[1]) < 0.5 * r  # the tip at about the level of the head centre
         assert abs(gt[0]) > abs(c[0])  # lateral to the head
+
+
+def test_vertebral_body_is_a_waisted_cylinder_with_bright_walls_and_thin_endplates():
+    """AP projection of a lumbar body: dome-shaped chord across a row (not a block), the cortical
+    shell brightest at the lateral walls, a narrower waist than the endplates, endplates as thin
+    dense lines rather than bands."""
+    from avn.phantom import anatomy as anat_mod
+    from avn.phantom.acquisition import Grid
+    from avn.phantom.render import _body_into
+
+    grid = Grid(-40.0, -10.0, 0.2, 0.2, (250, 400))  # x -40..40, y -10..40 mm
+    body = anat_mod.Body(np.array([0.0, 0.0]), np.array([0.0, 28.0]), 25.0, 0.66, 1.3, 0.12, waist=0.92)
+    win = (0, 250, 0, 400)
+    outer, inner, canc = (np.zeros(grid.shape, np.float32) for _ in range(3))
+    _body_into(body, grid, win, outer, inner, canc)
+    row = lambda y: int(round((y - grid.y0) / grid.hy - 0.5))  # noqa: E731
+    col = lambda x: int(round((x - grid.x0) / grid.hx - 0.5))  # noqa: E731
+    mid = row(14.0)
+    o = outer[mid]
+    assert o[col(0.0)] > 1.5 * o[col(20.0)] > 0  # thickness falls off towards the sides
+    cort = outer - inner
+    wall = cort[mid, col(-24.0):col(-20.0)].max()
+    assert wall > 4.0 * cort[mid, col(0.0)] + 1.0  # tangential cortex: bright lateral walls
+    width = lambda r: np.count_nonzero(outer[r] > 0)  # noqa: E731
+    assert width(mid) < width(row(2.0)) - 5  # concave waist
+    # the endplate: dense but thin (a line of ~1-2 mm, not a band)
+    col_c = cort[:, col(0.0)]
+    dense = np.nonzero(col_c > 0.5 * col_c[row(-1.0):row(4.0)].max())[0]
+    assert 1 <= len(dense[dense < row(10.0)]) * grid.hy <= 2.0

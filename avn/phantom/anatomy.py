@@ -73,6 +73,25 @@ class Hole:
 
 
 @dataclass
+class Body:
+    """A vertebral body: a short, waisted elliptic cylinder whose axis runs top -> bottom.
+
+    Projected AP, each row crosses an elliptic section: the chord 2 * depth * sqrt(1 - (x/R)^2)
+    gives the cylinder-like thickness profile, the cortical shell seen tangentially the bright
+    lateral walls, and the flat endplates (``endplate`` mm of dense bone) thin dense lines.
+    """
+
+    top: np.ndarray  # (2,) projected centre of the superior endplate
+    bottom: np.ndarray  # (2,) projected centre of the inferior endplate
+    half_width: float  # at the endplates (the waist is ``waist`` times narrower)
+    depth_ratio: float  # anteroposterior / transverse half axis
+    cortex: float
+    endplate: float
+    waist: float = 0.92
+    density: float = 0.8
+
+
+@dataclass
 class Bone:
     """Primitives of one bone; within a bone they merge (max), different bones overlap (sum)."""
 
@@ -81,6 +100,8 @@ class Bone:
     slabs: list[Slab] = field(default_factory=list)
     holes: list[Hole] = field(default_factory=list)
     lines: list[Tube] = field(default_factory=list)  # additive cortical lines
+    bodies: list[Body] = field(default_factory=list)  # vertebral bodies
+    groups: list[Tube] = field(default_factory=list)  # oriented trabecular groups (denser, streaked)
     material: str = "bone"  # "bone" or "metal"
 
 
@@ -358,6 +379,11 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     bone.tubes.append(proj.tube(
         with_depth([(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
                    [-10, -30, -50]), [20.0, 17.0, 13.0], 1.6, flat=0.45))
+    # the iliac trabecular pillar: weight passes from the sacroiliac joint through the sciatic
+    # buttress to the acetabular roof along a band of oriented, denser trabeculae
+    bone.groups.append(proj.tube(
+        with_depth([(0.17 * 2 * pw2 + 8, -0.70 * hc), (0.5 * (hx + inlet) - 2, -0.42 * hc), (hx - 2, -big_r - 16)],
+                   [-45, -28, -8]), [11.0, 12.0, 8.0], 0.0, density=0.2, role="pillar"))
     # anterior column above the roof up to the anterior inferior iliac spine
     bone.tubes.append(proj.tube(
         with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5))
@@ -492,44 +518,63 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     bones.append(coccyx)
 
     width = 26.0 if anat.sex == "M" else 24.0
-    top = s1 - 11.0
-    for level, stout in (("L5", 1.0), ("L4", 0.7)):
-        bottom, top = top, top - 28.0
-        bones.append(lumbar_vertebra(proj, level, width, top, bottom, stout))
-        top -= 10.0  # disc space
+    top = s1 - 12.0
+    for level, stout in (("L5", 1.0), ("L4", 0.75), ("L3", 0.6)):
+        bottom, top = top, top - 27.0
+        bones.extend(lumbar_vertebra(proj, level, width, top, bottom, stout))
+        top -= 10.0 + 1.0 * stout  # disc space
+        width -= 1.2
     return bones
 
 
-def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, bottom: float, stout: float) -> Bone:
-    """A lumbar vertebra in AP: waisted body with endplates, oval pedicles, transverse processes,
-    laminae and a teardrop spinous process in the midline."""
+def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, bottom: float,
+                    stout: float) -> list[Bone]:
+    """A lumbar vertebra in AP: the body (a waisted elliptic cylinder with endplates) and, as a
+    separate bone behind it (so the two overlap additively), the neural arch: oval pedicle rings
+    over the upper body, laminae, articular processes with the oblique facet joints at the disc
+    level, transverse processes (L5's broad) and the spinous process as a midline teardrop."""
     v = Bone(level)
-    mid = 0.5 * (top + bottom)
-    # the body: endplate lips slightly wider than the concave waist
-    body = [(width, top + 1.5), (width - 2.2, mid), (width, bottom - 1.5), (width - 3, bottom),
-            (-(width - 3), bottom), (-width, bottom - 1.5), (-(width - 2.2), mid), (-width, top + 1.5),
-            (-(width - 3), top), (width - 3, top)]
-    v.slabs.append(proj.slab(with_depth(body, 0), 17.0, 1.1, density=0.8, smooth=2))
+    t3 = proj.world(np.array([[0.0, top, 0.0], [0.0, bottom, 0.0]]))
+    ends = t3[:, :2] + proj.shift
+    v.bodies.append(Body(ends[0], ends[1], width, 0.66, 1.3, 0.12, waist=0.92, density=0.8))
     t = np.linspace(0, 2 * np.pi, 28)
-    for y_end in (top, bottom):  # endplates seen slightly obliquely: thin ellipses
-        ell = np.column_stack([(width - 1.5) * np.cos(t), y_end + 2.0 * np.sin(t)])
-        v.lines.append(proj.tube(with_depth(ell, 0), 0.8, 0.0, 1.0, True, smooth=0))
+    # endplate rims seen slightly obliquely: thin ellipses (L5's lower one, over the L5-S1 disc,
+    # is tilted the most); the posterior rim a little higher than the anterior
+    for y_end, minor, dens in ((top, 1.6, 0.35), (bottom, 3.6 if level == "L5" else 1.8, 0.35)):
+        ell = np.column_stack([(width - 1.0) * np.cos(t), y_end + minor * np.sin(t)])
+        v.lines.append(proj.tube(with_depth(ell, 0), 0.6, 0.0, dens, True, smooth=0))
+    arch = Bone(f"{level}_arch")
     for sgn in (-1, 1):
-        ped = np.column_stack([sgn * 15.0 + 4.2 * np.cos(t), top + 9.5 + 6.5 * np.sin(t)])
-        v.lines.append(proj.tube(with_depth(ped, -30), 1.1, 0.0, 1.3, True, smooth=0))
-        # transverse process: L5's is broad and sweeps up and out; L4's is slenderer
-        tp = [(sgn * 18, top + 11), (sgn * (34 + 6 * stout), top + 8 - 3 * stout),
-              (sgn * (46 + 8 * stout), top + 4 - 5 * stout)]
-        v.tubes.append(proj.tube(with_depth(tp, -35), [5.5 * stout + 1.5, 3.8 * stout + 1.5, 2.5 * stout + 1.5],
-                                 1.0, density=0.7))
-        v.tubes.append(proj.tube(with_depth([(sgn * 14, top + 17), (sgn * 5, bottom + 2)], -50), [3.2, 2.6], 1.0,
-                                 density=0.7))  # lamina
-        v.tubes.append(proj.tube(with_depth([(sgn * 13, bottom - 4), (sgn * 14.5, bottom + 9)], -45), [3.6, 3.0],
-                                 1.0, density=0.7))  # inferior articular process
-    # spinous process end-on in the midline: a teardrop, broad above, tapering down
-    v.tubes.append(proj.tube(with_depth([(0, top + 13), (0, top + 19), (0, bottom + 8)], -70), [2.0, 4.2, 1.6],
-                             1.4, density=0.8, smooth=0))
-    return v
+        px = sgn * (width - 10.0)
+        ped = np.column_stack([px + 4.0 * np.cos(t), top + 9.0 + 6.0 * np.sin(t)])
+        arch.lines.append(proj.tube(with_depth(ped, -30), 1.0, 0.0, 1.1, True, smooth=0))
+        arch.tubes.append(proj.tube(np.array([(px, top + 9.0, -22.0), (px, top + 9.0, -38.0)]), [3.6, 3.6],
+                                    0.8, density=0.5, smooth=0))  # the pedicle end-on
+        # transverse process: L5's broad and sweeping up and out, L4's and L3's slenderer and longer
+        reach = 44 + 8 * (1.0 - stout) + 4 * stout
+        tp = [(px + sgn * 2, top + 10), (sgn * (0.62 * reach + 8), top + 8 - 3 * stout),
+              (sgn * (reach + 6), top + 5 - 6 * stout)]
+        arch.tubes.append(proj.tube(with_depth(tp, -35), [7.0 * stout + 1.5, 4.0 * stout + 2.0, 2.2 * stout + 1.8],
+                                    0.9, density=0.6, flat=0.7))
+        # lamina: a thin plate from the pedicle down and in to the spinous process, over the lower body
+        lam = [(px + sgn * 1, top + 13), (sgn * 4, top + 17), (sgn * 3, bottom + 1), (sgn * (width - 15), bottom - 2),
+               (px + sgn * 2, bottom - 9)]
+        arch.slabs.append(proj.slab(with_depth(lam, -50), 2.2, 0.7, density=0.5, flat=1.0, smooth=2))
+        # articular processes and the facet joint at the disc below: the inferior process of this
+        # vertebra (medial) against the superior process of the next (lateral), a thin lucent cleft
+        # between two dense margins, running obliquely down and in
+        fx = sgn * (width - 12.5)
+        inf_p = [(fx, bottom - 6), (fx - sgn * 1.0, bottom + 1), (fx - sgn * 2.0, bottom + 6)]
+        arch.tubes.append(proj.tube(with_depth(inf_p, -45), [3.2, 2.6, 1.6], 0.8, density=0.45, smooth=0))
+        sup_p = [(fx + sgn * 6.5, bottom + 9), (fx + sgn * 6.0, bottom + 3), (fx + sgn * 5.0, bottom - 2)]
+        arch.tubes.append(proj.tube(with_depth(sup_p, -42), [3.4, 2.8, 1.6], 0.8, density=0.45, smooth=0))
+        for off, dens in ((sgn * 2.3, 0.6), (sgn * 3.9, 0.6)):
+            arch.lines.append(proj.tube(with_depth([(fx + off + sgn * 0.6, bottom - 2), (fx + off - sgn * 0.6, bottom + 6)],
+                                                   -44), [0.55, 0.55], 0.0, dens, True, smooth=0))
+    # spinous process end-on in the midline: a teardrop over the lower body, broad above, tapering down
+    arch.tubes.append(proj.tube(with_depth([(0, top + 14), (0, top + 19), (0, bottom + 6)], -70), [2.2, 4.0, 1.4],
+                                1.3, density=0.6, smooth=0))
+    return [v, arch]
 
 
 def rounded_rect(cx, cy, hw, hh, rad) -> np.ndarray:
@@ -617,7 +662,7 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     gt_top = gt_pts[-1]
     # lesser trochanter: a posteromedial prominence at the neck-shaft junction, rooted in the shaft
     # (more posterior than medial: half hidden behind the shaft in AP, prominent in frog-leg)
-    lt_root = base + sh * 0.40 * d - lat * 0.18 * d - ant * 3
+    lt_root = base + sh * 0.40 * d - lat * 0.13 * d - ant * 3
     lt_dir = -lat * 0.40 + sh * 0.22 - ant * 0.92
     lt_dir = lt_dir / np.linalg.norm(lt_dir)
     lt_tip = lt_root + lt_dir * 0.55 * d
@@ -627,10 +672,10 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
         # the trochanter is deeper (front to back) than wide: as dense as the intertrochanteric region
         proj.tube(gt_pts, [0.21 * d, 0.24 * d, 0.19 * d, 0.09 * d], 1.2, density=0.7, flat=1.45, smooth=1),
         proj.tube([lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
-                  [0.24 * d, 0.16 * d, 0.09 * d], 1.3, density=0.7, flat=0.8, smooth=1),
+                  [0.27 * d, 0.17 * d, 0.09 * d], 1.3, density=0.7, flat=0.9, smooth=1),
         # metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow
         proj.tube([shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d,
-                   shaft_end], [0.30 * d, 0.39 * d, 0.36 * d, 0.33 * d, 0.315 * d, 0.31 * d],
+                   shaft_end], [0.27 * d, 0.355 * d, 0.345 * d, 0.325 * d, 0.315 * d, 0.31 * d],
                   np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
                   density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]), smooth=0),
     ]
