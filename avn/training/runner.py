@@ -25,11 +25,12 @@ from avn.dataset.check import check_dataset
 from avn.dataset.format import ANNOTATIONS_FILE, Dataset, load_dataset
 from avn.metrics import to_jsonable
 from avn.models.checkpoint import load_checkpoint, save_checkpoint
-from avn.models.detector import DETECTOR_INPUT_SIZES
+from avn.models.classifier import build_classifier
+from avn.models.detector import DETECTOR_INPUT_SIZES, build_detector
 from avn.training.classifier_loop import fit_classifier, predict
 from avn.training.detection_loop import build_detection_set, detection_metrics, fit_detector
 from avn.training.folds import Fold, subject_folds
-from avn.training.head_data import build_crops, serving_scale, training_scales
+from avn.training.head_data import CropSet, build_crops, serving_scale, training_scales
 from avn.training.profiles import Profile
 from avn.training.scoring import task_metrics
 
@@ -55,6 +56,7 @@ class TrainingContext:
     folds: list[Fold]
     reporter: Callable[[str, int, int, dict[str, float]], None] | None = None  # (stage, done, total, figures)
     logger: Callable[[str], None] | None = None  # one line per finished epoch
+    crops: tuple[CropSet, CropSet] | None = None  # built on first use, shared by the classifiers
 
     def log_epoch(self, stage: str, entry: dict[str, Any]) -> None:
         if self.logger:
@@ -122,21 +124,34 @@ def train(tasks: list[str], context: TrainingContext) -> dict[str, dict[str, Any
     return results
 
 
+def head_crops(context: TrainingContext) -> tuple[CropSet, CropSet]:
+    """(training pool at the profile's resample scales, held-out crops at the serving scale),
+    built once per run and shared by the four classifiers."""
+    if context.crops is None:
+        dataset, profile = context.dataset, context.profile
+        train_subjects, test_subjects = dataset.splits["train"], dataset.splits["test"]
+        wanted = set(train_subjects) | set(test_subjects)
+        # The pool reads the training radiographs, the held-out set those plus the T-set's.
+        images_total = sum((image.subject_id in wanted) + (image.subject_id in train_subjects) for image in dataset.images)
+        progress = {"done": 0}
+
+        def on_image() -> None:
+            progress["done"] += 1
+            context.report("cropping femoral heads", progress["done"], images_total)
+
+        pool = build_crops(
+            context.data_dir, dataset, train_subjects, profile.input_size, training_scales(profile.resamples), on_image=on_image
+        )
+        held = build_crops(context.data_dir, dataset, sorted(wanted), profile.input_size, serving_scale, on_image=on_image)
+        context.crops = (pool, held)
+    return context.crops
+
+
 def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]:
     profile, dataset = context.profile, context.dataset
     init_state = _view_trunk(context) if task == "staging" else None
-    train_subjects = dataset.splits["train"]
-    test_subjects = dataset.splits["test"]
-    images_total = sum(1 for image in dataset.images if image.subject_id in set(train_subjects) | set(test_subjects))
-    progress = {"done": 0}
-
-    def on_image() -> None:
-        progress["done"] += 1
-        context.report(f"{task}: cropping heads", progress["done"], 2 * images_total)
-
-    pool = build_crops(context.data_dir, dataset, train_subjects, profile.input_size, training_scales(profile.resamples), on_image=on_image)
-    held = build_crops(context.data_dir, dataset, list(train_subjects) + list(test_subjects), profile.input_size, serving_scale, on_image=on_image)
-    test = held.select_subjects(test_subjects)
+    pool, held = head_crops(context)
+    test = held.select_subjects(dataset.splits["test"])
     fold_docs = []
     for fold in context.folds:
         fold_dir = context.run_dir / task / "folds" / fold.name
@@ -169,8 +184,6 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
         _write_json(fold_dir / FOLD_RESULT, doc)
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
-    from avn.models.classifier import build_classifier
-
     model = build_classifier(task)
     model.load_state_dict(torch.load(context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
     return _finish(task, context, model, fold_docs, best, input_size=profile.input_size)
@@ -222,8 +235,6 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         _write_json(fold_dir / FOLD_RESULT, doc)
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
-    from avn.models.detector import build_detector
-
     detector = build_detector(profile.detector_backbone)
     detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
     return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
