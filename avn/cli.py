@@ -128,6 +128,28 @@ def _headline_text(task: str, result: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in figures.items())
 
 
+@app.command()
+def metrics(run_dir: Path = typer.Option(..., "--run", help="Run folder written by `avn train`.")) -> None:
+    """Print the run's T-set figures beside the paper's as a Markdown table."""
+    import json
+
+    from avn.paper import PAPER_TSET
+    from avn.training.runner import headline_figures
+
+    typer.echo("| model | figure | T-set (phantom) | paper (real data) | training time |")
+    typer.echo("|---|---|---|---|---|")
+    for task in TRAIN_TASKS[:-1]:
+        path = run_dir / task / "metrics.json"
+        if not path.exists():
+            continue
+        document = json.loads(path.read_text())
+        for figure, value in headline_figures(task, document["test"]).items():
+            paper = PAPER_TSET.get((task, figure))
+            ours = "n/a" if value is None else f"{value:.4f}"
+            reference = "—" if paper is None else f"{paper:.4f}"
+            typer.echo(f"| {task} | {figure} | {ours} | {reference} | {document.get('train_seconds', 0) / 60:.1f} min |")
+
+
 @app.command("build-store")
 def build_store_command(
     run_dir: Path = typer.Option(..., "--run", help="Run folder written by `avn train`."),

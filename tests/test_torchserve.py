@@ -38,7 +38,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> TorchServe:
     root = tmp_path_factory.mktemp("torchserve")
     torch.manual_seed(0)
     for task in TASKS:
-        model = build_detector() if task == "detection" else build_classifier(task)
+        # Untrained SSD scores sit near chance (ties): no score cut and a wide top-k keep boxes on the
+        # image itself, not only on the letterbox padding, for the coordinate-mapping test.
+        model = build_detector(min_score=0.0, top_k=100) if task == "detection" else build_classifier(task)
         save_checkpoint(root / "run" / task / "model.pt", model, task, {"version": VERSION, "training_data_hash": "test"})
     build_store(root / "run", root / "model_store", serving=BATCHING_SERVING)
     torchserve = TorchServe(root / "model_store", root / "ts", disable_token_auth=True, gpus=0, system_metrics=False)

@@ -28,7 +28,7 @@ from avn.models.checkpoint import load_checkpoint, save_checkpoint
 from avn.models.classifier import build_classifier
 from avn.models.detector import DETECTOR_INPUT_SIZES, build_detector
 from avn.training.classifier_loop import fit_classifier, predict
-from avn.training.detection_loop import build_detection_set, detection_metrics, fit_detector
+from avn.training.detection_loop import build_detection_set, choose_score_threshold, detection_metrics, fit_detector
 from avn.training.folds import Fold, subject_folds
 from avn.training.head_data import CropSet, build_crops, serving_scale, training_scales
 from avn.training.profiles import Profile
@@ -162,7 +162,7 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
         epochs = profile.epochs[task]
         train_set = pool.select_subjects(fold.train_subjects)
         val_set = held.select_subjects(fold.val_subjects)
-        per_epoch = max(1, len(train_set) // profile.batch_size)
+        per_epoch = max(1, -(-len(train_set) // profile.batch_size))
 
         def on_step(figures: dict[str, float]) -> None:
             steps["n"] += 1
@@ -212,7 +212,7 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         train_set = everything.select_subjects(fold.train_subjects)
         val_set = everything.select_subjects(fold.val_subjects)
         epochs = profile.epochs["detection"]
-        per_epoch = max(1, len(train_set) // profile.detector_batch_size)
+        per_epoch = max(1, -(-len(train_set) // profile.detector_batch_size))
         steps = {"n": 0}
 
         def on_step(figures: dict[str, float]) -> None:
@@ -223,19 +223,22 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
             train_set, val_set, profile, fold_dir, _fold_seed(context, fold), on_step=on_step,
             on_epoch=lambda entry: context.log_epoch(f"detection {fold.name}", entry),
         )
+        threshold = choose_score_threshold(detector, val_set)
+        detector.configure_postprocessing(top_k=detector.top_k, min_score=threshold, nms_iou=detector.nms_iou)
         doc = {
             "fold": fold.name,
             "best_epoch": best_epoch,
             "val_score": score,
+            "score_threshold": threshold,
             "train_radiographs": len(train_set),
             "val_radiographs": len(val_set),
-            "test": detection_metrics(detector, test),
+            "test": detection_metrics(detector, test, score_threshold=threshold),
         }
         torch.save(detector.state_dict(), fold_dir / FOLD_WEIGHTS)
         _write_json(fold_dir / FOLD_RESULT, doc)
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
-    detector = build_detector(profile.detector_backbone)
+    detector = build_detector(profile.detector_backbone, min_score=best["score_threshold"])
     detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
     return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
 
