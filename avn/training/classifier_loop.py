@@ -8,7 +8,6 @@ resumed run takes the same path as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,14 +18,13 @@ from torch import nn
 
 from avn.crop import normalise
 from avn.models.classifier import HeadClassifier, build_classifier, init_from
+from avn.training import fold_state
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.head_data import CropSet
 from avn.training.losses import FocalLoss, inverse_frequency_alpha
 from avn.training.profiles import Profile
 from avn.training.scoring import selection_score, task_metrics
 
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 
 
 @dataclass
@@ -86,23 +84,19 @@ def fit_classifier(
     criterion = loss_for(task, train, profile)
     labels = train.labels(task)
     total_epochs = epochs if epochs is not None else profile.epochs[task]
-    state = _resume(work_dir, model, optimiser, scheduler)
-    best_state, best_score, best_epoch, history = state
-    for epoch in range(len(history), total_epochs):
+    state = fold_state.resume(work_dir, model, optimiser, scheduler)
+    for epoch in range(len(state.history), total_epochs):
         loss = _train_one_epoch(task, model, train.crops, labels, criterion, optimiser, profile, seed, epoch, on_step)
         metrics = task_metrics(task, val.labels(task), predict(model, val.crops))
         score = selection_score(task, metrics)
         scheduler.step(score)
-        history.append({"epoch": epoch, "loss": loss, "val_score": score, "lr": optimiser.param_groups[0]["lr"]})
+        entry = state.record_epoch(model, loss, score, optimiser.param_groups[0]["lr"])
+        fold_state.save(work_dir, model, optimiser, scheduler, state)
         if on_epoch:
-            on_epoch(history[-1])
-        if best_state is None or score > best_score:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_score, best_epoch = score, epoch
-        _save_state(work_dir, model, optimiser, scheduler, best_state, best_score, best_epoch, history)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(model.eval(), best_score, best_epoch, history)
+            on_epoch(entry)
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return FitResult(model.eval(), state.best_score, state.best_epoch, state.history)
 
 
 def _train_one_epoch(task, model, crops, labels, criterion, optimiser, profile, seed, epoch, on_step) -> float:
@@ -126,33 +120,3 @@ def _train_one_epoch(task, model, crops, labels, criterion, optimiser, profile, 
         if on_step:
             on_step({"loss": float(np.mean(losses[-20:]))})
     return float(np.mean(losses)) if losses else float("nan")
-
-
-def _resume(work_dir: Path, model, optimiser, scheduler):
-    path = work_dir / STATE_FILE
-    if not path.exists():
-        return None, float("-inf"), -1, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["best_state"], state["best_score"], state["best_epoch"], state["history"]
-
-
-def _save_state(work_dir, model, optimiser, scheduler, best_state, best_score, best_epoch, history) -> None:
-    path = work_dir / STATE_FILE
-    partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "best_state": best_state,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "history": history,
-        },
-        partial,
-    )
-    partial.replace(path)
-    (work_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))

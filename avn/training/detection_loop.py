@@ -8,7 +8,6 @@ and 0.7 on the full-size boxes; their mean picks the best epoch, favouring tight
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,9 @@ from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
 from avn.metrics import detection_prf
 from avn.models.detector import FH_CLASS, FemoralHeadDetector, boxes_to_input, build_detector, prepare_detector_input
+from avn.training import fold_state
 from avn.training.profiles import Profile
 
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 IOU_THRESHOLDS = (0.5, 0.6, 0.7)
 MIN_CANDIDATE_SCORE = 0.05
 CANDIDATE_THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.05), 2)
@@ -156,23 +154,20 @@ def fit_detector(
     detector = build_detector(backbone or profile.detector_backbone)
     optimiser = torch.optim.Adam(detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=profile.plateau_patience)
-    best_state, best_score, best_epoch, history = _resume(work_dir, detector, optimiser, scheduler)
+    state = fold_state.resume(work_dir, detector, optimiser, scheduler)
     total = epochs if epochs is not None else profile.epochs["detection"]
-    for epoch in range(len(history), total):
+    for epoch in range(len(state.history), total):
         loss = _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step)
         metrics = detection_metrics(detector, val)
         score = detection_score(metrics)
         scheduler.step(score)
-        history.append({"epoch": epoch, "loss": loss, "val_score": score, "lr": optimiser.param_groups[0]["lr"]})
+        entry = state.record_epoch(detector, loss, score, optimiser.param_groups[0]["lr"])
+        fold_state.save(work_dir, detector, optimiser, scheduler, state)
         if on_epoch:
-            on_epoch(history[-1])
-        if best_state is None or score > best_score:
-            best_state = {k: v.detach().clone() for k, v in detector.state_dict().items()}
-            best_score, best_epoch = score, epoch
-        _save_state(work_dir, detector, optimiser, scheduler, best_state, best_score, best_epoch, history)
-    if best_state is not None:
-        detector.load_state_dict(best_state)
-    return detector.eval(), best_score, best_epoch, history
+            on_epoch(entry)
+    if state.best_weights is not None:
+        detector.load_state_dict(state.best_weights)
+    return detector.eval(), state.best_score, state.best_epoch, state.history
 
 
 def _train_one_epoch(detector, data: DetectionSet, optimiser, profile: Profile, seed: int, epoch: int, on_step) -> float:
@@ -198,33 +193,3 @@ def _train_one_epoch(detector, data: DetectionSet, optimiser, profile: Profile, 
         if on_step:
             on_step({"loss": float(np.mean(losses[-20:]))})
     return float(np.mean(losses)) if losses else float("nan")
-
-
-def _resume(work_dir: Path, detector, optimiser, scheduler):
-    path = work_dir / STATE_FILE
-    if not path.exists():
-        return None, float("-inf"), -1, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    detector.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["best_state"], state["best_score"], state["best_epoch"], state["history"]
-
-
-def _save_state(work_dir, detector, optimiser, scheduler, best_state, best_score, best_epoch, history) -> None:
-    path = work_dir / STATE_FILE
-    partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "model": detector.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "best_state": best_state,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "history": history,
-        },
-        partial,
-    )
-    partial.replace(path)
-    (work_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))

@@ -1,0 +1,70 @@
+"""What a training fold persists after every epoch, so that an interrupted run resumes exactly.
+
+Shared by the classifier and detector loops: the model, optimiser and scheduler states, the best
+weights so far with their validation score and epoch, and the per-epoch history (also written
+as ``history.json`` for people to read).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class FoldState:
+    best_weights: dict[str, torch.Tensor] | None = None
+    best_score: float = float("-inf")
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_epoch(self, model: nn.Module, loss: float, score: float, lr: float) -> dict[str, Any]:
+        """Append the epoch to the history and keep the model's weights if they are the best yet."""
+        epoch = len(self.history)
+        entry = {"epoch": epoch, "loss": loss, "val_score": score, "lr": lr}
+        self.history.append(entry)
+        if self.best_weights is None or score > self.best_score:
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best_score, self.best_epoch = score, epoch
+        return entry
+
+
+def resume(work_dir: Path, model: nn.Module, optimiser, scheduler) -> FoldState:
+    """The fold's saved state, loaded into model/optimiser/scheduler; a fresh one if none is saved."""
+    path = work_dir / STATE_FILE
+    if not path.exists():
+        return FoldState()
+    # Our own file (optimiser state holds plain Python objects), never one from elsewhere.
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimiser.load_state_dict(saved["optimiser"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return FoldState(saved["best_weights"], saved["best_score"], saved["best_epoch"], saved["history"])
+
+
+def save(work_dir: Path, model: nn.Module, optimiser, scheduler, state: FoldState) -> None:
+    """Write the state atomically: a crash mid-write leaves the previous epoch's file intact."""
+    path = work_dir / STATE_FILE
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_weights": state.best_weights,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "history": state.history,
+        },
+        partial,
+    )
+    partial.replace(path)
+    (work_dir / HISTORY_FILE).write_text(json.dumps(state.history, indent=1))
