@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and tools call: dcmtk (dcmdump validates our DICOM files).
-APT_PACKAGES := dcmtk
+# Debian packages the tests and tools call: dcmtk (dcmdump validates our DICOM files) and
+# redis-server (the gateway's cache tests start a real one on a free loopback port).
+APT_PACKAGES := dcmtk redis-server
 
 .PHONY: install system-deps run test bench grid clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 system-deps:
-	@missing=""; for tool in dcmdump; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in dcmdump redis-server; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

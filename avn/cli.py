@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avn.dataset.cli import data_app
+from gateway.cli import diagnose
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.command()(diagnose)
 console = Console(stderr=True)
 
 DEMO_DATA = Path("data/demo")

@@ -1,8 +1,9 @@
 """The five archives served by a real TorchServe on loopback: readiness, batched requests, shapes
 and labels, staging CAMs, detection coordinates, and bad bodies answered with a clear error.
 
-One server for the whole module (session fixture); it runs on free loopback ports with token
-authorisation disabled — allowed on loopback only — and is stopped at the end.
+One server for the whole session (``torchserve_server`` in tests/conftest.py, shared with the
+gateway tests); it runs on free loopback ports with token authorisation disabled — allowed on
+loopback only — and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -17,39 +18,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from conftest import MODEL_VERSION, TEST_SERVING
 
-from avn.models import CLASSIFIER_TASKS, TASKS, build_classifier, build_detector, save_checkpoint
+from avn.models import CLASSIFIER_TASKS, TASKS
 from avn.serving.codec import WireFormatError, decode_crops_request, decode_image_request, encode_crops_json, encode_npy
 from avn.serving.torchserve import InsecureConfigError, Ports, TorchServe, write_config
-from avn.store import DEFAULT_SERVING, ServingConfig, build_store
+from avn.store import DEFAULT_SERVING
 from avn.vocabulary import NOTES, STAGES
 
 pytestmark = pytest.mark.slow
 
 CROP = 224
-VERSION = "0.0.1-test"
-# A long batch window on the view model makes concurrent requests share one forward pass.
-BATCHING_SERVING = {"view": ServingConfig(batch_size=8, max_batch_delay_ms=400)}
+VERSION = MODEL_VERSION
+BATCHING_SERVING = TEST_SERVING
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> TorchServe:
-    root = tmp_path_factory.mktemp("torchserve")
-    torch.manual_seed(0)
-    for task in TASKS:
-        # Untrained SSD scores sit near chance (ties): no score cut and a wide top-k keep boxes on the
-        # image itself, not only on the letterbox padding, for the coordinate-mapping test.
-        model = build_detector(min_score=0.0, top_k=100) if task == "detection" else build_classifier(task)
-        save_checkpoint(root / "run" / task / "model.pt", model, task, {"version": VERSION, "training_data_hash": "test"})
-    build_store(root / "run", root / "model_store", serving=BATCHING_SERVING)
-    torchserve = TorchServe(root / "model_store", root / "ts", disable_token_auth=True, gpus=0, system_metrics=False)
-    torchserve.start()
-    try:
-        torchserve.wait_until_ready(TASKS, timeout_s=150)
-        yield torchserve
-    finally:
-        torchserve.stop()
+def server(torchserve_server: TorchServe) -> TorchServe:
+    """The session's TorchServe over random-init archives (tests/conftest.py), shared with the gateway tests."""
+    return torchserve_server
 
 
 def post(server: TorchServe, model: str, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, dict]:

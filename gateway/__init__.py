@@ -1,0 +1,1 @@
+"""The diagnosis gateway: decode → detect → crop → classifiers → prior fusion → output (SPEC §5)."""

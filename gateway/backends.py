@@ -1,0 +1,58 @@
+"""The one interface the pipeline calls models through, whatever runs them.
+
+Two implementations: the in-process backend (the same PyTorch model code, no servers: embedded
+mode, tests, benchmarks) and the TorchServe backend (TorchServe's gRPC inference API). Both take
+and return the same plain arrays, so the pipeline does not know which one it talks to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+CLASSIFIER_MODELS = ("view", "side", "staging", "notes")
+MODELS = ("detection", *CLASSIFIER_MODELS)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # one of MODELS
+    version: str  # the model card's version
+    input_size: int  # crop side (classifiers) or detector input side
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Femoral-head candidates, best first, in the pixel coordinates of the image sent."""
+
+    boxes: np.ndarray  # (K, 4) float32 xyxy
+    scores: np.ndarray  # (K,) float32
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One classifier's answer for N crops, rows in crop order."""
+
+    labels: tuple[str, ...]
+    probabilities: np.ndarray  # (N, C): softmax, or sigmoid per label for the notes
+    cams: np.ndarray | None = None  # (N, h, w) in [0, 1]: staging only
+    cam_labels: tuple[str, ...] | None = None  # the stage each CAM shows
+
+
+class ModelBackend(Protocol):
+    """What the pipeline needs from the models. Implementations raise gateway.errors types."""
+
+    async def detect(self, image: np.ndarray) -> Detections:
+        """Heads on a grey (H, W) float32 [0, 1] radiograph."""
+
+    async def classify(self, model: str, crops: np.ndarray, cam_stage: str | None = None) -> Classification:
+        """``model`` in CLASSIFIER_MODELS on (N, S, S) float32 [0, 1] crops (S = its input size)."""
+
+    async def models(self) -> list[ModelInfo]:
+        """Name, version, input size and labels of every model (raises when one is not loaded)."""
+
+    async def close(self) -> None:
+        """Release connections or memory."""

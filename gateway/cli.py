@@ -1,0 +1,171 @@
+"""``avn diagnose FILE...``: the diagnosis pipeline in-process on local files, no servers.
+
+Prints one table row per femoral head and writes, per file, ``<out>/<name>.json`` (the same fields
+as the gRPC/REST result; CAM PNGs base64-encoded) and ``<out>/<name>.overlay.png``. With
+``--study`` the files are one subject's radiographs and the per-side diagnosis (the most severe
+stage across them) is printed and written to ``<out>/study.json`` as well. A file that cannot be
+diagnosed is reported with its error and the others still run; the exit status is 1 if any failed.
+
+``avn/cli.py`` registers :func:`diagnose` as a sub-command; ``python -m gateway.cli`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.errors import GatewayError
+from gateway.results import (
+    DEFAULT_NOTE_THRESHOLD,
+    DiagnoseOptions,
+    DiagnoseRequest,
+    Diagnosis,
+    ImagePayload,
+    StudyDiagnosis,
+    StudyRequest,
+    to_json_dict,
+)
+
+console = Console()
+app = typer.Typer(help="Diagnose radiographs in-process.", no_args_is_help=True)
+
+
+def diagnose(
+    files: list[Path] = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="Radiographs: DICOM, PNG or JPEG."
+    ),
+    models: Path = typer.Option(
+        Path("model_store"), "--models", help="Model store (*.mar) or a training run folder (<task>/model.pt)."
+    ),
+    out: Path = typer.Option(Path("diagnoses"), "--out", help="Folder for <name>.json and <name>.overlay.png."),
+    study: bool = typer.Option(False, "--study", help="The files are one subject: also report per side."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write the annotated overlay PNG."),
+    note_threshold: float = typer.Option(DEFAULT_NOTE_THRESHOLD, min=0.0, max=1.0, help="Fused-note threshold."),
+    cam_stage: str = typer.Option("", help="Stage whose heat map to show (default: each head's predicted stage)."),
+    device: str = typer.Option("cpu", help="Torch device for the models, e.g. cuda:0."),
+) -> None:
+    """Diagnose radiographs with the models of a store or run folder, in this process."""
+    if not models.is_dir():
+        raise typer.BadParameter(f"{models} is not a folder (build one with `avn build-store`)", param_hint="--models")
+    options = DiagnoseOptions(include_overlay=overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
+    failures = asyncio.run(_run(files, models, out, study, options, device))
+    raise typer.Exit(code=1 if failures else 0)
+
+
+async def _run(files: list[Path], models: Path, out: Path, study: bool, options: DiagnoseOptions, device: str) -> int:
+    from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the command runs
+    from gateway.pipeline import Pipeline  # noqa: PLC0415
+
+    pipeline = Pipeline(InProcessBackend.from_folder(models, device), note_threshold=options.note_threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _output_names(files)
+    table = _heads_table()
+    failures = 0
+    try:
+        if study:
+            failures = await _run_study(pipeline, files, names, out, options, table)
+        else:
+            for path, name in zip(files, names):
+                try:
+                    result = await pipeline.diagnose(DiagnoseRequest(_payload(path), options))
+                except GatewayError as error:
+                    _add_failure(table, path, error)
+                    failures += 1
+                    continue
+                _add_rows(table, path, result)
+                _write(result, out, name)
+    finally:
+        await pipeline.close()
+    console.print(table)
+    console.print(f"results in {out}/")
+    return failures
+
+
+async def _run_study(pipeline, files, names, out: Path, options: DiagnoseOptions, table: Table) -> int:
+    try:
+        result: StudyDiagnosis = await pipeline.diagnose_study(StudyRequest(tuple(_payload(p) for p in files), options))
+    except GatewayError as error:
+        _add_failure(table, Path("study"), error)
+        return len(files)
+    for item in result.radiographs:
+        _add_rows(table, files[item.index], item.result)
+        _write(item.result, out, names[item.index])
+    for skipped in result.skipped:
+        table.add_row(files[skipped.index].name, "", "", f"[yellow]{skipped.reason}[/]", "", "", "")
+    sides = Table(title="study: per side, the most severe stage")
+    for column in ("side", "stage", "p", "presence", "collapse", "seen on"):
+        sides.add_column(column)
+    for side in result.sides:
+        sides.add_row(
+            side.side, side.stage, f"{side.probability:.2f}", side.presence, side.collapse,
+            files[side.radiograph_index].name,
+        )  # fmt: skip
+    console.print(sides)
+    radiographs = tuple(replace(item, result=_without_overlay(item.result)) for item in result.radiographs)
+    (out / "study.json").write_text(json.dumps(to_json_dict(replace(result, radiographs=radiographs)), indent=2))
+    return len(result.skipped)
+
+
+def _payload(path: Path) -> ImagePayload:
+    return ImagePayload(path.read_bytes())  # the media type is recognised from the bytes
+
+
+def _heads_table() -> Table:
+    table = Table(title="femoral heads")
+    for column in ("file", "view", "side", "stage", "presence", "collapse", "notes (fused ≥ threshold)"):
+        table.add_column(column)
+    return table
+
+
+def _add_rows(table: Table, path: Path, result: Diagnosis) -> None:
+    view = f"{result.view.view} {result.view.probability:.2f}"
+    for head in result.heads:
+        side = f"{head.side} {head.side_probability:.2f}" + (" (flipped)" if head.side_corrected else "")
+        notes = ", ".join(f"{n.note} {n.probability:.2f}" for n in head.passed_notes) or "-"
+        table.add_row(
+            path.name,
+            view,
+            side,
+            f"{head.stage} {head.stage_probability:.2f}",
+            f"{head.presence} {head.presence_probability:.2f}",
+            f"{head.collapse} {head.collapse_probability:.2f}",
+            notes,
+        )
+
+
+def _add_failure(table: Table, path: Path, error: GatewayError) -> None:
+    table.add_row(path.name, "", "", f"[red]{type(error).__name__}: {error}[/]", "", "", "")
+
+
+def _write(result: Diagnosis, out: Path, name: str) -> None:
+    if result.overlay_png:
+        (out / f"{name}.overlay.png").write_bytes(result.overlay_png)
+    (out / f"{name}.json").write_text(json.dumps(to_json_dict(_without_overlay(result)), indent=2))
+
+
+def _without_overlay(result: Diagnosis) -> Diagnosis:
+    # The overlay is its own PNG file next to the JSON; base64 of it would only bloat the JSON.
+    return replace(result, overlay_png=None)
+
+
+def _output_names(files: list[Path]) -> list[str]:
+    """One output name per file: its stem, numbered when two files share a stem."""
+    names: list[str] = []
+    for path in files:
+        name, number = path.stem, 2
+        while name in names:
+            name, number = f"{path.stem}-{number}", number + 1
+        names.append(name)
+    return names
+
+
+app.command()(diagnose)
+
+if __name__ == "__main__":
+    app()

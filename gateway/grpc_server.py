@@ -1,0 +1,368 @@
+"""The gRPC front door: the ``avn.v1.Diagnosis`` service over a :class:`~gateway.pipeline.Pipeline`.
+
+Besides the service itself the server carries the standard ``grpc.health.v1`` health service
+(SERVING only while every model answers: a background task asks the pipeline every few seconds)
+and server reflection (``grpcurl`` and similar tools discover the contract without the .proto).
+
+* Messages up to 64 MiB both ways (a 16-bit 3000×3000 DICOM is ~18 MB).
+* Every request runs under a deadline: the client's, capped by the server's default when the
+  client sets none or a longer one.
+* Failures are mapped once, by :func:`gateway.errors.status_of`; the trailing metadata carries the
+  error type (``avn-error-type``), ``retry-after`` seconds for UNAVAILABLE, and ``x-request-id``.
+  A client may send its own ``x-request-id`` metadata; otherwise the server makes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway import proto
+from gateway.errors import as_gateway_error, error_metadata, status_of
+from gateway.pipeline import Pipeline, new_request_id
+from gateway.results import (
+    DiagnoseOptions,
+    DiagnoseRequest,
+    Diagnosis,
+    FemoralHead,
+    ImagePayload,
+    LabelProbability,
+    ModelVersion,
+    StudyDiagnosis,
+    StudyRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+STUBS = proto.load()
+pb = STUBS.messages
+SERVICE_NAME = proto.SERVICE_NAME
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the image bytes
+DEFAULT_DEADLINE_S = 30.0
+HEALTH_INTERVAL_S = 5.0
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
+
+
+# ---------------------------------------------------------------- the service
+
+
+class DiagnosisServicer(STUBS.services.DiagnosisServicer):
+    """``avn.v1.Diagnosis``: protobuf in, pipeline, protobuf out."""
+
+    def __init__(self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        self.pipeline = pipeline
+        self.deadline_s = deadline_s
+
+    async def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext) -> pb.DiagnoseResponse:
+        request_id = _request_id(context)
+        try:
+            result = await self.pipeline.diagnose(
+                diagnose_request_from_proto(request), request_id=request_id, timeout_s=self._timeout(context)
+            )
+        except Exception as error:
+            await _abort(context, error, request_id)
+        return diagnosis_to_proto(result)
+
+    async def DiagnoseStudy(self, request: pb.StudyRequest, context: grpc.aio.ServicerContext) -> pb.StudyResponse:
+        request_id = _request_id(context)
+        try:
+            result = await self.pipeline.diagnose_study(
+                study_request_from_proto(request), request_id=request_id, timeout_s=self._timeout(context)
+            )
+        except Exception as error:
+            await _abort(context, error, request_id)
+        return study_to_proto(result)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        request_id = _request_id(context)
+        try:
+            infos = await self.pipeline.models()
+        except Exception as error:
+            await _abort(context, error, request_id)
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelDescription(name=i.name, version=i.version, input_size=i.input_size, labels=list(i.labels))
+                for i in infos
+            ]
+        )
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.deadline_s if remaining is None else min(remaining, self.deadline_s)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH:
+            return value
+    return new_request_id()
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:
+    """End the RPC with the mapped status; untyped errors are logged and reported as INTERNAL."""
+    typed = as_gateway_error(error)
+    if typed is not error:
+        logger.error("request %s failed unexpectedly", request_id, exc_info=error)
+    elif status_of(typed).http_status >= 500:
+        logger.warning("request %s: %s: %s", request_id, type(typed).__name__, typed)
+    else:  # the client's problem, told to the client; kept in the log at a quieter level
+        logger.info("request %s rejected: %s: %s", request_id, type(typed).__name__, typed)
+    await context.abort(
+        status_of(typed).grpc_code,
+        f"{typed} (request {request_id})",
+        trailing_metadata=(*error_metadata(typed), (REQUEST_ID_KEY, request_id)),
+    )
+
+
+# ---------------------------------------------------------------- protobuf ↔ dataclasses
+
+
+def options_from_proto(include_overlay: bool, options: pb.DiagnoseOptions) -> DiagnoseOptions:
+    return DiagnoseOptions(
+        include_overlay=include_overlay,
+        cam_stage=options.cam_stage or None,
+        note_threshold=options.note_threshold if options.HasField("note_threshold") else None,
+    )
+
+
+def diagnose_request_from_proto(request: pb.DiagnoseRequest) -> DiagnoseRequest:
+    return DiagnoseRequest(
+        payload=ImagePayload(request.image, request.media_type),
+        options=options_from_proto(request.include_overlay, request.options),
+    )
+
+
+def study_request_from_proto(request: pb.StudyRequest) -> StudyRequest:
+    return StudyRequest(
+        payloads=tuple(ImagePayload(item.image, item.media_type) for item in request.radiographs),
+        options=options_from_proto(request.include_overlay, request.options),
+    )
+
+
+def _label_probabilities(items: tuple[LabelProbability, ...]) -> list[pb.LabelProbability]:
+    return [pb.LabelProbability(label=item.label, probability=item.probability) for item in items]
+
+
+def _models(models: tuple[ModelVersion, ...]) -> list[pb.ModelVersion]:
+    return [pb.ModelVersion(name=m.name, version=m.version) for m in models]
+
+
+def _box(box) -> pb.Box:
+    return pb.Box(x0=box.x0, y0=box.y0, x1=box.x1, y1=box.y1)
+
+
+def head_to_proto(head: FemoralHead) -> pb.FemoralHead:
+    return pb.FemoralHead(
+        box=_box(head.box),
+        score=head.score,
+        side=head.side,
+        side_probability=head.side_probability,
+        side_corrected=head.side_corrected,
+        stage_probabilities=_label_probabilities(head.stage_probabilities),
+        stage=head.stage,
+        stage_probability=head.stage_probability,
+        presence=head.presence,
+        presence_probability=head.presence_probability,
+        collapse=head.collapse,
+        collapse_probability=head.collapse_probability,
+        notes=[
+            pb.Note(
+                note=n.note, stage=n.stage, raw_probability=n.raw_probability, probability=n.probability, passed=n.passed
+            )
+            for n in head.notes
+        ],
+        cam_png=head.cam_png,
+        cam_stage=head.cam_stage,
+        cam_box=_box(head.cam_box),
+        view_probabilities=_label_probabilities(head.view_probabilities),
+    )
+
+
+def diagnosis_to_proto(result: Diagnosis) -> pb.DiagnoseResponse:
+    t = result.timings
+    return pb.DiagnoseResponse(
+        request_id=result.request_id,
+        width=result.width,
+        height=result.height,
+        view=pb.View(
+            view=result.view.view,
+            probability=result.view.probability,
+            probabilities=_label_probabilities(result.view.probabilities),
+        ),
+        heads=[head_to_proto(head) for head in result.heads],
+        overlay_png=result.overlay_png or b"",
+        models=_models(result.models),
+        cache_hit=result.cache_hit,
+        timings=pb.StepTimings(
+            decode_ms=t.decode_ms, detect_ms=t.detect_ms, crop_ms=t.crop_ms, classify_ms=t.classify_ms,
+            fuse_ms=t.fuse_ms, output_ms=t.output_ms, total_ms=t.total_ms,
+        ),  # fmt: skip
+        note_threshold=result.note_threshold,
+    )
+
+
+def study_to_proto(result: StudyDiagnosis) -> pb.StudyResponse:
+    return pb.StudyResponse(
+        request_id=result.request_id,
+        sides=[
+            pb.SideDiagnosis(
+                side=s.side, stage=s.stage, presence=s.presence, collapse=s.collapse, probability=s.probability,
+                radiograph_index=s.radiograph_index, radiograph_indices=list(s.radiograph_indices),
+            )  # fmt: skip
+            for s in result.sides
+        ],
+        radiographs=[pb.StudyRadiograph(index=r.index, result=diagnosis_to_proto(r.result)) for r in result.radiographs],
+        skipped=[pb.SkippedRadiograph(index=s.index, reason=s.reason) for s in result.skipped],
+        models=_models(result.models),
+        total_ms=result.total_ms,
+    )
+
+
+# ---------------------------------------------------------------- the server
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    health_task: asyncio.Task
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Report NOT_SERVING (load balancers drain), then let requests in flight finish for ``grace_s``."""
+        self.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.health_task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_grpc_server(
+    pipeline: Pipeline,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    max_message_bytes: int | None = None,
+    health_interval_s: float = HEALTH_INTERVAL_S,
+) -> RunningServer:
+    """Bind (``port`` 0: a free port), start, and report health once before returning.
+
+    ``max_message_bytes`` defaults to 64 MiB, or more when the pipeline accepts larger images, so
+    that the pipeline — not the transport — rejects an oversized image with a specific message.
+    """
+    max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, pipeline.max_image_bytes + MESSAGE_OVERHEAD_BYTES)
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    STUBS.services.add_DiagnosisServicer_to_server(DiagnosisServicer(pipeline, deadline_s), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {host}:{port}")
+    await server.start()
+    await _report_health(pipeline, health_servicer)
+    task = asyncio.create_task(_watch_health(pipeline, health_servicer, health_interval_s), name="avn-grpc-health")
+    logger.info("gRPC %s serving on %s:%d", SERVICE_NAME, host, bound)
+    return RunningServer(server, bound, health_servicer, task)
+
+
+async def serve_grpc(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 50051, **options) -> None:
+    """Serve until cancelled (then stop gracefully)."""
+    running = await start_grpc_server(pipeline, host, port, **options)
+    try:
+        await running.server.wait_for_termination()
+    finally:
+        await running.stop()
+
+
+@contextlib.asynccontextmanager
+async def grpc_server(pipeline: Pipeline, **options) -> AsyncIterator[RunningServer]:
+    """A server on a free loopback port for the duration of the block (tests, benchmarks)."""
+    running = await start_grpc_server(pipeline, "127.0.0.1", 0, **options)
+    try:
+        yield running
+    finally:
+        await running.stop(grace_s=0.5)
+
+
+class BackgroundGrpcServer:
+    """A gRPC server on its own event loop in a daemon thread, for synchronous callers (tests, CLI).
+
+    The pipeline and its backend must only be used from this server's loop while it runs.
+    """
+
+    def __init__(self, pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0, **options) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="avn-grpc-server", daemon=True)
+        self._thread.start()
+        self.host = host
+        try:
+            self.running: RunningServer = self._run(start_grpc_server(pipeline, host, port, **options))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace_s: float = 0.5) -> None:
+        try:
+            self._run(self.running.stop(grace_s))
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> BackgroundGrpcServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+async def _report_health(pipeline: Pipeline, servicer: health.aio.HealthServicer) -> None:
+    ready = await pipeline.ready()
+    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", SERVICE_NAME):  # "" is the whole server, by the health protocol's convention
+        await servicer.set(service, status)
+
+
+async def _watch_health(pipeline: Pipeline, servicer: health.aio.HealthServicer, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await _report_health(pipeline, servicer)
+        except Exception:  # the watcher must outlive any one failed check
+            logger.exception("health check failed")

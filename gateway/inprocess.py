@@ -1,0 +1,203 @@
+"""The in-process backend: the same PyTorch model code as the TorchServe handlers, no servers.
+
+Used by ``avn serve --embedded``, ``avn diagnose``, the tests and the benchmarks. It loads the five
+checkpoints either from a model store (``<task>.mar`` archives: zip files holding the checkpoint,
+see :mod:`avn.store`) or from a training run folder (``<task>/model.pt``). Every model call runs on
+a worker thread (``asyncio.to_thread``) under ``torch.inference_mode``: PyTorch releases the GIL
+while it computes, so the four classifiers of one radiograph really run side by side and the event
+loop keeps serving other requests.
+
+A model missing from the folder does not stop the backend from starting: :meth:`models` and calls
+to that model raise :class:`~gateway.errors.ModelUnavailable`, so health and readiness report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from avn.crop import normalise
+from avn.models.checkpoint import ModelCard, load_checkpoint
+from avn.models.classifier import HeadClassifier
+from avn.models.detector import FemoralHeadDetector
+from avn.store import CHECKPOINT_NAME
+
+from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from gateway.errors import Internal, ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIX = ".mar"
+MANIFEST = "MAR-INF/MANIFEST.json"
+# A model absent from the folder stays absent until the gateway restarts with a complete store.
+MISSING_MODEL_RETRY_S = 60.0
+
+
+class ModelLoadError(RuntimeError):
+    """A model file that exists but cannot be loaded (corrupt, wrong task, wrong format)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    module: nn.Module
+    card: ModelCard
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.card.task, self.card.version, self.card.input_size, tuple(self.card.labels))
+
+
+class InProcessBackend:
+    """:class:`gateway.backends.ModelBackend` over models held in this process."""
+
+    def __init__(self, models: Mapping[str, LoadedModel], device: str | torch.device = "cpu", source: str = "") -> None:
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; expected some of {MODELS}")
+        self.device = torch.device(device)
+        self.source = source
+        self._models = {
+            name: LoadedModel(model.module.to(self.device).eval(), model.card) for name, model in models.items()
+        }
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+        """A model store (``*.mar``) or a run folder (``<task>/model.pt``), whichever ``folder`` is."""
+        folder = Path(folder)
+        if any(folder.glob(f"*{ARCHIVE_SUFFIX}")):
+            return cls.from_store(folder, device)
+        return cls.from_run(folder, device)
+
+    @classmethod
+    def from_store(cls, store: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+        """Models from ``store/<task>.mar`` (the checkpoint is read out of each archive)."""
+        store = Path(store)
+        archives = {task: store / f"{task}{ARCHIVE_SUFFIX}" for task in MODELS}
+        models = {task: load_archive(path, task, device) for task, path in archives.items() if path.is_file()}
+        cls._log_missing(models, store)
+        return cls(models, device, source=str(store))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+        """Models from ``run_dir/<task>/model.pt`` (what ``avn train`` writes)."""
+        run_dir = Path(run_dir)
+        checkpoints = {task: run_dir / task / CHECKPOINT_NAME for task in MODELS}
+        models = {task: load_model(path, task, device) for task, path in checkpoints.items() if path.is_file()}
+        cls._log_missing(models, run_dir)
+        return cls(models, device, source=str(run_dir))
+
+    @staticmethod
+    def _log_missing(models: Mapping[str, LoadedModel], folder: Path) -> None:
+        missing = [task for task in MODELS if task not in models]
+        if missing:
+            logger.warning("no %s model in %s: requests will be answered UNAVAILABLE", ", ".join(missing), folder)
+
+    # ------------------------------------------------------------ ModelBackend
+
+    async def detect(self, image: np.ndarray) -> Detections:
+        detector = self._model("detection").module
+        return await asyncio.to_thread(_detect, detector, np.asarray(image, dtype=np.float32))
+
+    async def classify(self, model: str, crops: np.ndarray, cam_stage: str | None = None) -> Classification:
+        if model not in CLASSIFIER_MODELS:
+            raise Internal(f"unknown classifier {model!r}; expected one of {CLASSIFIER_MODELS}")
+        loaded = self._model(model)
+        crops = np.asarray(crops, dtype=np.float32)
+        size = loaded.card.input_size
+        if crops.ndim != 3 or crops.shape[1:] != (size, size) or len(crops) == 0:
+            raise Internal(f"{model} needs crops shaped (N, {size}, {size}), got {crops.shape}")
+        if cam_stage is not None and model != "staging":
+            raise Internal(f"cam_stage applies to the staging model only, not to {model!r}")
+        return await asyncio.to_thread(_classify, loaded.module, loaded.card, crops, cam_stage, model == "staging")
+
+    async def models(self) -> list[ModelInfo]:
+        return [self._model(name).info for name in MODELS]
+
+    async def close(self) -> None:
+        self._models.clear()
+
+    def _model(self, name: str) -> LoadedModel:
+        if name not in self._models:
+            where = self.source or "the model folder"
+            raise ModelUnavailable(f"model {name!r} is not loaded (none in {where})", MISSING_MODEL_RETRY_S)
+        return self._models[name]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model(checkpoint: str | Path, task: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """A checkpoint for ``task``; a checkpoint of another task is refused."""
+    module, card = load_checkpoint(checkpoint, map_location=device)
+    if card.task != task:
+        raise ModelLoadError(f"{checkpoint} holds a {card.task!r} model, expected {task!r}")
+    logger.info("loaded %s %s version %s from %s", task, card.architecture, card.version, checkpoint)
+    return LoadedModel(module, card)
+
+
+def load_archive(archive: str | Path, task: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """The checkpoint inside a TorchServe archive (its manifest names the serialized file)."""
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            member = _serialized_file(bundle)
+            data = bundle.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as error:
+        raise ModelLoadError(f"{archive} is not a readable model archive: {error}") from error
+    # load_checkpoint reads a path; the temporary copy lives only while the weights are read.
+    with tempfile.TemporaryDirectory(prefix="avn-mar-") as scratch:
+        checkpoint = Path(scratch) / CHECKPOINT_NAME
+        checkpoint.write_bytes(data)
+        return load_model(checkpoint, task, device)
+
+
+def _serialized_file(bundle: zipfile.ZipFile) -> str:
+    try:
+        manifest = json.loads(bundle.read(MANIFEST))
+        return str(manifest["model"]["serializedFile"])
+    except (KeyError, ValueError):
+        return CHECKPOINT_NAME  # an archive without a manifest: the name avn.store always uses
+
+
+# ---------------------------------------------------------------- inference (worker threads)
+
+
+def _detect(detector: FemoralHeadDetector, image: np.ndarray) -> Detections:
+    with torch.inference_mode():
+        found = detector([image])[0]
+    return Detections(boxes=found.boxes.reshape(-1, 4), scores=found.scores.reshape(-1))
+
+
+def _classify(
+    model: HeadClassifier, card: ModelCard, crops: np.ndarray, cam_stage: str | None, with_cams: bool
+) -> Classification:
+    device = next(model.parameters()).device
+    batch = torch.from_numpy(np.stack([normalise(crop) for crop in crops])[:, np.newaxis]).to(device)
+    with torch.inference_mode():
+        logits, feature_maps = model.forward_features(batch)
+        probabilities = model.probabilities(logits)
+        if not with_cams:
+            return Classification(labels=tuple(card.labels), probabilities=probabilities.cpu().numpy())
+        if cam_stage is None:
+            cam_classes = probabilities.argmax(dim=1)
+        else:
+            cam_classes = torch.full((len(crops),), card.labels.index(cam_stage), dtype=torch.long, device=device)
+        cams = model.class_activation_maps(feature_maps, cam_classes)
+    return Classification(
+        labels=tuple(card.labels),
+        probabilities=probabilities.cpu().numpy(),
+        cams=cams.cpu().numpy(),
+        cam_labels=tuple(card.labels[index] for index in cam_classes.tolist()),
+    )

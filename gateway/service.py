@@ -1,0 +1,68 @@
+"""The gateway process: settings → model backend → cache → pipeline → gRPC and REST servers.
+
+``python -m gateway.service`` serves gRPC on ``AVN_GRPC_HOST:AVN_GRPC_PORT`` and REST on
+``AVN_REST_HOST:AVN_REST_PORT`` from one event loop, with the models behind ``AVN_BACKEND``
+(``torchserve``: an already running TorchServe at ``AVN_TORCHSERVE_GRPC``; ``embedded``: the
+archives of ``AVN_MODEL_STORE`` loaded in this process). This is the gateway container's command
+in ``docker-compose.yml``; both servers share one pipeline, one cache and one metrics registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.backends import ModelBackend
+from gateway.cache import build_cache
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Pipeline
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_backend(settings: Settings) -> ModelBackend:
+    """The model backend ``AVN_BACKEND`` names."""
+    if settings.backend == "embedded":
+        from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — loads torch models
+
+        return InProcessBackend.from_folder(settings.model_store)
+    from gateway.torchserve_backend import TorchServeBackend  # noqa: PLC0415
+
+    return TorchServeBackend.from_settings(settings)
+
+
+def build_pipeline(settings: Settings, backend: ModelBackend | None = None) -> Pipeline:
+    """A pipeline with the configured backend (or ``backend``), cache, size limit and note threshold."""
+    return Pipeline(
+        backend or build_backend(settings),
+        build_cache(settings),
+        max_image_bytes=settings.max_payload_bytes,
+        note_threshold=settings.note_threshold,
+    )
+
+
+async def serve(settings: Settings, pipeline: Pipeline | None = None) -> None:
+    """Serve gRPC and REST until cancelled; then stop both and close the pipeline."""
+    from gateway.grpc_server import start_grpc_server  # noqa: PLC0415 — generates the avn.v1 stubs
+    from gateway.rest import create_app, serve_rest  # noqa: PLC0415
+
+    pipeline = pipeline or build_pipeline(settings)
+    metrics = GatewayMetrics()
+    grpc_server = await start_grpc_server(pipeline, settings.grpc_host, settings.grpc_port, deadline_s=settings.deadline_s)
+    logger.info("gRPC on %s:%d, REST on %s:%d", settings.grpc_host, grpc_server.port, settings.rest_host, settings.rest_port)
+    try:
+        await serve_rest(create_app(pipeline, settings, metrics), settings)
+    finally:
+        await grpc_server.stop()
+        await pipeline.close()
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

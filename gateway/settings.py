@@ -1,0 +1,99 @@
+"""Every setting of the gateway, read from ``AVN_*`` environment variables (pydantic-settings).
+
+One ``Settings`` object is built at start-up and handed to the pieces that need it (backend,
+cache, gRPC server, REST app); nothing else reads the environment. ``docs/deployment.md`` has the
+table of variables; keep the two in step (a test checks that every field is documented there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AVN_"
+MEBIBYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration; ``Settings()`` reads ``AVN_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # ---- models
+    model_store: Path = Field(Path("model_store"), description="Folder of the five .mar archives.")
+    backend: Literal["torchserve", "embedded"] = Field(
+        "torchserve", description="`torchserve`: call TorchServe over gRPC; `embedded`: run the models in-process."
+    )
+    torchserve_grpc: str = Field(
+        "127.0.0.1:7070", description="host:port of TorchServe's gRPC inference API (`grpc_inference_port`)."
+    )
+    torchserve_management: str = Field(
+        "127.0.0.1:7071", description="host:port of TorchServe's gRPC management API (`grpc_management_port`)."
+    )
+    torchserve_inference_key: SecretStr | None = Field(
+        None, description="TorchServe's inference token (its `key_file.json`); unset when token auth is off."
+    )
+    torchserve_management_key: SecretStr | None = Field(
+        None, description="TorchServe's management token; unset when token auth is off."
+    )
+    torchserve_key_file: Path | None = Field(
+        None,
+        description="TorchServe's `key_file.json` (shared volume): tokens read from it, re-read when it changes. "
+        "Ignored for a token given above.",
+    )
+
+    # ---- serving
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds (`0.0.0.0` in a container).")
+    grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC port.")
+    rest_host: str = Field("127.0.0.1", description="Address the REST server binds (`0.0.0.0` in a container).")
+    rest_port: int = Field(8000, ge=1, le=65535, description="REST port.")
+    # Under the gRPC message limit (64 MiB) so that the gateway, not the transport, names the problem.
+    max_payload_bytes: int = Field(
+        48 * MEBIBYTE, gt=0, description="Largest radiograph accepted, bytes; larger ones get 413 / RESOURCE_EXHAUSTED."
+    )
+    deadline_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline of one request, seconds (REST; gRPC: caps the client's deadline). "
+        "Past it: 504 / DEADLINE_EXCEEDED.",
+    )
+    note_threshold: float = Field(
+        0.5, ge=0, le=1, description="A fused note probability at or above this is reported as present."
+    )
+
+    # ---- cache
+    cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
+    redis_url: str | None = Field(
+        None, description="e.g. `redis://redis:6379/0`; unset: an in-process LRU cache instead of Redis."
+    )
+    cache_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of a cached result in Redis, seconds.")
+    cache_entries: int = Field(256, ge=1, description="Entries the in-process LRU cache holds (no Redis).")
+    redis_retry_s: float = Field(
+        5.0, gt=0, description="While Redis is unreachable, how often the gateway tries it again, seconds."
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        # Compose files pass AVN_REDIS_URL= to mean "no Redis".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @staticmethod
+    def secret(value: SecretStr | None) -> str | None:
+        """The plain text of a token setting, or None."""
+        return value.get_secret_value() if value is not None else None
+
+
+def environment_variables() -> dict[str, str]:
+    """``AVN_<FIELD>`` → description, for documentation and its test."""
+    return {f"{ENV_PREFIX}{name.upper()}": field.description or "" for name, field in Settings.model_fields.items()}

@@ -1,0 +1,75 @@
+"""Shared by the gateway tests: tiny untrained models, a model store built from them, phantom files.
+
+CI has no trained model store, so the gateway is exercised with randomly initialised models: the
+classifiers take small crops (fast on CPU) and the detector keeps every candidate (no score cut,
+a wide top-k), so an untrained SSD still proposes boxes all over the radiograph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from avn.models import TASKS, build_classifier, build_detector, save_checkpoint
+from avn.phantom.cohort import plan_cohort
+from avn.phantom.render import render_radiograph
+from avn.phantom.specs import RadiographSpec, RenderedRadiograph
+from avn.phantom.writers import write_dicom, write_png
+from avn.store import build_store
+
+TINY_INPUT = 64  # classifier crop side: ResNet-18 on 64 px crops gives 2×2 activation maps
+VERSION = "0.0.1-test"
+PHANTOM_SCALE = 0.2  # ~470×420 px radiographs
+
+
+def write_tiny_run(run_dir: Path, seed: int = 0, version: str = VERSION) -> Path:
+    """``run_dir/<task>/model.pt`` for all five tasks, random weights."""
+    torch.manual_seed(seed)
+    for task in TASKS:
+        if task == "detection":
+            model = build_detector(min_score=0.0, top_k=100)
+            metadata = {"version": version, "training_data_hash": "test"}
+        else:
+            model = build_classifier(task)
+            metadata = {"version": version, "training_data_hash": "test", "input_size": TINY_INPUT}
+        save_checkpoint(run_dir / task / "model.pt", model, task, metadata)
+    return run_dir
+
+
+def write_tiny_store(root: Path, seed: int = 0) -> Path:
+    """A model store of TorchServe archives (``<task>.mar``) built from :func:`write_tiny_run`."""
+    run_dir = write_tiny_run(root / "run", seed)
+    build_store(run_dir, root / "model_store")
+    return root / "model_store"
+
+
+def phantom_specs(seed: int = 0, subjects: int = 2) -> list[RadiographSpec]:
+    """The radiograph specs of a small phantom cohort (several per subject, AP and frog-leg)."""
+    return plan_cohort(subjects, seed)[1]
+
+
+def first_index_of_view(view: str, seed: int = 0) -> int:
+    return next(index for index, spec in enumerate(phantom_specs(seed)) if spec.view == view)
+
+
+def phantom_radiograph(index: int = 0, seed: int = 0) -> tuple[RadiographSpec, RenderedRadiograph]:
+    """(spec, rendered) of radiograph ``index`` of :func:`phantom_specs`."""
+    spec = phantom_specs(seed)[index]
+    return spec, render_radiograph(spec, scale=PHANTOM_SCALE)
+
+
+def phantom_png(folder: Path, index: int = 0, seed: int = 0) -> Path:
+    """A 16-bit PNG of phantom radiograph ``index``."""
+    _, image = phantom_radiograph(index, seed)
+    path = folder / f"phantom-{index}.png"
+    write_png(path, image)
+    return path
+
+
+def phantom_dicom(folder: Path, index: int = 0, seed: int = 0, photometric: str | None = None) -> Path:
+    """A DICOM file (CR or DX, ``photometric`` or the detector's usual one) of radiograph ``index``."""
+    spec, image = phantom_radiograph(index, seed)
+    path = folder / f"phantom-{index}.dcm"
+    write_dicom(path, spec, image, dataset_seed=seed, photometric=photometric)
+    return path

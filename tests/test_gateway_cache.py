@@ -1,0 +1,146 @@
+"""The result cache: its key, the in-process LRU, and Redis — a real redis-server on a loopback port
+(tests/conftest.py) — including one killed in the middle of a run and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import pytest
+import redis
+from conftest import RedisServer
+
+from gateway.backends import ModelInfo
+from gateway.cache import REDIS_PREFIX, LRUCache, NullCache, RedisCache, build_cache, cache_key
+from gateway.settings import Settings
+
+VERSIONS = {"detection": "1.0.0", "view": "1.0.0", "side": "1.0.0", "staging": "1.0.0", "notes": "1.0.0"}
+OPTIONS = {"include_overlay": False, "cam_stage": None, "note_threshold": 0.5}
+RETRY_S = 0.2
+
+
+def pixels(seed: int = 0, shape: tuple[int, int] = (64, 80)) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def run(coroutine):  # noqa: ANN001, ANN201 — a thin asyncio.run for readability
+    return asyncio.run(coroutine)
+
+
+# ---------------------------------------------------------------- the key
+
+
+def test_key_depends_on_pixels_shape_every_model_version_and_options() -> None:
+    image = pixels()
+    key = cache_key(image, VERSIONS, OPTIONS)
+    assert key == cache_key(image.copy(), dict(reversed(VERSIONS.items())), dict(reversed(OPTIONS.items())))
+    assert key == cache_key(image.astype(np.float64), VERSIONS, OPTIONS)  # the decoded float32 pixels count
+    infos = [ModelInfo(name, version, 224, ()) for name, version in VERSIONS.items()]
+    assert key == cache_key(image, infos, OPTIONS)  # ModelInfo objects work as well as a mapping
+    changed = image.copy()
+    changed[10, 10] += 1e-3
+    others = {
+        cache_key(changed, VERSIONS, OPTIONS),
+        cache_key(image.reshape(80, 64), VERSIONS, OPTIONS),  # same bytes, other shape
+        cache_key(image, {**VERSIONS, "staging": "1.0.1"}, OPTIONS),
+        cache_key(image, VERSIONS, {**OPTIONS, "include_overlay": True}),
+        cache_key(image, VERSIONS, None),
+    }
+    assert key not in others and len(others) == 5
+
+
+# ---------------------------------------------------------------- in-process LRU
+
+
+def test_lru_hits_on_repeat_misses_after_a_version_change_and_evicts_the_least_recent() -> None:
+    cache = LRUCache(max_entries=2)
+    first = cache_key(pixels(1), VERSIONS, OPTIONS)
+    assert run(cache.get(first)) is None
+    run(cache.put(first, b"result-1"))
+    assert run(cache.get(first)) == b"result-1"
+    assert run(cache.get(cache_key(pixels(1), {**VERSIONS, "notes": "2.0.0"}, OPTIONS))) is None
+    second, third = (cache_key(pixels(seed), VERSIONS, OPTIONS) for seed in (2, 3))
+    run(cache.put(second, b"result-2"))
+    assert run(cache.get(first)) == b"result-1"  # first is now the most recently used
+    run(cache.put(third, b"result-3"))  # evicts second
+    assert len(cache) == 2
+    assert run(cache.get(second)) is None
+    assert run(cache.get(first)) == b"result-1" and run(cache.get(third)) == b"result-3"
+    assert (cache.stats.hits, cache.stats.misses) == (4, 3)
+
+
+def test_settings_choose_redis_lru_or_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AVN_REDIS_URL", "AVN_CACHE_ENABLED", "AVN_CACHE_ENTRIES"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(build_cache(Settings()), LRUCache)
+    monkeypatch.setenv("AVN_CACHE_ENTRIES", "7")
+    assert build_cache(Settings()).max_entries == 7
+    monkeypatch.setenv("AVN_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert isinstance(build_cache(Settings()), RedisCache)
+    monkeypatch.setenv("AVN_CACHE_ENABLED", "false")
+    assert isinstance(build_cache(Settings()), NullCache)
+
+
+# ---------------------------------------------------------------- a real redis-server
+
+
+def test_redis_hits_on_repeat_with_the_configured_ttl(redis_server: RedisServer) -> None:
+    cache = RedisCache(redis_server.url, ttl_s=60, retry_s=RETRY_S)
+    key = cache_key(pixels(), VERSIONS, OPTIONS)
+    assert run(cache.get(key)) is None
+    run(cache.put(key, b"\x00serialised result\xff"))
+    assert run(cache.get(key)) == b"\x00serialised result\xff"
+    assert run(cache.get(cache_key(pixels(), {**VERSIONS, "view": "1.1.0"}, OPTIONS))) is None
+    ttl = redis.Redis.from_url(redis_server.url).ttl(REDIS_PREFIX + key)
+    assert 0 < ttl <= 60
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.errors) == (1, 2, 0)
+    run(cache.close())
+
+
+def test_redis_killed_mid_run_serves_uncached_warns_once_and_recovers(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RedisCache(redis_server.url, retry_s=RETRY_S)
+    keys = [cache_key(pixels(seed), VERSIONS, OPTIONS) for seed in range(3)]
+
+    async def lookups(rounds: int) -> list[bytes | None]:
+        """What a run of requests does: look up, and store on a miss."""
+        answers = []
+        for index in range(rounds):
+            key = keys[index % len(keys)]
+            answers.append(await cache.get(key))
+            await cache.put(key, f"result {key}".encode())
+        return answers
+
+    run(lookups(3))
+    assert run(cache.get(keys[0])) == f"result {keys[0]}".encode()
+
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        started = time.monotonic()
+        answers = run(lookups(30))  # 60 cache calls over a dead Redis, one retry window long
+        assert time.monotonic() - started < 5  # never stuck on the dead server
+    assert answers == [None] * 30 and not cache.available
+    warnings = [record for record in caplog.records if record.name == "gateway.cache"]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
+
+    redis_server.start()  # same port, empty: the outage lost the entries
+    time.sleep(RETRY_S * 1.5)
+    assert run(cache.get(keys[0])) is None and cache.available
+    run(cache.put(keys[0], b"again"))
+    assert run(cache.get(keys[0])) == b"again"
+    assert cache.stats.errors >= 1
+    run(cache.close())
+
+
+def test_redis_unreachable_from_the_start_never_fails_a_request(caplog: pytest.LogCaptureFixture) -> None:
+    cache = RedisCache("redis://127.0.0.1:1/0", retry_s=60)
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        for seed in range(5):
+            key = cache_key(pixels(seed), VERSIONS, OPTIONS)
+            assert run(cache.get(key)) is None
+            run(cache.put(key, b"x"))
+    assert len([record for record in caplog.records if record.name == "gateway.cache"]) == 1
+    assert cache.stats.misses == 5 and cache.stats.errors == 1
