@@ -49,11 +49,17 @@ def to_batch(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))[:, None]
 
 
+def training_device() -> torch.device:
+    """CUDA when present; otherwise the CPU, where torch already uses every core."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def predict(model: HeadClassifier, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        model.probabilities(model(to_batch(crops[i : i + batch_size].astype(np.float32)))).numpy()
+        model.probabilities(model(to_batch(crops[i : i + batch_size].astype(np.float32)).to(device))).cpu().numpy()
         for i in range(0, len(crops), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
@@ -74,14 +80,14 @@ def fit_classifier(
     """Train ``task`` on ``train``, validate on ``val`` each epoch, return the best model."""
     torch.manual_seed(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = build_classifier(task)
+    model = build_classifier(task).to(training_device())
     if init_state is not None:
         init_from(model, init_state)
     optimiser = torch.optim.Adam(model.parameters(), lr=profile.learning_rate, weight_decay=profile.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="max", factor=0.5, patience=profile.plateau_patience
     )
-    criterion = loss_for(task, train, profile)
+    criterion = loss_for(task, train, profile).to(training_device())
     labels = train.labels(task)
     total_epochs = epochs if epochs is not None else profile.epochs[task]
     state = fold_state.resume(work_dir, model, optimiser, scheduler)
@@ -109,9 +115,10 @@ def _train_one_epoch(task, model, crops, labels, criterion, optimiser, profile, 
         if len(index) < 2:  # batch norm needs two samples
             continue
         augmented = [augment_crop(crops[i].astype(np.float32), rng) for i in index]
-        batch = to_batch(np.stack([crop for crop, _ in augmented]))
+        device = next(model.parameters()).device
+        batch = to_batch(np.stack([crop for crop, _ in augmented])).to(device)
         flipped = np.array([was_flipped for _, was_flipped in augmented])
-        target = torch.from_numpy(flip_labels(task, labels[index], flipped))
+        target = torch.from_numpy(flip_labels(task, labels[index], flipped)).to(device)
         optimiser.zero_grad(set_to_none=True)
         loss = criterion(model(batch), target)
         loss.backward()

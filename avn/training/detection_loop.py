@@ -21,6 +21,7 @@ from avn.dataset.images import read_radiograph
 from avn.metrics import detection_prf
 from avn.models.detector import FH_CLASS, FemoralHeadDetector, boxes_to_input, build_detector, prepare_detector_input
 from avn.training import fold_state
+from avn.training.classifier_loop import training_device
 from avn.training.profiles import Profile
 
 IOU_THRESHOLDS = (0.5, 0.6, 0.7)
@@ -103,8 +104,13 @@ def detect_prepared(detector: FemoralHeadDetector, data: DetectionSet, batch_siz
     detector.eval()
     results = []
     for start in range(0, len(data), batch_size):
-        batch = [torch.from_numpy(x.astype(np.float32))[None].expand(3, -1, -1) for x in data.inputs[start : start + batch_size]]
+        device = next(detector.parameters()).device
+        batch = [
+            torch.from_numpy(x.astype(np.float32))[None].expand(3, -1, -1).to(device)
+            for x in data.inputs[start : start + batch_size]
+        ]
         for offset, output in enumerate(detector.model(batch)):
+            output = {key: value.cpu() for key, value in output.items()}
             keep = output["labels"] == FH_CLASS
             factors = torch.from_numpy(data.factors[start + offset]).float()
             results.append(((output["boxes"][keep] / factors).numpy(), output["scores"][keep].numpy()))
@@ -151,7 +157,7 @@ def fit_detector(
 ):
     torch.manual_seed(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    detector = build_detector(backbone or profile.detector_backbone)
+    detector = build_detector(backbone or profile.detector_backbone).to(training_device())
     optimiser = torch.optim.Adam(detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=profile.plateau_patience)
     state = fold_state.resume(work_dir, detector, optimiser, scheduler)
@@ -184,6 +190,9 @@ def _train_one_epoch(detector, data: DetectionSet, optimiser, profile: Profile, 
             image, boxes = augment_detection(data.inputs[i], data.input_boxes[i], rng)
             images.append(image)
             targets.append({"boxes": boxes, "labels": torch.full((len(boxes),), FH_CLASS, dtype=torch.int64)})
+        device = next(detector.parameters()).device
+        images = [image.to(device) for image in images]
+        targets = [{key: value.to(device) for key, value in target.items()} for target in targets]
         optimiser.zero_grad(set_to_none=True)
         loss_parts = detector.model(images, targets)
         loss = loss_parts["bbox_regression"] + loss_parts["classification"]

@@ -185,7 +185,7 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
     model = build_classifier(task)
-    model.load_state_dict(torch.load(context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
+    model.load_state_dict(torch.load(context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True))
     return _finish(task, context, model, fold_docs, best, input_size=profile.input_size)
 
 
@@ -239,7 +239,7 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
     detector = build_detector(profile.detector_backbone, min_score=best["score_threshold"])
-    detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, weights_only=True))
+    detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True))
     return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
 
 
