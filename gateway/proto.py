@@ -18,20 +18,18 @@ it is pointed at ``gateway._generated.avn.v1`` instead. The file keeps its canon
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+from gateway.stubgen import regenerate_if_stale, stamp_of
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
 PROTO_FILE = "avn/v1/diagnosis.proto"
 OUT_DIR = Path(__file__).resolve().parent / "_generated"
 PACKAGE = f"{__package__ or 'gateway'}._generated"
-STAMP_NAME = "SOURCE_SHA256"
 SERVICE_NAME = "avn.v1.Diagnosis"
 
 
@@ -61,35 +59,15 @@ def ensure_stubs(out: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> Path:
     """Generate the stubs into ``out`` unless they are current; returns ``out``."""
     source = proto_root / PROTO_FILE
     if not source.is_file():
-        if _stamp(out) is not None:
+        if stamp_of(out) is not None:
             return out  # an installed copy without the sources: use what was generated at build
         raise StubGenerationError(f"the contract {source} is missing")
-    digest = _source_digest(source)
-    if _stamp(out) == digest:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one generator at a time; the others find the stamp after
-        if _stamp(out) != digest:
-            _generate(proto_root, digest, out)
-    return out
 
-
-def _generate(proto_root: Path, digest: str, out: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="avn-protos-", dir=out.parent) as scratch:
-        target = Path(scratch) / "stubs"
-        target.mkdir()
+    def build(target: Path) -> None:
         _run_protoc(proto_root, target)
         _make_package(target)
-        (target / STAMP_NAME).write_text(digest + "\n")
-        # Rename a finished folder into place: importers never see half of one.
-        stale = out.with_name(f"{out.name}.old")
-        shutil.rmtree(stale, ignore_errors=True)
-        if out.exists():
-            out.rename(stale)
-        target.rename(out)
-        shutil.rmtree(stale, ignore_errors=True)
-    importlib.invalidate_caches()
+
+    return regenerate_if_stale(out, _source_digest(source), build)
 
 
 def _run_protoc(proto_root: Path, target: Path) -> None:
@@ -127,11 +105,6 @@ def _source_digest(source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes())
     digest.update(f"grpcio-tools {version('grpcio-tools')}".encode())
     return digest.hexdigest()
-
-
-def _stamp(out: Path) -> str | None:
-    stamp = out / STAMP_NAME
-    return stamp.read_text().strip() if stamp.is_file() else None
 
 
 if __name__ == "__main__":

@@ -15,20 +15,19 @@ workers, several gateway processes) never import a half-written package.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from gateway.stubgen import regenerate_if_stale
+
 PACKAGE = f"{__package__ or 'gateway'}._generated_ts"
 STUBS_DIR = Path(__file__).resolve().parent / "_generated_ts"
-STAMP_NAME = "SOURCE_SHA256"
 # The jar holds each proto twice (top level and under proto/); the proto/ copies are the sources.
 JAR_PROTOS = {
     "proto/inference.proto": "inference.proto",
@@ -65,15 +64,14 @@ def load_stubs() -> TorchServeStubs:
 def ensure_stubs(out: Path = STUBS_DIR, jar: Path | None = None) -> Path:
     """Generate the stubs into ``out`` unless they are already there for this jar; returns ``out``."""
     jar = jar or torchserve_jar()
-    digest = _sha256(jar)
-    if _stamp(out) == digest:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one generator at a time; the others find the stamp after
-        if _stamp(out) != digest:
-            _generate(jar, digest, out)
-    return out
+
+    def build(target: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="avn-ts-protos-") as sources:
+            _extract_protos(jar, Path(sources))
+            _run_protoc(Path(sources), target)
+        _make_package(target)
+
+    return regenerate_if_stale(out, _sha256(jar), build)
 
 
 def torchserve_jar() -> Path:
@@ -86,24 +84,6 @@ def torchserve_jar() -> Path:
     if not jar.is_file():
         raise StubGenerationError(f"no TorchServe frontend jar at {jar}")
     return jar
-
-
-def _generate(jar: Path, digest: str, out: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="avn-ts-protos-", dir=out.parent) as scratch:
-        sources, target = Path(scratch) / "protos", Path(scratch) / "stubs"
-        _extract_protos(jar, sources)
-        target.mkdir()
-        _run_protoc(sources, target)
-        _make_package(target)
-        (target / STAMP_NAME).write_text(digest + "\n")
-        # Rename a finished folder into place: importers never see half of one.
-        stale = out.with_name(f"{out.name}.old")
-        shutil.rmtree(stale, ignore_errors=True)
-        if out.exists():
-            out.rename(stale)
-        target.rename(out)
-        shutil.rmtree(stale, ignore_errors=True)
-    importlib.invalidate_caches()
 
 
 def _extract_protos(jar: Path, sources: Path) -> None:
@@ -144,11 +124,6 @@ def _make_package(target: Path) -> None:
         text = re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", text, flags=re.MULTILINE)
         text = re.sub(r"^from google\.rpc import ", "from .google.rpc import ", text, flags=re.MULTILINE)
         module.write_text(text)
-
-
-def _stamp(out: Path) -> str | None:
-    stamp = out / STAMP_NAME
-    return stamp.read_text().strip() if stamp.is_file() else None
 
 
 def _sha256(path: Path) -> str:

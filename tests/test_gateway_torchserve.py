@@ -22,7 +22,8 @@ from gateway.backends import CLASSIFIER_MODELS, MODELS
 from gateway.errors import DeadlineExceeded, Internal, InvalidImage, ModelUnavailable
 from gateway.settings import Settings
 from gateway.torchserve_backend import INFERENCE, MANAGEMENT, Credentials, TorchServeBackend, workers_from_environment
-from gateway.torchserve_stubs import STAMP_NAME, STUBS_DIR
+from gateway.stubgen import STAMP_NAME
+from gateway.torchserve_stubs import STUBS_DIR
 
 pytestmark = pytest.mark.slow
 
