@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avn.dataset.cli import data_app
-from gateway.cli import diagnose
+from gateway.cli import diagnose, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.command()(diagnose)
+app.command()(serve)
 console = Console(stderr=True)
 
 DEMO_DATA = Path("data/demo")
@@ -177,9 +178,10 @@ def run(
     run_dir: Path = typer.Option(QUICK_RUN, "--run", help="Run folder of the quick models."),
     store: Path = typer.Option(Path("model_store"), help="Where the TorchServe archives go."),
     seed: int = typer.Option(0),
+    then_serve: bool = typer.Option(True, "--serve/--no-serve", help="End by serving (gRPC 50051, REST 8000)."),
 ) -> None:
     """The main job: build whatever is missing (demo data set, training phantom, quick models,
-    model store), validating each step."""
+    model store), validating each step, then serve diagnoses over gRPC and REST."""
     from avn.training.profiles import QUICK
 
     ensure_phantom(data, subjects, seed, image_format="dicom", scale=1.0, purpose="demo data set")
@@ -194,6 +196,9 @@ def run(
         console.print(f"[bold]model store missing or older than the models:[/] building {store}")
         build_store_command(run_dir=run_dir, out=store)
     console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
+    if then_serve:
+        console.print("[bold]serving:[/] TorchServe on the store, then gRPC :50051 and REST :8000 (Ctrl-C stops)")
+        serve(store=store, embedded=False, grpc_port=50051, rest_port=8000, host="127.0.0.1", ready_timeout_s=300.0)
 
 
 def ensure_phantom(folder: Path, subjects: int, seed: int, image_format: str, scale: float, purpose: str) -> None:

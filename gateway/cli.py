@@ -6,13 +6,24 @@ as the gRPC/REST result; CAM PNGs base64-encoded) and ``<out>/<name>.overlay.png
 stage across them) is printed and written to ``<out>/study.json`` as well. A file that cannot be
 diagnosed is reported with its error and the others still run; the exit status is 1 if any failed.
 
-``avn/cli.py`` registers :func:`diagnose` as a sub-command; ``python -m gateway.cli`` runs it alone.
+``avn serve``: the gateway (gRPC and REST) over the archives of ``--store``. Without ``--embedded``
+it first starts TorchServe on that store, bound to loopback on free ports (token authorisation
+off, which :mod:`avn.serving.torchserve` allows on loopback only), waits until every model has a
+ready worker and points the gateway's TorchServe backend at it; with ``--embedded`` the models run
+in the gateway's own process. Every other setting comes from the ``AVN_*`` variables. SIGINT or
+SIGTERM stops the gateway, then TorchServe, and the command exits 0.
+
+``avn/cli.py`` registers :func:`diagnose` and :func:`serve` as sub-commands; ``python -m
+gateway.cli`` runs them alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,7 +176,99 @@ def _output_names(files: list[Path]) -> list[str]:
     return names
 
 
+# ---------------------------------------------------------------------------------------- serve
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived: leave the serving loop and clean up."""
+
+
+def serve(
+    store: Path = typer.Option(Path("model_store"), "--store", help="Model store: the five .mar archives."),
+    embedded: bool = typer.Option(False, "--embedded", help="Run the models in this process, without TorchServe."),
+    grpc_port: int = typer.Option(50051, "--grpc-port", min=1, max=65535, help="gRPC port."),
+    rest_port: int = typer.Option(8000, "--rest-port", min=1, max=65535, help="REST port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the gRPC and REST servers bind."),
+    ready_timeout_s: float = typer.Option(300.0, "--ready-timeout", help="Seconds TorchServe may take to load."),
+) -> None:
+    """Serve diagnoses over gRPC and REST (TorchServe started on --store, or --embedded)."""
+    from gateway.backends import MODELS  # noqa: PLC0415
+    from gateway.settings import Settings  # noqa: PLC0415
+
+    if not store.is_dir() or not any(store.glob("*.mar")):
+        raise typer.BadParameter(
+            f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store"
+        )
+    store = store.resolve()
+    overrides = {
+        "model_store": store, "grpc_host": host, "grpc_port": grpc_port, "rest_host": host, "rest_port": rest_port,
+    }  # fmt: skip
+    # Before anything starts: a signal raises _Stop in the main thread. While uvicorn serves it
+    # takes the signal over, shuts down gracefully and then re-raises it here.
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    torchserve = None
+    try:
+        settings = Settings(**overrides, backend="embedded") if embedded else None
+        logging.basicConfig(
+            level=(settings or Settings()).log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        if settings is None:
+            torchserve, settings = _start_torchserve(store, MODELS, ready_timeout_s, overrides)
+        _serve_until_stopped(settings)
+    except _Stop:
+        console.print("stopped")
+    finally:
+        if torchserve is not None:
+            console.print("stopping TorchServe")
+            torchserve.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _start_torchserve(store: Path, models: tuple[str, ...], timeout_s: float, overrides: dict):
+    """A ready TorchServe on loopback over ``store`` and the settings pointing the gateway at it."""
+    from avn.serving.torchserve import LOOPBACK, TorchServe  # noqa: PLC0415
+    from gateway.settings import Settings  # noqa: PLC0415
+
+    work_dir = Path(tempfile.mkdtemp(prefix="avn-serve-"))
+    # Loopback only, so token authorisation may be (and is) off: nothing off this host reaches it.
+    torchserve = TorchServe(store, work_dir, disable_token_auth=True)
+    console.print(f"starting TorchServe on {store} (logs in {torchserve.log_dir})")
+    torchserve.start()
+    try:
+        torchserve.wait_until_ready(models, timeout_s=timeout_s)
+    except BaseException:
+        torchserve.stop()
+        raise
+    console.print(f"TorchServe ready: {', '.join(models)}")
+    settings = Settings(
+        **overrides,
+        backend="torchserve",
+        torchserve_grpc=f"{LOOPBACK}:{torchserve.ports.grpc_inference}",
+        torchserve_management=f"{LOOPBACK}:{torchserve.ports.grpc_management}",
+        torchserve_inference_key=None,
+        torchserve_management_key=None,
+        torchserve_key_file=None,
+    )
+    return torchserve, settings
+
+
+def _serve_until_stopped(settings) -> None:
+    from gateway.service import serve as serve_gateway  # noqa: PLC0415 — loads the servers
+
+    console.print(
+        f"serving gRPC on {settings.grpc_host}:{settings.grpc_port}, "
+        f"REST on http://{settings.rest_host}:{settings.rest_port} ({settings.backend} backend)"
+    )
+    asyncio.run(serve_gateway(settings))
+
+
 app.command()(diagnose)
+app.command()(serve)
 
 if __name__ == "__main__":
     app()
