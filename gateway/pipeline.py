@@ -117,6 +117,10 @@ class HeadAnswers:
     notes: Classification
 
 
+READINESS_PROBE_TTL_S = 10.0
+PROBE_IMAGE_SIDE = 64
+
+
 class Pipeline:
     """Decode, detect, crop, classify, fuse and draw: one radiograph or one subject's study."""
 
@@ -136,6 +140,7 @@ class Pipeline:
         self.max_image_bytes = max_image_bytes
         self.max_study_radiographs = max_study_radiographs
         self.note_threshold = note_threshold  # for requests that do not set their own
+        self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
 
     # ------------------------------------------------------------ public operations
 
@@ -184,13 +189,29 @@ class Pipeline:
         return [by_name[name] for name in MODELS]
 
     async def ready(self) -> bool:
-        """True when every model is loaded and answers (health and readiness checks)."""
+        """True when every model is loaded and answers a tiny inference (health and readiness).
+
+        Loaded is not enough: a wedged worker still reports READY. A passing probe is trusted for
+        READINESS_PROBE_TTL_S so frequent health checks do not become a load of their own.
+        """
+        if time.monotonic() < self._ready_until:
+            return True
         try:
-            await self._model_infos()
+            await self._probe_models(await self._model_infos())
         except Exception as error:  # a readiness probe reports, it never raises
             logger.info("not ready: %s", error)
             return False
+        self._ready_until = time.monotonic() + READINESS_PROBE_TTL_S
         return True
+
+    async def _probe_models(self, models: Mapping[str, ModelInfo]) -> None:
+        """One blank image to the detector and one blank crop to each classifier, concurrently."""
+        blank = np.zeros((PROBE_IMAGE_SIDE, PROBE_IMAGE_SIDE), np.float32)
+        crops = {name: np.zeros((1, models[name].input_size, models[name].input_size), np.float32) for name in CLASSIFIER_MODELS}
+        await asyncio.gather(
+            self.backend.detect(blank),
+            *(self.backend.classify(name, crop) for name, crop in crops.items()),
+        )
 
     async def close(self) -> None:
         await self.backend.close()

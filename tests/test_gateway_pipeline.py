@@ -376,6 +376,25 @@ def test_a_missing_model_is_unavailable_with_a_retry_hint() -> None:
     assert asyncio.run(Pipeline(ScriptedBackend([], [])).ready()) is True
 
 
+def test_readiness_sends_one_tiny_inference_per_model_and_fails_when_one_does_not_answer() -> None:
+    class WedgedStaging(ScriptedBackend):
+        async def classify(self, model, crops, cam_stage=None):
+            if model == "staging":
+                raise ModelUnavailable("staging worker does not answer", retry_after_s=5)
+            return await super().classify(model, crops, cam_stage)
+
+    assert asyncio.run(Pipeline(WedgedStaging([], [])).ready()) is False
+    backend = ScriptedBackend([], [])
+    pipeline = Pipeline(backend)
+
+    async def probe_twice() -> tuple[bool, bool]:
+        return await pipeline.ready(), await pipeline.ready()
+
+    assert asyncio.run(probe_twice()) == (True, True)
+    # The first probe called every model once; the second trusted it (no new calls).
+    assert sorted(name for name, _, _ in backend.calls) == sorted(MODELS)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
