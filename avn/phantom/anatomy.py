@@ -644,7 +644,6 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     cortex = anat.shaft_cortex_mm
 
     p = lambda v: np.asarray(v, float)  # noqa: E731
-    subcap = -nk * (0.95 * m.head_radius)
     perp = np.cross(nk, ant)  # in the femur's plane, towards the inferior (calcar) border of the neck
     nl = ax["neck_len"]
     # the neck waists just lateral to the head and flares into the trochanters: concave superior and

@@ -18,7 +18,7 @@ from torch import nn
 
 from avn.crop import normalise
 from avn.models.classifier import HeadClassifier, build_classifier, init_from
-from avn.training import fold_state
+from avn.training.fold_state import run_epochs, training_device
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.head_data import CropSet
 from avn.training.losses import FocalLoss, inverse_frequency_alpha
@@ -47,11 +47,6 @@ def loss_for(task: str, train: CropSet, profile: Profile) -> nn.Module:
 def to_batch(crops: np.ndarray) -> torch.Tensor:
     """(B, S, S) [0, 1] crops → normalised (B, 1, S, S) tensor, as the handlers prepare them."""
     return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))[:, None]
-
-
-def training_device() -> torch.device:
-    """CUDA when present; otherwise the CPU, where torch already uses every core."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -84,24 +79,17 @@ def fit_classifier(
     if init_state is not None:
         init_from(model, init_state)
     optimiser = torch.optim.Adam(model.parameters(), lr=profile.learning_rate, weight_decay=profile.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="max", factor=0.5, patience=profile.plateau_patience
-    )
     criterion = loss_for(task, train, profile).to(training_device())
     labels = train.labels(task)
+
+    def train_epoch(epoch: int) -> float:
+        return _train_one_epoch(task, model, train.crops, labels, criterion, optimiser, profile, seed, epoch, on_step)
+
+    def validate() -> float:
+        return selection_score(task, task_metrics(task, val.labels(task), predict(model, val.crops)))
+
     total_epochs = epochs if epochs is not None else profile.epochs[task]
-    state = fold_state.resume(work_dir, model, optimiser, scheduler)
-    for epoch in range(len(state.history), total_epochs):
-        loss = _train_one_epoch(task, model, train.crops, labels, criterion, optimiser, profile, seed, epoch, on_step)
-        metrics = task_metrics(task, val.labels(task), predict(model, val.crops))
-        score = selection_score(task, metrics)
-        scheduler.step(score)
-        entry = state.record_epoch(model, loss, score, optimiser.param_groups[0]["lr"])
-        fold_state.save(work_dir, model, optimiser, scheduler, state)
-        if on_epoch:
-            on_epoch(entry)
-    if state.best_weights is not None:
-        model.load_state_dict(state.best_weights)
+    state = run_epochs(model, optimiser, profile.plateau_patience, work_dir, total_epochs, train_epoch, validate, on_epoch)
     return FitResult(model.eval(), state.best_score, state.best_epoch, state.history)
 
 

@@ -20,8 +20,7 @@ from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
 from avn.metrics import detection_prf
 from avn.models.detector import FH_CLASS, FemoralHeadDetector, boxes_to_input, build_detector, prepare_detector_input
-from avn.training import fold_state
-from avn.training.classifier_loop import training_device
+from avn.training.fold_state import run_epochs, training_device
 from avn.training.profiles import Profile
 
 IOU_THRESHOLDS = (0.5, 0.6, 0.7)
@@ -159,20 +158,15 @@ def fit_detector(
     work_dir.mkdir(parents=True, exist_ok=True)
     detector = build_detector(backbone or profile.detector_backbone).to(training_device())
     optimiser = torch.optim.Adam(detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=profile.plateau_patience)
-    state = fold_state.resume(work_dir, detector, optimiser, scheduler)
+
+    def train_epoch(epoch: int) -> float:
+        return _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step)
+
+    def validate() -> float:
+        return detection_score(detection_metrics(detector, val))
+
     total = epochs if epochs is not None else profile.epochs["detection"]
-    for epoch in range(len(state.history), total):
-        loss = _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step)
-        metrics = detection_metrics(detector, val)
-        score = detection_score(metrics)
-        scheduler.step(score)
-        entry = state.record_epoch(detector, loss, score, optimiser.param_groups[0]["lr"])
-        fold_state.save(work_dir, detector, optimiser, scheduler, state)
-        if on_epoch:
-            on_epoch(entry)
-    if state.best_weights is not None:
-        detector.load_state_dict(state.best_weights)
+    state = run_epochs(detector, optimiser, profile.plateau_patience, work_dir, total, train_epoch, validate, on_epoch)
     return detector.eval(), state.best_score, state.best_epoch, state.history
 
 

@@ -1,8 +1,8 @@
-"""What a training fold persists after every epoch, so that an interrupted run resumes exactly.
+"""The epoch loop of one training fold and what it persists, shared by the classifier and detector.
 
-Shared by the classifier and detector loops: the model, optimiser and scheduler states, the best
-weights so far with their validation score and epoch, and the per-epoch history (also written
-as ``history.json`` for people to read).
+Each epoch trains, validates, halves the learning rate when the validation score stalls, keeps
+the best weights, and saves the model, optimiser and scheduler states with the per-epoch history
+(also written as ``history.json`` for people to read), so that an interrupted run resumes exactly.
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+
+
+def training_device() -> torch.device:
+    """CUDA when present; otherwise the CPU, where torch already uses every core."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -68,3 +73,34 @@ def save(work_dir: Path, model: nn.Module, optimiser, scheduler, state: FoldStat
     )
     partial.replace(path)
     (work_dir / HISTORY_FILE).write_text(json.dumps(state.history, indent=1))
+
+
+def run_epochs(
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    plateau_patience: int,
+    work_dir: Path,
+    total_epochs: int,
+    train_epoch: Callable[[int], float],
+    validate: Callable[[], float],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FoldState:
+    """Resume, then run epochs up to ``total_epochs``; the model ends with the best weights.
+
+    ``train_epoch(epoch)`` returns the mean training loss; ``validate()`` the score to maximise.
+    """
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=0.5, patience=plateau_patience
+    )
+    state = resume(work_dir, model, optimiser, scheduler)
+    for epoch in range(len(state.history), total_epochs):
+        loss = train_epoch(epoch)
+        score = validate()
+        scheduler.step(score)
+        entry = state.record_epoch(model, loss, score, optimiser.param_groups[0]["lr"])
+        save(work_dir, model, optimiser, scheduler, state)
+        if on_epoch:
+            on_epoch(entry)
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state

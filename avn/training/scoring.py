@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from avn.metrics import binary_metrics, diagnosis_metrics, multiclass_metrics, multilabel_metrics
+from avn.metrics import binary_metrics, diagnosis_metrics, multilabel_metrics
 from avn.models.classifier import CLASSIFIER_TASKS
 from avn.vocabulary import STAGES
 
