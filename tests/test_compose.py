@@ -1,0 +1,97 @@
+"""docker-compose.yml checked by a real Compose `config` (`docker compose` v2 when the machine has
+the plugin, else Debian's `docker-compose` 1.29, which `make install` installs): the file parses,
+its variables interpolate, each profile brings the right TorchServe. No Docker engine is needed
+for `config`, and none is started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.backends import MODELS
+from gateway.settings import environment_variables
+from gateway.torchserve_backend import WORKERS_ENV_PREFIX
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    assert legacy, "no Compose found: `make install` installs Debian's docker-compose"
+    return [legacy]
+
+
+def compose_config(compose_file: Path, profile: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("AVN_")}
+    environment.update(variables)
+    return subprocess.run(
+        [*compose_command(), "--project-directory", str(compose_file.parent), "-f", str(compose_file), "--profile", profile, "config"],
+        capture_output=True, text=True, env=environment, timeout=60,
+    )
+
+
+def resolved(profile: str, **variables: str) -> dict:
+    run = compose_config(ROOT / "docker-compose.yml", profile, **variables)
+    assert run.returncode == 0, run.stderr
+    return yaml.safe_load(run.stdout)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_each_profile_resolves_to_redis_a_torchserve_and_the_gateway(profile: str) -> None:
+    services = resolved(profile)["services"]
+    torchserve = services["torchserve" if profile == "cpu" else "torchserve-gpu"]
+    assert {"redis", "gateway"} <= set(services)
+    assert any(volume["target"] == "/model_store" and volume.get("read_only") for volume in _volumes(torchserve))
+    assert "torchserve" in torchserve["networks"]["default"]["aliases"]
+    assert set(torchserve["environment"]) >= {f"{WORKERS_ENV_PREFIX}{name.upper()}" for name in MODELS}
+    script = torchserve["command"][-1]
+    compile(script.split("<<'PY'\n", 1)[1].split("PY\n", 1)[0], "inline", "exec")
+    if profile == "gpu":
+        device = torchserve["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert torchserve["environment"]["AVN_TS_GPUS"] == "-1"
+    else:
+        assert "deploy" not in torchserve and torchserve["environment"]["AVN_TS_GPUS"] == "0"
+
+
+def test_the_gateway_gets_only_real_settings_and_waits_for_redis() -> None:
+    gateway = resolved("cpu")["services"]["gateway"]
+    unknown = [name for name in gateway["environment"] if name not in environment_variables()]
+    assert not unknown, f"the gateway gets variables that are no setting: {unknown}"
+    assert gateway["environment"]["AVN_TORCHSERVE_GRPC"] == "torchserve:7070"
+    assert sorted(int(port["target"]) for port in gateway["ports"]) == [8000, 50051]
+    assert "redis" in gateway["depends_on"]
+
+
+def test_environment_variables_reach_the_resolved_file() -> None:
+    services = resolved("gpu", AVN_WORKERS_STAGING="4", AVN_GPU_COUNT="2", AVN_GATEWAY_REPLICAS="3")["services"]
+    assert services["torchserve-gpu"]["environment"]["AVN_WORKERS_STAGING"] == "4"
+    assert str(services["torchserve-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["count"]) == "2"
+    assert services["gateway"]["deploy"]["replicas"] == 3
+
+
+def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
+    """The validator bites: an unknown key in a service is refused with its name in the message."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("  gateway:\n", "  gateway:\n    colour: blue\n", 1))
+    run = compose_config(broken, "cpu")
+    assert run.returncode != 0 and "colour" in run.stderr
+
+
+def _volumes(service: dict) -> list[dict]:
+    """Compose v1 prints short volume strings, v2 long mappings: give both as mappings."""
+    out = []
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            volume = {"source": source, "target": target, "read_only": mode == ["ro"]}
+        out.append(volume)
+    return out
