@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import proto
 from gateway.errors import as_gateway_error, error_metadata, status_of
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, new_request_id
 from gateway.results import (
     DiagnoseOptions,
@@ -50,6 +52,7 @@ MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the im
 DEFAULT_DEADLINE_S = 30.0
 HEALTH_INTERVAL_S = 5.0
 REQUEST_ID_KEY = "x-request-id"
+PROTOCOL = "grpc"
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -57,44 +60,59 @@ MAX_REQUEST_ID_LENGTH = 128
 
 
 class DiagnosisServicer(STUBS.services.DiagnosisServicer):
-    """``avn.v1.Diagnosis``: protobuf in, pipeline, protobuf out."""
+    """``avn.v1.Diagnosis``: protobuf in, pipeline, protobuf out. Every call is counted and timed in
+    ``metrics`` (shared with the REST app of the same process, so ``/metrics`` shows both)."""
 
-    def __init__(self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+    def __init__(self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S, metrics: GatewayMetrics | None = None) -> None:
         self.pipeline = pipeline
         self.deadline_s = deadline_s
+        self.metrics = metrics or GatewayMetrics()
 
     async def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext) -> pb.DiagnoseResponse:
         request_id = _request_id(context)
-        try:
+        async with self._observed("diagnose", context, request_id):
             result = await self.pipeline.diagnose(
                 diagnose_request_from_proto(request), request_id=request_id, timeout_s=self._timeout(context)
             )
-        except Exception as error:
-            await _abort(context, error, request_id)
+            self.metrics.observe_diagnosis(result)
         return diagnosis_to_proto(result)
 
     async def DiagnoseStudy(self, request: pb.StudyRequest, context: grpc.aio.ServicerContext) -> pb.StudyResponse:
         request_id = _request_id(context)
-        try:
+        async with self._observed("study", context, request_id):
             result = await self.pipeline.diagnose_study(
                 study_request_from_proto(request), request_id=request_id, timeout_s=self._timeout(context)
             )
-        except Exception as error:
-            await _abort(context, error, request_id)
+            for radiograph in result.radiographs:
+                self.metrics.observe_diagnosis(radiograph.result)
         return study_to_proto(result)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         request_id = _request_id(context)
-        try:
+        async with self._observed("models", context, request_id):
             infos = await self.pipeline.models()
-        except Exception as error:
-            await _abort(context, error, request_id)
         return pb.ListModelsResponse(
             models=[
                 pb.ModelDescription(name=i.name, version=i.version, input_size=i.input_size, labels=list(i.labels))
                 for i in infos
             ]
         )
+
+    @contextlib.asynccontextmanager
+    async def _observed(self, operation: str, context: grpc.aio.ServicerContext, request_id: str) -> AsyncIterator[None]:
+        """Count and time the call whatever the outcome; a failure ends the RPC with its mapped status."""
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            yield
+        except Exception as failure:
+            error = type(as_gateway_error(failure)).__name__
+            await _abort(context, failure, request_id)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            error = "Cancelled"
+            raise
+        finally:
+            self.metrics.observe_request(PROTOCOL, operation, time.perf_counter() - started, error)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -261,6 +279,7 @@ async def start_grpc_server(
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_message_bytes: int | None = None,
     health_interval_s: float = HEALTH_INTERVAL_S,
+    metrics: GatewayMetrics | None = None,
 ) -> RunningServer:
     """Bind (``port`` 0: a free port), start, and report health once before returning.
 
@@ -273,7 +292,7 @@ async def start_grpc_server(
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    STUBS.services.add_DiagnosisServicer_to_server(DiagnosisServicer(pipeline, deadline_s), server)
+    STUBS.services.add_DiagnosisServicer_to_server(DiagnosisServicer(pipeline, deadline_s, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -29,6 +29,7 @@ from gateway.backends import MODELS
 from gateway.cache import LRUCache
 from gateway.grpc_server import BackgroundGrpcServer, pb
 from gateway.inprocess import InProcessBackend
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.proto import PROTO_FILE, PROTO_ROOT, SERVICE_NAME, load
 from gateway_support import TINY_INPUT, VERSION, first_index_of_view, phantom_dicom, phantom_png, write_tiny_store
@@ -50,9 +51,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(files: dict[str, Path]) -> BackgroundGrpcServer:
+def metrics() -> GatewayMetrics:
+    return GatewayMetrics()
+
+
+@pytest.fixture(scope="module")
+def server(files: dict[str, Path], metrics: GatewayMetrics) -> BackgroundGrpcServer:
     pipeline = Pipeline(InProcessBackend.from_store(files["store"]), LRUCache(16))
-    with BackgroundGrpcServer(pipeline) as running:
+    with BackgroundGrpcServer(pipeline, metrics=metrics) as running:
         yield running
 
 
@@ -153,6 +159,30 @@ def test_diagnose_study_reports_the_most_severe_stage_per_side(stub, files) -> N
         assert (side.presence, side.collapse) == (presence_of(side.stage), collapse_of(side.stage))
         assert list(side.radiograph_indices) == sorted({index for index, _ in seen[side.side]})
         assert (side.radiograph_index, side.stage) in seen[side.side]
+
+
+def test_grpc_calls_are_counted_and_timed_in_the_metrics(stub, files, metrics) -> None:
+    def count(outcome: str, operation: str = "diagnose") -> float:
+        value = metrics.registry.get_sample_value(
+            "avn_requests_total", {"protocol": "grpc", "operation": operation, "outcome": outcome}
+        )
+        return value or 0.0
+
+    def latency_count() -> float:
+        return metrics.registry.get_sample_value(
+            "avn_request_duration_seconds_count", {"protocol": "grpc", "operation": "diagnose"}
+        ) or 0.0
+
+    ok, bad, timed = count("ok"), count("InvalidImage"), latency_count()
+    diagnose(stub, files["png"].read_bytes(), "image/png")
+    with pytest.raises(grpc.RpcError):
+        diagnose(stub, b"not an image at all", "image/png")
+    stub.ListModels(pb.ListModelsRequest(), timeout=RPC_TIMEOUT_S)
+    assert (count("ok"), count("InvalidImage"), latency_count()) == (ok + 1, bad + 1, timed + 2)
+    assert count("ok", "models") >= 1
+    text = metrics.render().decode()
+    assert 'avn_request_errors_total{error="InvalidImage",operation="diagnose",protocol="grpc"}' in text
+    assert 'avn_diagnoses_total{cache=' in text
 
 
 def test_list_models_names_all_five_with_versions_sizes_and_labels(stub) -> None:
