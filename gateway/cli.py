@@ -13,7 +13,9 @@ ready worker and points the gateway's TorchServe backend at it; with ``--embedde
 in the gateway's own process. Every other setting comes from the ``AVN_*`` variables. SIGINT or
 SIGTERM stops the gateway, then TorchServe, and the command exits 0.
 
-``avn/cli.py`` registers :func:`diagnose` and :func:`serve` as sub-commands; ``python -m
+``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
+
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve` and :func:`bench` as sub-commands; ``python -m
 gateway.cli`` runs them alone.
 """
 
@@ -267,8 +269,82 @@ def _serve_until_stopped(settings) -> None:
     asyncio.run(serve_gateway(settings))
 
 
+# ---------------------------------------------------------------------------------------- bench
+
+
+def bench(
+    store: Path = typer.Option(Path("model_store"), "--store", help="Model store: the five .mar archives."),
+    data: Path = typer.Option(Path("data/demo"), "--data", help="Data set whose radiographs are sent (repeated as needed)."),
+    count: int = typer.Option(40, "-n", "--radiographs", min=1, help="Radiographs per configuration (N)."),
+    concurrency: int = typer.Option(4, "-c", "--concurrency", min=1, help="Concurrent gRPC clients (C)."),
+    configurations: str = typer.Option(
+        "torchserve,in-process,naive", "--configurations", help="Which of torchserve, in-process, naive to run."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Throughput and latency of the gateway over gRPC (cache off): TorchServe, in-process and a
+    naive one-head-at-a-time baseline, side by side."""
+    from gateway.bench import CONFIGURATIONS, BenchError, radiograph_payloads  # noqa: PLC0415
+
+    chosen = [name.strip() for name in configurations.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in CONFIGURATIONS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}", param_hint="--configurations")
+    if not store.is_dir() or not any(store.glob("*.mar")):
+        raise typer.BadParameter(f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        payloads = radiograph_payloads(data, count)
+        figures = [_bench_one(name, store.resolve(), payloads, concurrency) for name in chosen]
+    except BenchError as error:
+        raise typer.BadParameter(str(error)) from error
+    _print_bench(figures, data, count, concurrency)
+    if json_out is not None:
+        from gateway.bench import write_json  # noqa: PLC0415
+
+        write_json(json_out, figures, {"data": str(data), "store": str(store), "radiographs": count, "concurrency": concurrency})
+        console.print(f"figures in {json_out}")
+
+
+def _bench_one(name: str, store: Path, payloads: list[bytes], concurrency: int):
+    from gateway.bench import in_process_pipeline, measure, torchserve_pipeline  # noqa: PLC0415
+
+    console.print(f"[bold]{name}[/]: {len(payloads)} radiographs, {concurrency} clients …")
+    if name == "torchserve":
+        with tempfile.TemporaryDirectory(prefix="avn-bench-") as work_dir, torchserve_pipeline(store, Path(work_dir)) as pipeline:
+            return measure(name, pipeline, payloads, concurrency)
+    return measure(name, in_process_pipeline(store, naive=name == "naive"), payloads, concurrency)
+
+
+def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
+    from gateway.bench import STEPS, ratios_to_baseline  # noqa: PLC0415
+
+    ratios = ratios_to_baseline(figures)
+    table = Table(title=f"gRPC, cache off: {count} radiographs of {data}, {concurrency} clients")
+    # Short headers: the table must fit an 80-column terminal; the caption spells them out.
+    table.caption = "img/s: radiographs per second; ×thr, ×p50: throughput and p50 speed-up over naive"
+    for column in ("config", "img/s", "p50 ms", "p95 ms", "p99 ms", "errors", "×thr", "×p50"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        ratio = ratios.get(f.configuration, {})
+        table.add_row(
+            f.configuration, f"{f.throughput:.2f}", f"{f.percentile_ms(50):.0f}", f"{f.percentile_ms(95):.0f}",
+            f"{f.percentile_ms(99):.0f}", str(f.errors),
+            f"{ratio['throughput']:.2f}" if ratio else "-", f"{ratio['p50_speedup']:.2f}" if ratio else "-",
+        )  # fmt: skip
+    console.print(table)
+    steps = Table(title="mean step time per radiograph, ms (server side)")
+    steps.add_column("config")
+    for step in STEPS:
+        steps.add_column(step, justify="right")
+    for f in figures:
+        steps.add_row(f.configuration, *(f"{f.step_means_ms[step]:.0f}" for step in STEPS))
+    console.print(steps)
+
+
 app.command()(diagnose)
 app.command()(serve)
+app.command()(bench)
 
 if __name__ == "__main__":
     app()
