@@ -22,7 +22,7 @@ from conftest import MODEL_VERSION, TEST_SERVING
 
 from avn.models import CLASSIFIER_TASKS, TASKS
 from avn.serving.codec import WireFormatError, decode_crops_request, decode_image_request, encode_crops_json, encode_npy
-from avn.serving.torchserve import InsecureConfigError, Ports, TorchServe, write_config
+from avn.serving.torchserve import InsecureConfigError, Ports, TorchServe, worker_thread_environment, write_config
 from avn.store import DEFAULT_SERVING
 from avn.vocabulary import NOTES, STAGES
 
@@ -176,3 +176,14 @@ def test_a_bad_body_gets_a_clear_error_and_the_server_keeps_answering(server: To
         statuses = [status for status, _ in pool.map(lambda body: post(server, "view", body), bodies)]
     assert statuses == [200, 400, 200]
     assert post(server, "staging", encode_npy(crops(1)))[0] == 200
+
+
+def test_workers_share_the_cores_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert worker_thread_environment() == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert worker_thread_environment()["OMP_NUM_THREADS"] == "3"
+    assert worker_thread_environment(torch_threads=8)["OMP_NUM_THREADS"] == "8"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert worker_thread_environment() == {}  # the operator's choice is inherited untouched
