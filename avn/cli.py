@@ -10,12 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avn.dataset.cli import data_app
-from gateway.cli import diagnose, serve
+from avn.evaluation.ablation_cli import ablation
+from avn.evaluation.cli import calibrate, evaluate
+from avn.evaluation.readers_cli import readers
+from gateway.cli import bench, diagnose, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.command()(diagnose)
+app.command()(evaluate)
+app.command()(calibrate)
+app.command()(ablation)
+app.command()(readers)
 app.command()(serve)
+app.command()(bench)
 console = Console(stderr=True)
 
 DEMO_DATA = Path("data/demo")

@@ -125,6 +125,10 @@ class InProcessBackend:
     async def models(self) -> list[ModelInfo]:
         return [self._model(name).info for name in MODELS]
 
+    def cards(self) -> dict[str, ModelCard]:
+        """The model card of every loaded model (temperature, provenance): for evaluation reports."""
+        return {name: loaded.card for name, loaded in self._models.items()}
+
     async def close(self) -> None:
         self._models.clear()
 

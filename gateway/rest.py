@@ -9,6 +9,11 @@
 ``GET /healthz``       the process is alive (no model involved)
 ``GET /readyz``        200 only when every model is loaded and answers, else 503 + Retry-After
 ``GET /metrics``       Prometheus text (:mod:`gateway.metrics`)
+``POST /v1/render``    the web app's display rendition of one radiograph (body as for diagnose):
+                       an 8-bit PNG under a window centre/width (:mod:`gateway.display`)
+``GET /v1/cases``      the self-study case bank (:mod:`gateway.cases`); per case:
+                       ``/v1/cases/{id}/image`` (rendition), ``/diagnosis``, ``/truth``
+``GET /``              redirects to the web app, static files under ``/app/`` (``web/``)
 =================  =========================================================================
 
 Options are query parameters of both POSTs: ``include_overlay``, ``cam_stage``, ``note_threshold``.
@@ -21,16 +26,20 @@ over ``AVN_MAX_PAYLOAD_BYTES`` is refused with 413 while it streams in, before i
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+import numpy as np
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
@@ -43,8 +52,10 @@ from gateway.errors import (
     error_metadata,
     status_of,
 )
+from gateway.cases import CaseBank
+from gateway.display import windowed_png
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline, new_request_id
+from gateway.pipeline import Pipeline, decode_payload, new_request_id
 from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload, StudyRequest, to_json_dict
 from gateway.settings import Settings
 
@@ -57,6 +68,16 @@ MULTIPART = "multipart/form-data"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers and boundaries around the file(s)
 NOT_READY_RETRY_S = 5
 RAW_MEDIA_TYPES = ("application/dicom", "image/png", "image/jpeg", "application/octet-stream")
+# The web app: static files from the top-level web/ folder, served under WEB_PATH ("/" redirects).
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_PATH = "/app"
+# Headers of a display rendition: the window it was drawn with (the web app's sliders follow it)
+# and the radiograph's size in pixels (the coordinates of boxes).
+WINDOW_CENTER_HEADER = "avn-window-center"
+WINDOW_WIDTH_HEADER = "avn-window-width"
+IMAGE_WIDTH_HEADER = "avn-image-width"
+IMAGE_HEIGHT_HEADER = "avn-image-height"
+SOURCE_FORMAT_HEADER = "avn-source-format"
 
 PipelineSource = Pipeline | Callable[[], Pipeline | Awaitable[Pipeline]]
 
@@ -193,6 +214,41 @@ class ReadinessResponse(_Strict):
     ready: bool
 
 
+class CaseSummary(_Strict):
+    """One case of the bank, without its truth."""
+
+    id: str = Field(description="The data-set image id; the case_id of the second-opinion export.")
+    name: str = Field(description="The image's file name in the data set.")
+    sides: list[str] = Field(description="The femoral heads to stage, left to right on the image.")
+
+
+class CaseBankResponse(_Strict):
+    available: bool
+    source: str = Field(description="The case bank's folder (AVN_CASE_BANK).")
+    split: str = Field(description="E3, or all when the folder's E3 split is too small.")
+    message: str = Field(description="Why the bank is empty; empty when it is not.")
+    cases: list[CaseSummary]
+
+
+class CaseHeadTruth(_Strict):
+    side: str
+    stage: str
+    notes: list[str]
+    box: BoxResult
+
+
+class CaseTruthResponse(_Strict):
+    """The ground truth of one case (the web app asks for it once the student has answered)."""
+
+    id: str
+    name: str
+    subject_id: str
+    view: str
+    width: int
+    height: int
+    heads: list[CaseHeadTruth] = Field(description="Left to right on the image.")
+
+
 class ErrorDetail(_Strict):
     code: str = Field(description="The error type: InvalidImage, InvalidArgument, PayloadTooLarge, NoFemoralHead, "
                       "ModelUnavailable, DeadlineExceeded or Internal.")  # fmt: skip
@@ -227,6 +283,16 @@ DIAGNOSE_BODY = {
         },
     }
 }
+DISPLAY_PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {}},
+        "description": f"8-bit grey PNG; headers {WINDOW_CENTER_HEADER} and {WINDOW_WIDTH_HEADER} give the window used "
+        f"(fractions of the decoded range), {IMAGE_WIDTH_HEADER} / {IMAGE_HEIGHT_HEADER} the size in pixels.",
+    },
+    **ERROR_RESPONSES,
+}
+WINDOW_CENTER_QUERY = Query(None, ge=0, le=1, description="Window centre, fraction of the decoded range; default automatic.")
+WINDOW_WIDTH_QUERY = Query(None, gt=0, le=2, description="Window width, fraction of the decoded range; default automatic.")
 STUDY_BODY = {
     "requestBody": {
         "required": True,
@@ -247,13 +313,19 @@ STUDY_BODY = {
 
 
 def create_app(
-    pipeline: PipelineSource, settings: Settings | None = None, metrics: GatewayMetrics | None = None
+    pipeline: PipelineSource,
+    settings: Settings | None = None,
+    metrics: GatewayMetrics | None = None,
+    case_bank: CaseBank | None = None,
 ) -> FastAPI:
     """The REST app over ``pipeline`` — a :class:`Pipeline`, or a (sync or async) factory called at
     start-up whose pipeline the app also closes at shutdown. A pipeline passed in stays the
-    caller's to close. ``metrics`` may be shared with the gRPC server of the same process."""
+    caller's to close. ``metrics`` may be shared with the gRPC server of the same process.
+    ``case_bank`` defaults to the folder ``AVN_CASE_BANK`` names."""
     settings = settings or Settings()
     metrics = metrics or GatewayMetrics()
+    if case_bank is None:
+        case_bank = CaseBank.from_folder(settings.case_bank)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -279,6 +351,7 @@ def create_app(
         metrics.track_cache(pipeline.cache)
     _add_error_handlers(app)
     _add_routes(app, settings, metrics)
+    _add_web_routes(app, settings, metrics, case_bank)
 
     @app.middleware("http")
     async def echo_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -369,6 +442,134 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> No
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def _add_web_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics, case_bank: CaseBank) -> None:
+    """What the web app needs beyond the diagnosis API: display renditions, the case bank, the page."""
+
+    @app.post(
+        "/v1/render",
+        response_class=Response,
+        responses=DISPLAY_PNG_RESPONSE,
+        openapi_extra=DIAGNOSE_BODY,
+        summary="Display rendition of one radiograph under a window/level",
+    )
+    async def render(
+        request: Request, window_center: float | None = WINDOW_CENTER_QUERY, window_width: float | None = WINDOW_WIDTH_QUERY
+    ) -> Response:
+        async with _observed(request, metrics, "render"):
+            payload = await _single_payload(request, settings.max_payload_bytes)
+            radiograph = await asyncio.to_thread(decode_payload, payload, _pipeline(request).max_image_bytes)
+            return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+
+    @app.get("/v1/cases", response_model=CaseBankResponse, summary="The self-study case bank")
+    async def cases(request: Request) -> CaseBankResponse:
+        async with _observed(request, metrics, "cases"):
+            return CaseBankResponse(
+                available=case_bank.available,
+                source=str(case_bank.folder or ""),
+                split=case_bank.split,
+                message=case_bank.problem,
+                cases=[CaseSummary(id=c.id, name=c.file_name, sides=list(c.sides)) for c in case_bank.cases],
+            )
+
+    @app.get(
+        "/v1/cases/{case_id}/image",
+        response_class=Response,
+        responses=DISPLAY_PNG_RESPONSE,
+        summary="Display rendition of a case's radiograph",
+    )
+    async def case_image(
+        request: Request,
+        case_id: str,
+        window_center: float | None = WINDOW_CENTER_QUERY,
+        window_width: float | None = WINDOW_WIDTH_QUERY,
+    ) -> Response:
+        async with _observed(request, metrics, "case_image"):
+            limit = _pipeline(request).max_image_bytes
+            radiograph = await asyncio.to_thread(case_bank.radiograph, case_id, limit)
+            return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+
+    @app.get(
+        "/v1/cases/{case_id}/diagnosis",
+        response_model=DiagnosisResponse,
+        responses=ERROR_RESPONSES,
+        summary="The system's diagnosis of a case (as POST /v1/diagnose)",
+    )
+    async def case_diagnosis(
+        request: Request,
+        case_id: str,
+        include_overlay: bool = False,
+        cam_stage: str | None = None,
+        note_threshold: float | None = None,
+    ) -> DiagnosisResponse:
+        async with _observed(request, metrics, "case_diagnosis"):
+            data = await asyncio.to_thread(case_bank.file_bytes, case_id)
+            options = _options(include_overlay, cam_stage, note_threshold)
+            result = await _pipeline(request).diagnose(
+                DiagnoseRequest(ImagePayload(data), options), request_id=request.state.request_id, timeout_s=settings.deadline_s
+            )
+            metrics.observe_diagnosis(result)
+            return DiagnosisResponse.model_validate(to_json_dict(result))
+
+    @app.get(
+        "/v1/cases/{case_id}/truth",
+        response_model=CaseTruthResponse,
+        responses=ERROR_RESPONSES,
+        summary="The ground truth of a case",
+    )
+    async def case_truth(request: Request, case_id: str) -> CaseTruthResponse:
+        async with _observed(request, metrics, "case_truth"):
+            case = case_bank.case(case_id)
+            heads = [CaseHeadTruth(side=h.side, stage=h.stage, notes=list(h.notes), box=_box(h.box)) for h in case.heads]
+            return CaseTruthResponse(
+                id=case.id, name=case.file_name, subject_id=case.subject_id, view=case.view,
+                width=case.width, height=case.height, heads=heads,
+            )  # fmt: skip
+
+    _mount_web_app(app)
+
+
+def _mount_web_app(app: FastAPI) -> None:
+    if not (WEB_DIR / "index.html").is_file():
+        # An install without the web/ folder (a wheel) still serves the API.
+        logger.warning("no web app at %s: serving the API only", WEB_DIR)
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def web_app() -> RedirectResponse:
+        return RedirectResponse(f"{WEB_PATH}/")
+
+    app.mount(WEB_PATH, RevalidatedStaticFiles(directory=WEB_DIR, html=True), name="web")
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """Static files the browser revalidates on every load (a cheap 304 by ETag): without it, a
+    browser's heuristic caching could mix modules of a new release with cached ones of the old."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+
+def _box(xyxy: tuple[float, float, float, float]) -> BoxResult:
+    x0, y0, x1, y1 = xyxy
+    return BoxResult(x0=x0, y0=y0, x1=x1, y1=y1)
+
+
+async def _display_response(pixels: np.ndarray, center: float | None, width: float | None, source_format: str) -> Response:
+    png, window = await asyncio.to_thread(windowed_png, pixels, center, width)  # percentiles and PNG: off the loop
+    headers = {
+        WINDOW_CENTER_HEADER: f"{window.center:.6g}",
+        WINDOW_WIDTH_HEADER: f"{window.width:.6g}",
+        IMAGE_WIDTH_HEADER: str(pixels.shape[1]),
+        IMAGE_HEIGHT_HEADER: str(pixels.shape[0]),
+        SOURCE_FORMAT_HEADER: source_format,
+        # Remade on request: cheap, and a case bank may be rebuilt under the same ids.
+        "cache-control": "no-store",
+    }
+    return Response(png, media_type="image/png", headers=headers)
 
 
 def _pipeline(request: Request) -> Pipeline:

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         5.0, gt=0, description="While Redis is unreachable, how often the gateway tries it again, seconds."
     )
 
+    # ---- web application
+    case_bank: Path | None = Field(
+        Path("data/demo"),
+        description="Data-set folder of the web app's self-study case bank: its E3 split when that holds at least "
+        "10 cases, else every radiograph; empty: no case bank.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level.")
 
     @field_validator("log_level", mode="before")
@@ -86,6 +93,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_url_is_unset(cls, value: object) -> object:
         # Compose files pass AVN_REDIS_URL= to mean "no Redis".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("case_bank", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
         return None if isinstance(value, str) and not value.strip() else value
 
     @staticmethod

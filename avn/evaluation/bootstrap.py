@@ -136,3 +136,31 @@ def macro_f1_rows(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.
         present.append(is_truth.any(axis=1) | is_predicted.any(axis=1))
     scores_matrix, present_matrix = np.stack(scores, axis=1), np.stack(present, axis=1)
     return np.where(present_matrix, scores_matrix, 0.0).sum(axis=1) / present_matrix.sum(axis=1)
+
+
+# ------------------------------------------------------------------ intervals of derived statistics
+
+
+def interval_from_values(
+    values: np.ndarray, estimate: float | None, *, resamples: int, seed: int, level: float = DEFAULT_LEVEL
+) -> ConfidenceInterval:
+    """Percentile CI from per-resample values already computed (NaN = undefined on that resample).
+
+    For statistics built from several :func:`bootstrap_values` vectors drawn with the same seed (the
+    same resamples), e.g. a macro average over labels: average the vectors, then call this.
+    """
+    values = np.asarray(values, dtype=float)
+    defined = values[~np.isnan(values)]
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = (np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan))
+    return ConfidenceInterval(
+        estimate=None if estimate is None else _none_if_nan(float(estimate)), low=_none_if_nan(low),
+        high=_none_if_nan(high), level=level, resamples=resamples, defined_resamples=int(defined.size), seed=seed,
+    )
+
+
+def precision_rows(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Binary precision per row; 0 where nothing is predicted (scikit-learn's zero_division=0)."""
+    truth, predicted = truth.astype(bool), predicted.astype(bool)
+    predicted_count = predicted.sum(axis=1)
+    return np.where(predicted_count > 0, (truth & predicted).sum(axis=1) / np.maximum(predicted_count, 1), 0.0)

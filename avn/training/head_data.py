@@ -64,6 +64,14 @@ def _label_of(head: HeadRecord, task: str) -> str:
     return {"view": head.view, "side": head.side, "staging": head.stage}[task]
 
 
+# (radiograph, head annotation) → the (x0, y0, x1, y1) box its crops are centred on.
+BoxSource = Callable[[ImageRecord, FemoralHeadAnnotation], tuple[float, float, float, float]]
+
+
+def annotated_box(_: ImageRecord, annotation: FemoralHeadAnnotation) -> tuple[float, float, float, float]:
+    return annotation.xyxy
+
+
 def training_scales(resamples: int) -> Callable[[HeadRecord], np.ndarray]:
     return lambda head: resample_scales(resamples, typical=head.typical)
 
@@ -80,8 +88,14 @@ def build_crops(
     scales_of: Callable[[HeadRecord], np.ndarray],
     workers: int = 2,
     on_image: Callable[[], None] | None = None,
+    box_of: BoxSource | None = None,
 ) -> CropSet:
-    """Crops of every head of ``subjects``' radiographs."""
+    """Crops of every head of ``subjects``' radiographs.
+
+    ``box_of`` chooses the square each head is cut around; the default is the annotated head box
+    (what training always uses). The ablation passes fixed predefined regions instead.
+    """
+    box_of = box_of or annotated_box
     wanted = set(subjects)
     images = [image for image in dataset.images if image.subject_id in wanted]
     by_image: dict[int, list[FemoralHeadAnnotation]] = {}
@@ -96,7 +110,8 @@ def build_crops(
                 annotation.id, image.id, image.subject_id, image.view, annotation.side,
                 annotation.stage, tuple(annotation.notes), annotation.typical,
             )
-            stack = np.stack([crop_square(pixels, annotation.xyxy, s, input_size) for s in scales_of(head)])
+            box = box_of(image, annotation)
+            stack = np.stack([crop_square(pixels, box, s, input_size) for s in scales_of(head)])
             out.append((head, stack.astype(np.float16)))
         if on_image:
             on_image()

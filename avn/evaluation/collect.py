@@ -1,0 +1,231 @@
+"""Run the serving pipeline over a data-set split and line its answers up with the ground truth.
+
+Every radiograph goes through the gateway's own steps — :func:`gateway.pipeline.choose_heads`,
+:func:`~gateway.pipeline.crop_heads`, :func:`~gateway.pipeline.classify_heads`,
+:func:`~gateway.pipeline.interpret_heads` (sides, stages, prior-fused notes) and
+:func:`~gateway.pipeline.radiograph_view` — on a :class:`gateway.backends.ModelBackend`, so a
+figure in the report is a figure of what the service answers. Only the output step (CAM PNGs,
+overlay) and the cache are left out: they change no number.
+
+A predicted head is matched to the truth head it overlaps most when IoU > 0.5 (one-to-one,
+largest overlaps first). The classifiers are scored on matched heads; a truth head without a match
+counts as a detection miss, and at subject level as a side with no diagnosis (a missed diseased hip
+lowers the subject-level sensitivity, as it would in the clinic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avn.crop import SERVING_SCALE
+from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
+from avn.dataset.images import Radiograph, read_radiograph
+from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
+
+from gateway.backends import CLASSIFIER_MODELS, Detections, ModelBackend, ModelInfo
+from gateway.pipeline import choose_heads, classify_heads, crop_heads, interpret_heads, radiograph_view
+from gateway.results import DEFAULT_NOTE_THRESHOLD, DiagnoseOptions, Diagnosis, FemoralHead, ModelVersion, StepTimings
+
+MATCH_IOU = 0.5
+
+
+@dataclass
+class RadiographResult:
+    """One radiograph: its truth, the detector's raw answer and the pipeline's diagnosis."""
+
+    image: ImageRecord
+    truth: list[FemoralHeadAnnotation]
+    detections: Detections
+    diagnosis: Diagnosis | None  # None: no femoral head found (the service answers NOT_FOUND)
+    matches: list[tuple[int, int]] = field(default_factory=list)  # (truth index, predicted head index)
+
+    @property
+    def truth_boxes(self) -> np.ndarray:
+        return np.array([a.xyxy for a in self.truth], dtype=np.float64).reshape(-1, 4)
+
+    @property
+    def predicted_heads(self) -> tuple[FemoralHead, ...]:
+        return self.diagnosis.heads if self.diagnosis is not None else ()
+
+
+@dataclass
+class HeadTable:
+    """Matched heads, one row each: truth and the pipeline's probabilities in vocabulary order."""
+
+    subject_id: list[str]
+    image_id: np.ndarray  # (n,)
+    view_truth: np.ndarray  # (n,) index into VIEWS (the radiograph's view)
+    side_truth: np.ndarray  # (n,) index into SIDES
+    stage_truth: np.ndarray  # (n,) index into STAGES
+    notes_truth: np.ndarray  # (n, 8) 0/1 in NOTES order
+    view_probs: np.ndarray  # (n, 2) the view model on this head
+    side_probs: np.ndarray  # (n, 2) the side model (before the one-head-per-side rule)
+    side_served: np.ndarray  # (n,) index of the side the service answered (after that rule)
+    stage_probs: np.ndarray  # (n, 4)
+    notes_raw: np.ndarray  # (n, 8) the notes model alone
+    notes_fused: np.ndarray  # (n, 8) × P(note's stage): what the service answers
+
+    def __len__(self) -> int:
+        return len(self.stage_truth)
+
+
+@dataclass
+class Collected:
+    split: str
+    radiographs: list[RadiographResult]
+    heads: HeadTable
+    models: list[ModelInfo]
+    seconds: float = 0.0
+
+    @property
+    def truth_heads(self) -> int:
+        return sum(len(r.truth) for r in self.radiographs)
+
+
+# ---------------------------------------------------------------- one radiograph through the pipeline
+
+
+async def diagnose_pixels(
+    backend: ModelBackend, radiograph: Radiograph, models: dict[str, ModelInfo], crop_scale: float = SERVING_SCALE,
+    note_threshold: float = DEFAULT_NOTE_THRESHOLD,
+) -> tuple[Detections, Diagnosis | None]:
+    """The detector's raw answer and the pipeline's diagnosis (without CAM PNGs) of one radiograph."""
+    detections = await backend.detect(radiograph.pixels)
+    candidates = choose_heads(detections, radiograph.width)
+    if not candidates:
+        return detections, None
+    input_sizes = {name: models[name].input_size for name in CLASSIFIER_MODELS}
+    crops = crop_heads(radiograph.pixels, candidates, input_sizes, crop_scale)
+    answers = await classify_heads(backend, crops, None)
+    options = DiagnoseOptions(note_threshold=note_threshold)
+    diagnosis = Diagnosis(
+        request_id="evaluation",
+        width=radiograph.width,
+        height=radiograph.height,
+        view=radiograph_view(answers.view),
+        heads=interpret_heads(candidates, answers, options, crop_scale),
+        overlay_png=None,
+        models=tuple(ModelVersion(info.name, info.version) for info in models.values()),
+        cache_hit=False,
+        timings=StepTimings(),
+        note_threshold=note_threshold,
+    )
+    return detections, diagnosis
+
+
+def match_heads(truth_boxes: np.ndarray, heads: Sequence[FemoralHead], min_iou: float = MATCH_IOU) -> list[tuple[int, int]]:
+    """One-to-one (truth, predicted) pairs with IoU > ``min_iou``, largest overlaps first."""
+    if len(truth_boxes) == 0 or not heads:
+        return []
+    predicted = np.array([head.box.as_tuple() for head in heads], dtype=np.float64)
+    iou = box_iou(truth_boxes, predicted)
+    pairs = sorted(((iou[t, p], t, p) for t in range(iou.shape[0]) for p in range(iou.shape[1])), reverse=True)
+    used_truth, used_pred, matches = set(), set(), []
+    for overlap, t, p in pairs:
+        if overlap <= min_iou or t in used_truth or p in used_pred:
+            continue
+        used_truth.add(t)
+        used_pred.add(p)
+        matches.append((t, p))
+    return sorted(matches)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes (float64)."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------- a whole split
+
+
+def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
+    if split not in dataset.splits:
+        raise ValueError(f"the data set has no split {split!r}; it has {sorted(dataset.splits)}")
+    images = dataset.images_in_split(split)
+    if not images:
+        raise ValueError(f"split {split!r} holds no radiographs")
+    return images
+
+
+async def collect_async(
+    backend: ModelBackend, data_dir: Path, split: str, on_radiograph: Callable[[int, int], None] | None = None,
+    crop_scale: float = SERVING_SCALE,
+) -> Collected:
+    """Every radiograph of ``split`` through the pipeline; reading the next file overlaps inference."""
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir)
+    images = split_images(dataset, split)
+    models = {info.name: info for info in await backend.models()}
+    by_image: dict[int, list[FemoralHeadAnnotation]] = {}
+    for annotation in dataset.annotations:
+        by_image.setdefault(annotation.image_id, []).append(annotation)
+    results = []
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_radiograph, Path(data_dir) / images[0].file_name)
+        for index, image in enumerate(images):
+            radiograph = await asyncio.wrap_future(pending)
+            if index + 1 < len(images):  # decode the next file while the models run
+                pending = reader.submit(read_radiograph, Path(data_dir) / images[index + 1].file_name)
+            detections, diagnosis = await diagnose_pixels(backend, radiograph, models, crop_scale)
+            result = RadiographResult(image, by_image.get(image.id, []), detections, diagnosis)
+            result.matches = match_heads(result.truth_boxes, result.predicted_heads)
+            results.append(result)
+            if on_radiograph:
+                on_radiograph(index + 1, len(images))
+    ordered_models = [models[name] for name in models]
+    return Collected(split, results, head_table(results), ordered_models, time.perf_counter() - started)
+
+
+def collect(backend: ModelBackend, data_dir: Path, split: str, on_radiograph: Callable[[int, int], None] | None = None) -> Collected:
+    return asyncio.run(collect_async(backend, data_dir, split, on_radiograph))
+
+
+def head_table(results: Sequence[RadiographResult]) -> HeadTable:
+    rows = [(result, result.truth[t], result.predicted_heads[p]) for result in results for t, p in result.matches]
+    n = len(rows)
+
+    def probabilities(values: Sequence[Sequence[float]], width: int) -> np.ndarray:
+        return np.array(values, dtype=np.float64).reshape(n, width)
+
+    return HeadTable(
+        subject_id=[result.image.subject_id for result, _, _ in rows],
+        image_id=np.array([result.image.id for result, _, _ in rows], dtype=int),
+        view_truth=np.array([VIEWS.index(result.image.view) for result, _, _ in rows], dtype=int),
+        side_truth=np.array([SIDES.index(truth.side) for _, truth, _ in rows], dtype=int),
+        stage_truth=np.array([STAGES.index(truth.stage) for _, truth, _ in rows], dtype=int),
+        notes_truth=np.array([[note in truth.notes for note in NOTES] for _, truth, _ in rows], dtype=int).reshape(n, len(NOTES)),
+        view_probs=probabilities([[p.probability for p in head.view_probabilities] for _, _, head in rows], len(VIEWS)),
+        side_probs=probabilities([_side_row(head) for _, _, head in rows], len(SIDES)),
+        side_served=np.array([SIDES.index(head.side) for _, _, head in rows], dtype=int),
+        stage_probs=probabilities([[p.probability for p in head.stage_probabilities] for _, _, head in rows], len(STAGES)),
+        notes_raw=probabilities([_notes_row(head, raw=True) for _, _, head in rows], len(NOTES)),
+        notes_fused=probabilities([_notes_row(head, raw=False) for _, _, head in rows], len(NOTES)),
+    )
+
+
+def _side_row(head: FemoralHead) -> list[float]:
+    """The side model's (P(left), P(right)) for this head, from the served side and its probability
+    (for a head flipped by the one-head-per-side rule that probability is the model's, below 0.5)."""
+    p = head.side_probability
+    return [p, 1.0 - p] if head.side == SIDES[0] else [1.0 - p, p]
+
+
+def _notes_row(head: FemoralHead, raw: bool) -> list[float]:
+    by_note = {note.note: (note.raw_probability if raw else note.probability) for note in head.notes}
+    return [by_note[note] for note in NOTES]

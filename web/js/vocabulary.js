@@ -1,0 +1,30 @@
+// The clinical vocabulary the page shows, mirroring avn/vocabulary.py (labels) and
+// gateway/output.py (stage colours, the same as the gateway's overlay PNG). tests/test_web.py
+// checks in the browser that these equal the Python definitions.
+
+export const STAGES = ["absence", "II", "III", "IV"];
+export const SIDES = ["left", "right"];
+
+// The order in which sides appear on a radiograph: radiological convention puts the patient's
+// right hip on the image's left.
+export const SIDES_IMAGE_ORDER = ["right", "left"];
+
+// RGB, as gateway.output.STAGE_COLOURS.
+export const STAGE_COLOURS = {
+  absence: [80, 200, 120],
+  II: [255, 210, 0],
+  III: [255, 140, 0],
+  IV: [235, 50, 50],
+};
+
+export const STAGE_NAMES = {
+  absence: "absence (Ficat 0–I)",
+  II: "stage II",
+  III: "stage III",
+  IV: "stage IV",
+};
+
+export function stageColour(stage) {
+  const [r, g, b] = STAGE_COLOURS[stage] || [255, 255, 255];
+  return `rgb(${r}, ${g}, ${b})`;
+}
