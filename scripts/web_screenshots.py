@@ -6,7 +6,7 @@ Starts the gateway embedded (models in-process, no TorchServe) on a free loopbac
 ``--data`` as the case bank, drives the page in headless Chromium (tests/web_support.py) through
 each mode and writes ``web_reading.png``, ``web_second_opinion.png`` and ``web_self_study.png``:
 
-* reading: one demo subject's radiographs as a study, its radiograph with the most heads shown
+* reading: one demo subject's radiographs as a study, its first whole-pelvis AP shown
   with boxes, heat maps and results, and the subject-level table;
 * second opinion: that radiograph read, revealed, revised and exported (reads and CSV);
 * self-study: a case answered, with the feedback, score and confusion matrix.
@@ -54,7 +54,8 @@ def main() -> None:
         try:
             driver.get(f"{gateway.url}/")
             wait_for(driver, "window.avn", "the app", 60)
-            shown = reading(driver, study_files(args.data), args.out / "web_reading.png")
+            files, show = study_files(args.data)
+            shown = reading(driver, files, show, args.out / "web_reading.png")
             second_opinion(driver, shown, args.out / "web_second_opinion.png")
             self_study(driver, args.out / "web_self_study.png")
         finally:
@@ -62,28 +63,30 @@ def main() -> None:
     asyncio.run(pipeline.close())
 
 
-def study_files(data: Path) -> list[Path]:
-    """The radiographs of the first demo subject with a severe head: a study worth showing."""
+def study_files(data: Path) -> tuple[list[Path], int]:
+    """The radiographs of the first demo subject with a severe head (a study worth showing), and
+    the index of its first whole-pelvis AP radiograph (two annotated heads), the one to show."""
     dataset = load_dataset(data)
     severe = {a.image_id for a in dataset.annotations if a.stage in SEVERE}
-    subject = next(image.subject_id for image in dataset.images if image.id in severe)
-    return [data / image.file_name for image in dataset.images if image.subject_id == subject]
+    heads = {image.id: sum(a.image_id == image.id for a in dataset.annotations) for image in dataset.images}
+    subject = next(
+        image.subject_id for image in dataset.images if image.id in severe and heads[image.id] == 2 and image.view == "AP"
+    )
+    images = [image for image in dataset.images if image.subject_id == subject]
+    show = next(i for i, image in enumerate(images) if image.view == "AP" and heads[image.id] == 2)
+    return [data / image.file_name for image in images], show
 
 
-def reading(driver, files: list[Path], out: Path) -> Path:  # noqa: ANN001 — a selenium WebDriver
-    """The study read; shown: its radiograph with the most heads. Returns that radiograph's file."""
+def reading(driver, files: list[Path], show: int, out: Path) -> Path:  # noqa: ANN001 — a selenium WebDriver
+    """The study read; shown: radiograph ``show``. Returns that radiograph's file."""
     mode = "window.avn.modes.reading"
     driver.find_element(By.ID, "tab-reading").click()
     driver.find_element(By.ID, "reading-file").send_keys("\n".join(str(path) for path in files))
     wait_for(driver, f"{mode}.results.size > 0 && {mode}.panel.viewer.drawn.length > 0", "the study", 120)
-    fullest = driver.execute_script(
-        f"const r = {mode}; return [...r.results.keys()].sort((a, b) => r.results.get(b).heads.length - r.results.get(a).heads.length)[0];"
-    )
-    if fullest:
-        driver.find_elements(By.CSS_SELECTOR, "#reading-radiograph-list button")[fullest].click()
-        wait_for(driver, f"{mode}.selected === {fullest} && {mode}.panel.viewer.drawn.length > 0", "the radiograph", 60)
+    driver.find_elements(By.CSS_SELECTOR, "#reading-radiograph-list button")[show].click()
+    wait_for(driver, f"{mode}.selected === {show} && {mode}.panel.viewer.drawn.length > 0", "the radiograph", 60)
     save(driver, out)
-    return files[fullest or 0]
+    return files[show]
 
 
 def second_opinion(driver, radiograph: Path, out: Path) -> None:  # noqa: ANN001
