@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avn.dataset.cli import data_app
 from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate
 from avn.evaluation.readers_cli import readers
+from avn.progress import StageBars, console, progress_bar
 from gateway.cli import bench, diagnose, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
@@ -24,22 +23,10 @@ app.command()(ablation)
 app.command()(readers)
 app.command()(serve)
 app.command()(bench)
-console = Console(stderr=True)
 
 DEMO_DATA = Path("data/demo")
 TRAINING_DATA = Path("data/phantom-quick")
 QUICK_RUN = Path("runs/quick")
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 @app.command()
@@ -112,14 +99,7 @@ def train(
         raise typer.BadParameter(str(error)) from error
     tasks = list(TASK_ORDER) if task == "all" else [task]
     with progress_bar() as progress:
-        bars: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int, figures: dict[str, float]) -> None:
-            if stage not in bars:
-                bars[stage] = progress.add_task(stage, total=total)
-            text = " ".join(f"{k} {v:.3f}" for k, v in figures.items())
-            progress.update(bars[stage], completed=done, total=total, description=f"{stage} {text}".strip())
-
+        report = StageBars(progress)
         try:
             context = prepare_context(
                 data, out, chosen, seed, folds or None, repeats or None, reporter=report, logger=progress.console.print

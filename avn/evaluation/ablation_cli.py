@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+from avn.progress import StageBars, console, progress_bar
+
 
 
 def ablation(
@@ -41,15 +40,8 @@ def ablation(
         raise typer.BadParameter(str(error)) from error
     if not counts or min(counts) < 1:
         raise typer.BadParameter("--resamples needs positive integers, e.g. 2,3,5")
-    with _progress() as progress:
-        bars: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int, figures: dict[str, float]) -> None:
-            if stage not in bars:
-                bars[stage] = progress.add_task(stage, total=total)
-            text = " ".join(f"{k} {v:.3f}" for k, v in figures.items())
-            progress.update(bars[stage], completed=done, total=total, description=f"{stage} {text}".strip())
-
+    with progress_bar() as progress:
+        report = StageBars(progress)
         options = AblationOptions(
             data=data, out=out, profile=chosen, seed=seed, resample_counts=counts, include_no_detection=no_detection,
             epochs=epochs or None, budget=budget, bootstrap_resamples=bootstrap, view_model=view_model,
@@ -63,9 +55,3 @@ def ablation(
     typer.echo(markdown_table(TABLE_HEADERS, table_rows(document)))
     console.print(f"wrote {out / 'report.html'}, {out / 'report.json'}, {out / 'table.md'} in {document['seconds']['total'] / 60:.1f} min")
 
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console,
-    )

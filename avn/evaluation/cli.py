@@ -8,29 +8,10 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+from avn.progress import StageBars, console, progress_bar
+
 HEADLINE_FILE = "headline.md"  # the README's table, ready to paste
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
-
-
-class _StageBars:
-    """One progress bar per stage name; ``total`` 0 means unknown (a counter)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
-        self.progress.update(self.tasks[stage], completed=done, total=total or None)
 
 
 def evaluate(
@@ -54,10 +35,10 @@ def evaluate(
     if store is None and run is None:
         raise typer.BadParameter("give --store DIR or --run DIR (or both: models from the store, folds from the run)")
     started = time.perf_counter()
-    with _progress() as progress:
+    with progress_bar() as progress:
         request = EvaluationRequest(
             data_dir=data, split=split, store=store, run=run, train_data=train_data, resamples=resamples, seed=seed,
-            store_temperature=store_temperature, command=shlex.join(["avn", *sys.argv[1:]]), progress=_StageBars(progress),
+            store_temperature=store_temperature, command=shlex.join(["avn", *sys.argv[1:]]), progress=StageBars(progress),
         )
         try:
             document, figures = run_evaluation(request)
@@ -112,8 +93,8 @@ def calibrate(
     from avn.evaluation.temperature import calibrate_run
     from avn.models.classifier import CLASSIFIER_TASKS
 
-    with _progress() as progress:
-        bars = _StageBars(progress)
+    with progress_bar() as progress:
+        bars = StageBars(progress)
         count = {"done": 0}
 
         def on_image() -> None:
