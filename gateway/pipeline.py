@@ -37,6 +37,7 @@ import numpy as np
 
 from avn.crop import SERVING_SCALE, crop_square
 from avn.dataset.images import ImageReadError, Radiograph, is_dicom_bytes, read_radiograph
+from avn.letterbox import boxes_from_letterbox, letterbox_geometry, shrink_to_letterbox
 from avn.vocabulary import SIDES, STAGES, VIEWS, collapse_of, flip_side, most_severe, presence_of
 
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelBackend, ModelInfo
@@ -236,7 +237,7 @@ class Pipeline:
             return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
 
         with clock.step("detect"):
-            detections = await self.backend.detect(radiograph.pixels)
+            detections = await detect_heads(self.backend, radiograph.pixels, models["detection"].input_size)
         candidates = choose_heads(detections, radiograph.width)
         if not candidates:
             raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
@@ -383,6 +384,22 @@ def check_options(options: DiagnoseOptions) -> None:
 
 
 # ---------------------------------------------------------------- detect → crop → classify
+
+
+async def detect_heads(backend: ModelBackend, pixels: np.ndarray, detector_input_size: int) -> Detections:
+    """Head candidates in the radiograph's pixels, from the radiograph shrunk to what the detector
+    reads: the detector letterboxes every image to its small input anyway, so sending the full
+    image only moves megabytes to a model server (a float32 3000×2500 radiograph is 30 MB) for it
+    to average away. The shrink is the detector's own (:mod:`avn.letterbox`), so the answer is the
+    same. An image no larger than the input, or so elongated that its shrunk short side would fall
+    below what the model services accept, is sent whole."""
+    height, width = pixels.shape
+    scaled_height, scaled_width = letterbox_geometry(height, width, detector_input_size).scaled_size
+    if max(height, width) <= detector_input_size or min(scaled_height, scaled_width) < MIN_IMAGE_SIDE:
+        return await backend.detect(pixels)
+    shrunk, geometry = shrink_to_letterbox(pixels, detector_input_size)
+    detections = await backend.detect(shrunk)
+    return Detections(boxes=boxes_from_letterbox(detections.boxes, geometry), scores=detections.scores)
 
 
 def choose_heads(detections: Detections, image_width: int) -> list[HeadCandidate]:

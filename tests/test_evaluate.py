@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from avn.cli import app
 from avn.dataset.format import load_dataset
 from avn.dataset.images import read_radiograph
+from avn.letterbox import shrink_to_letterbox
 from avn.evaluation.cli import HEADLINE_KEYS, headline
 from avn.evaluation.collect import RadiographResult, match_heads
 from avn.evaluation.evaluate import EvaluationRequest, evaluate
@@ -91,18 +92,24 @@ def run_and_store(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 class OracleDetector(InProcessBackend):
-    """The stored models, except that detection answers the truth boxes of the radiograph."""
+    """The stored models, except that detection answers the truth boxes of the radiograph, in the
+    coordinates of the image it is sent: whole, or shrunk to the detector's input (the pipeline's
+    ``detect_heads`` sends a large radiograph shrunk)."""
 
     def __init__(self, backend: InProcessBackend, data: Path) -> None:
         super().__init__({name: loaded for name, loaded in backend._models.items()}, source=backend.source)
         dataset = load_dataset(data)
-        self.truth = {
-            _digest(read_radiograph(data / image.file_name).pixels): [a.xyxy for a in dataset.annotations_of(image.id)]
-            for image in dataset.images
-        }
+        input_size = backend._models["detection"].card.input_size
+        self.truth: dict[str, np.ndarray] = {}
+        for image in dataset.images:
+            pixels = read_radiograph(data / image.file_name).pixels
+            boxes = np.array([a.xyxy for a in dataset.annotations_of(image.id)], dtype=np.float32).reshape(-1, 4)
+            shrunk, geometry = shrink_to_letterbox(pixels, input_size)
+            self.truth[_digest(pixels)] = boxes
+            self.truth[_digest(shrunk)] = boxes * geometry.box_factors()
 
     async def detect(self, image: np.ndarray) -> Detections:
-        boxes = np.array(self.truth[_digest(image)], dtype=np.float32).reshape(-1, 4)
+        boxes = self.truth[_digest(image)]
         return Detections(boxes, np.linspace(0.9, 0.8, len(boxes)).astype(np.float32))
 
 

@@ -39,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.fusion import fuse_note_probabilities, fused_notes
 from gateway.output import crop_window
-from gateway.pipeline import Pipeline, aggregate_sides, choose_heads, decode_payload, resolve_sides
+from gateway.pipeline import Pipeline, aggregate_sides, choose_heads, decode_payload, detect_heads, resolve_sides
 from gateway.results import (
     Box,
     DiagnoseOptions,
@@ -57,7 +57,9 @@ from gateway.results import (
 )
 from gateway_support import phantom_radiograph
 
-INPUT_SIZES = {"detection": 320, "view": 32, "side": 40, "staging": 48, "notes": 32}
+# The scripted detector answers in the coordinates of the image it gets: a detector input larger
+# than every test image keeps the pipeline from shrinking them (test_detect_heads covers shrinking).
+INPUT_SIZES = {"detection": 4096, "view": 32, "side": 40, "staging": 48, "notes": 32}
 LABELS = {"detection": ("background", "FH"), "view": VIEWS, "side": SIDES, "staging": STAGES, "notes": NOTES}
 
 # Two heads: stage probabilities and raw note probabilities chosen for easy arithmetic.
@@ -494,3 +496,32 @@ def test_every_error_maps_to_one_grpc_code_and_one_http_status() -> None:
     hidden = as_gateway_error(KeyError("secret internals"))
     assert isinstance(hidden, Internal) and "secret" not in str(hidden)
     assert dict(error_metadata(InvalidImage("x"))) == {"avn-error-type": "InvalidImage"}
+
+
+class ShapeAwareDetector(ScriptedBackend):
+    """Answers each box as a fraction of the image it receives, like a real detector would."""
+
+    def __init__(self, fractions) -> None:
+        super().__init__(np.zeros((0, 4)), [0.9, 0.8][: len(fractions)])
+        self.fractions = np.asarray(fractions, dtype=np.float32).reshape(-1, 4)
+
+    async def detect(self, image):
+        self.calls.append(("detection", image.shape, None))
+        height, width = image.shape
+        return Detections(self.fractions * np.array([width, height, width, height], np.float32), self.scores)
+
+
+@pytest.mark.parametrize(
+    ("shape", "sent"),
+    [((3000, 2400), (320, 256)), ((200, 300), (200, 300)), ((40, 2000), (40, 2000))],
+    ids=["shrunk", "small-sent-whole", "elongated-sent-whole"],
+)
+def test_detect_heads_sends_the_detector_what_it_reads_and_maps_boxes_back(shape, sent) -> None:
+    backend = ShapeAwareDetector([[0.1, 0.2, 0.3, 0.4], [0.6, 0.2, 0.8, 0.4]])
+    pixels = np.random.default_rng(0).random(shape, dtype=np.float32)
+    detections = asyncio.run(detect_heads(backend, pixels, 320))
+    assert backend.calls == [("detection", sent, None)]
+    height, width = shape
+    expected = backend.fractions * np.array([width, height, width, height], np.float32)
+    np.testing.assert_allclose(detections.boxes, expected, rtol=1e-5)
+    np.testing.assert_array_equal(detections.scores, backend.scores)

@@ -30,7 +30,7 @@ from avn.dataset.images import Radiograph, read_radiograph
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
 
 from gateway.backends import CLASSIFIER_MODELS, Detections, ModelBackend, ModelInfo
-from gateway.pipeline import choose_heads, classify_heads, crop_heads, interpret_heads, radiograph_view
+from gateway.pipeline import choose_heads, classify_heads, crop_heads, detect_heads, interpret_heads, radiograph_view
 from gateway.results import DEFAULT_NOTE_THRESHOLD, DiagnoseOptions, Diagnosis, FemoralHead, ModelVersion, StepTimings
 
 MATCH_IOU = 0.5
@@ -97,7 +97,7 @@ async def diagnose_pixels(
     note_threshold: float = DEFAULT_NOTE_THRESHOLD,
 ) -> tuple[Detections, Diagnosis | None]:
     """The detector's raw answer and the pipeline's diagnosis (without CAM PNGs) of one radiograph."""
-    detections = await backend.detect(radiograph.pixels)
+    detections = await detect_heads(backend, radiograph.pixels, models["detection"].input_size)
     candidates = choose_heads(detections, radiograph.width)
     if not candidates:
         return detections, None

@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+
+from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
@@ -42,58 +43,13 @@ class UnknownBackboneError(ValueError):
     """A backbone name that is not one of :data:`DETECTOR_BACKBONES`."""
 
 
-class ImageShapeError(ValueError):
-    """A radiograph that is not a non-empty 2-D grey image."""
-
-
-@dataclass(frozen=True)
-class LetterboxGeometry:
-    """How an original (height, width) image maps onto the detector's S×S input."""
-
-    original_height: int
-    original_width: int
-    input_size: int
-    # Input pixels per original pixel along x and y: equal up to the rounding of the shorter side,
-    # kept apart so that the mapping is exact.
-    scale_x: float
-    scale_y: float
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        return self.original_height, self.original_width
-
-
-    @property
-    def scaled_size(self) -> tuple[int, int]:
-        """(height, width) of the image content on the input canvas."""
-        return round(self.original_height * self.scale_y), round(self.original_width * self.scale_x)
-
-    def box_factors(self) -> torch.Tensor:
-        """(sx, sy, sx, sy): multiplies xyxy boxes from original into input coordinates."""
-        return torch.tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y], dtype=torch.float32)
-
-
-def letterbox_geometry(height: int, width: int, input_size: int) -> LetterboxGeometry:
-    """Scale factors that fit the longer image side into ``input_size``, keeping the aspect ratio."""
-    if height <= 0 or width <= 0:
-        raise ImageShapeError(f"empty image of size {height}x{width}")
-    scale = input_size / max(height, width)
-    scaled_height = max(1, min(input_size, round(height * scale)))
-    scaled_width = max(1, min(input_size, round(width * scale)))
-    return LetterboxGeometry(height, width, input_size, scaled_width / width, scaled_height / height)
-
-
 def prepare_detector_input(
     image: np.ndarray | torch.Tensor, input_size: int = DETECTOR_INPUT_SIZES[DETECTOR_BACKBONES[0]]
 ) -> tuple[torch.Tensor, LetterboxGeometry]:
     """A grey (H, W) radiograph in [0, 1] as the detector's (3, S, S) float tensor, plus its geometry."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ImageShapeError(f"expected a grey image shaped (H, W), got {array.shape}")
-    geometry = letterbox_geometry(array.shape[0], array.shape[1], input_size)
-    scaled_height, scaled_width = geometry.scaled_size
-    # INTER_AREA averages the pixels it drops: no aliasing of noise and trabecular texture.
-    resized = cv2.resize(array.astype(np.float32, copy=False), (scaled_width, scaled_height), interpolation=cv2.INTER_AREA)
+    resized, geometry = shrink_to_letterbox(array, input_size)
+    scaled_height, scaled_width = resized.shape
     canvas = np.zeros((input_size, input_size), dtype=np.float32)
     canvas[:scaled_height, :scaled_width] = resized
     return torch.from_numpy(canvas).unsqueeze(0).expand(3, -1, -1).contiguous(), geometry
@@ -101,12 +57,12 @@ def prepare_detector_input(
 
 def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
     """Boxes (K, 4) in original pixel coordinates → detector-input coordinates (training targets)."""
-    return torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * geometry.box_factors()
+    return torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * torch.from_numpy(geometry.box_factors())
 
 
 def boxes_to_original(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
     """Boxes (K, 4) in detector-input coordinates → original pixel coordinates, clipped to the image."""
-    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) / geometry.box_factors()
+    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) / torch.from_numpy(geometry.box_factors())
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, geometry.original_width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, geometry.original_height)
     return boxes

@@ -77,7 +77,7 @@ def build_detection_set(
         np.stack([p[0] for p in prepared]),
         [p[1] for p in prepared],
         [p[2] for p in prepared],
-        np.stack([p[3].box_factors().numpy() for p in prepared]),
+        np.stack([p[3].box_factors() for p in prepared]),
         [image.subject_id for image in images],
     )
 
