@@ -27,6 +27,7 @@ app.command()(bench)
 DEMO_DATA = Path("data/demo")
 TRAINING_DATA = Path("data/phantom-quick")
 QUICK_RUN = Path("runs/quick")
+REAL_CHECK_SET = Path("tests/data/real")
 
 
 @app.command()
@@ -159,6 +160,49 @@ def build_store_command(
 
 
 @app.command()
+def realcheck(
+    store: Path = typer.Option(Path("model_store"), "--store", help="Model store (*.mar) or training run folder."),
+    data: Path = typer.Option(REAL_CHECK_SET, "--data", help="Check-set folder with its manifest.json."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write every outcome as JSON here."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every file passes."),
+) -> None:
+    """The models of a store on real radiographs: per file, what was found and whether it passes."""
+    from avn.evaluation.realcheck import ManifestError, outcomes_json, run_check
+
+    if not store.is_dir():
+        raise typer.BadParameter(f"{store} is not a folder (build one with `avn build-store`)", param_hint="--store")
+    try:
+        outcomes = run_check(store, data)
+    except ManifestError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+    print_realcheck(outcomes)
+    if json_out:
+        json_out.write_text(outcomes_json(outcomes))
+    if strict and not all(outcome.passed for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+def print_realcheck(outcomes) -> None:
+    from rich.table import Table
+
+    table = Table(title="real radiographs")
+    for column in ("file", "kind", "answer", "best IoU per head", "heads found (score, side, stage)", "verdict"):
+        table.add_column(column)
+    for outcome in outcomes:
+        found = "; ".join(
+            f"{h['score']:.2f} {h['side']} {h['stage']}" + (" low-confidence" if h["low_confidence"] else "")
+            for h in outcome.heads
+        )
+        verdict = "[green]pass[/]" if outcome.passed else f"[red]FAIL[/] {outcome.message}"
+        ious = ", ".join(f"{v:.2f}" for v in outcome.best_iou) or "—"
+        table.add_row(outcome.file, outcome.kind, outcome.answer, ious, found or "—", verdict)
+    console.print(table)
+    passed = sum(outcome.passed for outcome in outcomes)
+    console.print(f"{passed} of {len(outcomes)} files pass")
+
+
+@app.command()
 def run(
     data: Path = typer.Option(DEMO_DATA, help="Demo data set folder (built when missing)."),
     subjects: int = typer.Option(20, min=1, help="Subjects in the demo data set."),
@@ -183,6 +227,9 @@ def run(
     if store_is_stale(run_dir, store):
         console.print(f"[bold]model store missing or older than the models:[/] building {store}")
         build_store_command(run_dir=run_dir, out=store)
+    if (REAL_CHECK_SET / "manifest.json").exists():
+        console.print(f"[bold]real radiographs:[/] the store on {REAL_CHECK_SET} (docs/real-data.md)")
+        realcheck(store=store, data=REAL_CHECK_SET, json_out=None, strict=False)
     console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
     if then_serve:
         console.print("[bold]serving:[/] TorchServe on the store, then gRPC :50051 and REST :8000 (Ctrl-C stops)")

@@ -12,6 +12,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from avn.intensity import standardised_ranks
+
 INPUT_SIZE = 224
 SCALE_RANGE = (0.85, 1.05)  # the paper's resampling range of s
 DEFAULT_RESAMPLES = 5  # N; typical heads get 2N
@@ -62,10 +64,9 @@ def resample_scales(resamples: int = DEFAULT_RESAMPLES, typical: bool = False) -
 
 
 def normalise(crop: np.ndarray) -> np.ndarray:
-    """Model input from a [0, 1] crop: zero mean, unit variance per crop.
+    """Model input from a crop: grey levels by rank (:mod:`avn.intensity`), zero mean, unit variance.
 
-    Per-crop standardisation removes exposure and detector-gain differences between radiographs
-    that carry no diagnostic information.
+    Ranks remove exposure, detector gain, bit depth and every vendor tone curve at once: none of
+    them carries diagnostic information, and a real radiograph's curve is one the phantom never had.
     """
-    crop = crop.astype(np.float32, copy=False)
-    return (crop - crop.mean()) / max(float(crop.std()), 1e-3)
+    return standardised_ranks(crop)

@@ -136,7 +136,6 @@ def _ranked_iou(boxes: Any, scores: Any, truth_boxes: Any, score_threshold: floa
     """
     # Imported here so that report scripts that only need classification metrics skip torch.
     import torch
-    from torchvision.ops import box_iou
 
     pred = torch.as_tensor(boxes, dtype=torch.float64).detach().cpu().reshape(-1, 4)
     score = torch.as_tensor(scores, dtype=torch.float64).detach().cpu().reshape(-1)
@@ -147,7 +146,21 @@ def _ranked_iou(boxes: Any, scores: Any, truth_boxes: Any, score_threshold: floa
     pred, score = pred[kept], score[kept]
     # Stable sort: equal scores keep the detector's order, so results are reproducible.
     order = torch.argsort(score, descending=True, stable=True)
-    return box_iou(pred[order], truth).numpy()
+    return box_iou(pred[order].numpy(), truth.numpy())
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes (float64)."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def match_greedily(iou: np.ndarray, iou_threshold: float) -> tuple[int, int, int]:

@@ -203,6 +203,8 @@ def head_to_proto(head: FemoralHead) -> pb.FemoralHead:
         cam_stage=head.cam_stage,
         cam_box=_box(head.cam_box),
         view_probabilities=_label_probabilities(head.view_probabilities),
+        low_confidence=head.low_confidence,
+        low_confidence_reasons=list(head.low_confidence_reasons),
     )
 
 

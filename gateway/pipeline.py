@@ -41,6 +41,7 @@ from avn.letterbox import boxes_from_letterbox, letterbox_geometry, shrink_to_le
 from avn.vocabulary import SIDES, STAGES, VIEWS, collapse_of, flip_side, most_severe, presence_of
 
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelBackend, ModelInfo
+from gateway.confidence import classifier_certainty, low_confidence_reasons
 from gateway.cache import ResultCache
 from gateway.cache import cache_key as result_cache_key
 from gateway.errors import (
@@ -500,6 +501,8 @@ def interpret_heads(
         presence, presence_probability = presence_with_probability(stage, by_stage)
         collapse, collapse_probability = collapse_with_probability(stage, by_stage)
         side, side_probability, side_corrected = sides[index]
+        certainty = classifier_certainty(answers.view.probabilities[index], answers.side.probabilities[index])
+        reasons = low_confidence_reasons(candidate.score, certainty)
         heads.append(
             FemoralHead(
                 box=Box(*candidate.box),
@@ -522,6 +525,8 @@ def interpret_heads(
                 cam_stage=staging.cam_labels[index] if staging.cam_labels else (options.cam_stage or stage),
                 cam_box=crop_window(candidate.box, crop_scale),
                 view_probabilities=_in_order(answers.view.labels, answers.view.probabilities[index], VIEWS),
+                low_confidence=bool(reasons),
+                low_confidence_reasons=reasons,
             )
         )
     return tuple(heads)

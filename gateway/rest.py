@@ -130,6 +130,11 @@ class FemoralHeadResult(_Strict):
     cam_stage: str = Field(description="The stage the CAM shows.")
     cam_box: BoxResult = Field(description="The square crop the classifiers saw.")
     view_probabilities: list[LabelProbabilityResult]
+    low_confidence: bool = Field(
+        description="The models are unsure of this head (low detector score, or a crop unlike the training data): "
+        "route it to a human."
+    )
+    low_confidence_reasons: list[str] = Field(description="Why low_confidence is set; empty when it is not.")
 
 
 class ViewResult(_Strict):

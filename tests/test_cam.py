@@ -13,6 +13,7 @@ from avn.crop import crop_square, normalise
 from avn.models.classifier import build_classifier
 from avn.phantom.grid import grid_specs
 from avn.phantom.render import render_radiograph
+from avn.phantom.variation import NEUTRAL
 from avn.vocabulary import STAGES
 
 SIZE = 128
@@ -24,7 +25,7 @@ def head_crops(stage: str, seeds, scales=(CONTEXT,)):
     crops = []
     for seed in seeds:
         for spec in grid_specs(seed)[stage].values():
-            image = render_radiograph(spec, scale=RENDER_SCALE)
+            image = render_radiograph(spec, scale=RENDER_SCALE, variation=NEUTRAL)
             pixels = image.pixels.astype(np.float32) / (2**image.bits_stored - 1)
             for head in image.heads:
                 x, y, w, h = head.bbox

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from avn.vocabulary import NOTE_STAGE, NOTES, SIDES, STAGES, VIEWS, collapse_of, most_severe, presence_of
+from gateway.confidence import CONFIDENT_DETECTION_SCORE
 from gateway.backends import MODELS
 from gateway.cache import LRUCache
 from gateway.grpc_server import BackgroundGrpcServer, pb
@@ -95,6 +96,9 @@ def check_diagnosis(response: pb.DiagnoseResponse, width: int, height: int) -> N
     np.testing.assert_allclose([p.probability for p in response.view.probabilities], view_mean, atol=1e-5)
     for head in response.heads:
         assert 0 <= head.box.x0 < head.box.x1 <= width and 0 <= head.box.y0 < head.box.y1 <= height
+        # untrained weights: every head is unsure, and the wire says why
+        assert head.low_confidence and len(head.low_confidence_reasons) >= 1
+        assert (head.score < CONFIDENT_DETECTION_SCORE) == any("detector score" in r for r in head.low_confidence_reasons)
         assert head.side in SIDES and 0 <= head.side_probability <= 1
         stage_p = {p.label: p.probability for p in head.stage_probabilities}
         assert list(stage_p) == list(STAGES) and sum(stage_p.values()) == pytest.approx(1, abs=1e-5)

@@ -37,6 +37,12 @@ from gateway.errors import (
     error_metadata,
     status_of,
 )
+from gateway.confidence import (
+    CONFIDENT_CLASSIFIER_PROBABILITY,
+    CONFIDENT_DETECTION_SCORE,
+    classifier_certainty,
+    low_confidence_reasons,
+)
 from gateway.fusion import fuse_note_probabilities, fused_notes
 from gateway.output import crop_window
 from gateway.pipeline import Pipeline, aggregate_sides, choose_heads, decode_payload, detect_heads, resolve_sides
@@ -226,6 +232,20 @@ def test_same_side_twice_keeps_the_more_confident_and_flips_the_other() -> None:
     assert resolve_sides(single) == [("right", pytest.approx(0.7), False)]
     result = diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8], {"side": both_left.probabilities}), flat_png())
     assert [(h.side, h.side_corrected) for h in result.heads] == [("left", False), ("right", True)]
+
+
+def test_unsure_heads_are_flagged_low_confidence_with_the_reasons() -> None:
+    certain = {"view": np.array([[0.99, 0.01], [0.97, 0.03]]), "side": np.array([[0.02, 0.98], [0.99, 0.01]])}
+    sure = diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8], certain), flat_png())
+    assert [(h.low_confidence, h.low_confidence_reasons) for h in sure.heads] == [(False, ()), (False, ())]
+    # a weak detection, and a head the view/side models waver on (a crop unlike the training data)
+    wavering = {"view": np.array([[0.99, 0.01], [0.6, 0.4]]), "side": np.array([[0.02, 0.98], [0.55, 0.45]])}
+    unsure = diagnose(ScriptedBackend(TWO_HEADS, [CONFIDENT_DETECTION_SCORE - 0.1, 0.8], wavering), flat_png())
+    first, second = unsure.heads
+    assert first.low_confidence and len(first.low_confidence_reasons) == 1 and "detector score" in first.low_confidence_reasons[0]
+    assert second.low_confidence and "unlike the training data" in second.low_confidence_reasons[0]
+    assert classifier_certainty(np.array([0.6, 0.4]), np.array([0.55, 0.45])) == pytest.approx(0.575)
+    assert low_confidence_reasons(0.99, CONFIDENT_CLASSIFIER_PROBABILITY) == ()
 
 
 def test_no_femoral_head_is_a_typed_error() -> None:

@@ -87,6 +87,7 @@ def test_a_phantom_png_gets_a_typed_diagnosis_and_the_repeat_comes_from_the_cach
     assert [(m.name, m.version) for m in body.models] == [(name, MODEL_VERSION) for name in MODELS]
     head = body.heads[0]
     assert head.stage in [item.label for item in head.stage_probabilities] and head.cam_png
+    assert head.low_confidence and head.low_confidence_reasons  # untrained weights are unsure of every head
     assert png_size(head.cam_png) == (224, 224)
     assert body.timings.detect_ms > 0 and body.timings.classify_ms > 0
 

@@ -145,9 +145,26 @@ def test_frog_leg_abducts_the_shaft_and_foreshortens_the_neck():
 
 
 def test_joint_space_narrowed_in_stage_iv_normal_when_absent():
-    g = radiograph_geometry(spec(right="absence", left="IV", severity=1.0))
+    healthy_seed = next(s for s in range(100) if plan_findings(HipSpec("right", "absence", 1.0, True, s)).joint_space_mm is None)
+    hips = (HipSpec("right", "absence", 1.0, True, healthy_seed), HipSpec("left", "IV", 1.0, False, 202))
+    g = radiograph_geometry(spec(hips=hips))
     assert 3.0 <= g["right"]["joint_space_mm"] <= 5.0
     assert g["left"]["joint_space_mm"] < 2.0
+
+
+def test_osteoarthritis_is_a_confounder_drawn_on_hips_without_avn():
+    plans = [plan_findings(HipSpec("right", "absence", 1.0, True, seed)) for seed in range(200)]
+    arthritic = [plan for plan in plans if plan.joint_space_mm is not None]
+    assert 0.2 < len(arthritic) / len(plans) < 0.4
+    for plan in arthritic:
+        assert plan.stage == "absence" and plan.notes == () and plan.osteophytes and plan.acetabulum
+        assert 0.7 < plan.joint_space_mm < 3.1
+    seed = next(s for s, plan in enumerate(plans) if plan.joint_space_mm is not None and plan.joint_space_mm < 2.0)
+    hips = (HipSpec("right", "absence", 1.0, True, seed), HipSpec("left", "II", 1.0, False, 202))
+    rendered = render_radiograph(spec(hips=hips), scale=0.25)
+    right = next(head for head in rendered.heads if head.side == "right")
+    assert right.stage == "absence" and right.notes == ()
+    assert radiograph_geometry(spec(hips=hips))["right"]["joint_space_mm"] < 2.5
 
 
 def test_adult_proportions():
@@ -221,7 +238,9 @@ def _ray(grid, img, centre, angle_deg, radii):
 
 @pytest.mark.parametrize("view", ["AP", "FL"])
 def test_head_sits_under_the_sourcil_with_a_lucent_3_to_5_mm_joint_space(view):
-    s = spec(view=view, right="absence", left="absence", anat=anatomy(joint_space_mm=4.0))
+    healthy = [s for s in range(100) if plan_findings(HipSpec("right", "absence", 1.0, True, s)).joint_space_mm is None]
+    hips = (HipSpec("right", "absence", 1.0, True, healthy[0]), HipSpec("left", "absence", 1.0, False, healthy[1]))
+    s = spec(view=view, hips=hips, anat=anatomy(joint_space_mm=4.0))
     scene, grid, layers, _, _ = render_layers(s, 1.0)
     path = _bone_path(layers)
     for side, h in scene.hips.items():

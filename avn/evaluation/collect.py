@@ -27,6 +27,7 @@ import numpy as np
 from avn.crop import SERVING_SCALE
 from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph, read_radiograph
+from avn.metrics import box_iou
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
 
 from gateway.backends import CLASSIFIER_MODELS, Detections, ModelBackend, ModelInfo
@@ -135,20 +136,6 @@ def match_heads(truth_boxes: np.ndarray, heads: Sequence[FemoralHead], min_iou: 
         used_pred.add(p)
         matches.append((t, p))
     return sorted(matches)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes (float64)."""
-    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 # ---------------------------------------------------------------- a whole split

@@ -37,9 +37,9 @@ from avn.evaluation.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
-from avn.evaluation.collect import Collected, HeadTable, RadiographResult, box_iou
+from avn.evaluation.collect import Collected, HeadTable, RadiographResult
 from avn.evaluation.run_info import interval_over_folds
-from avn.metrics import DEFAULT_IOU_THRESHOLDS, binary_metrics, detection_prf, match_greedily, multiclass_metrics, multilabel_metrics
+from avn.metrics import DEFAULT_IOU_THRESHOLDS, binary_metrics, box_iou, detection_prf, match_greedily, multiclass_metrics, multilabel_metrics
 from avn.vocabulary import COLLAPSE_CLASSES, NOTES, SIDES, STAGE_TO_COLLAPSE, STAGES, VIEWS, most_severe
 
 from gateway.pipeline import aggregate_sides

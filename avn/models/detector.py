@@ -9,8 +9,11 @@ Input geometry — letterbox, anchored at the top-left corner: the image is scal
 ``S / max(H, W)`` (aspect ratio kept, so a femoral head stays round whatever the
 radiograph's shape), placed at (0, 0) of an S×S black canvas and replicated to 3 channels.
 Mapping back divides by the scale (per axis, so the rounding of the shorter side stays exact).
-Normalisation to [-1, 1] happens inside the torchvision model's transform (mean 0.5, std 0.5 for
-both backbones: ImageNet statistics mean nothing to weights trained from scratch).
+The image content is equalised by rank (:func:`avn.intensity.equalise`, the project's one input
+normalisation) after the shrink, so any tone curve, window or bit depth reaches the network alike;
+the letterbox padding stays black. Scaling to [-1, 1] happens inside the torchvision model's
+transform (mean 0.5, std 0.5 for both backbones: ImageNet statistics mean nothing to weights
+trained from scratch).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
+from avn.intensity import equalise
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
@@ -49,10 +53,15 @@ def prepare_detector_input(
     """A grey (H, W) radiograph in [0, 1] as the detector's (3, S, S) float tensor, plus its geometry."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     resized, geometry = shrink_to_letterbox(array, input_size)
-    scaled_height, scaled_width = resized.shape
+    return letterbox_canvas(resized, input_size), geometry
+
+
+def letterbox_canvas(content: np.ndarray, input_size: int) -> torch.Tensor:
+    """Shrunk image content (h, w ≤ S) equalised and placed at the top-left of a black (3, S, S) input."""
+    height, width = content.shape
     canvas = np.zeros((input_size, input_size), dtype=np.float32)
-    canvas[:scaled_height, :scaled_width] = resized
-    return torch.from_numpy(canvas).unsqueeze(0).expand(3, -1, -1).contiguous(), geometry
+    canvas[:height, :width] = equalise(content)
+    return torch.from_numpy(canvas).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:

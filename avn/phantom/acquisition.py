@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avn.phantom.variation import NEUTRAL, Variation, apply_to_display, apply_to_output, jpeg_export
+
 MU_SOFT = 0.020  # per mm, water-like soft tissue
 MU_FAT = 0.017
 
@@ -303,8 +305,12 @@ def _bowel_gas(grid: Grid, colon: list[tuple], rng: np.random.Generator) -> np.n
 
 
 def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Grid, acq: Acquisition,
-           out_shape: tuple[int, int], out_spacing: float, rng: np.random.Generator) -> np.ndarray:
+           out_shape: tuple[int, int], out_spacing: float, rng: np.random.Generator,
+           variation: Variation = NEUTRAL) -> np.ndarray:
     """Attenuation maps (working grid) -> stored uint16 pixels (output grid), bone bright.
+
+    ``variation`` (:mod:`avn.phantom.variation`) adds beam quality, scatter, a linear detector,
+    extra unsharp scales, grid lines, electronic noise, burnt-in text and a JPEG export.
 
     Display processing, the contrast curve and the noise level are computed on the working grid;
     only the upsampling, the noise draw and the quantisation run at output size (speed).
@@ -312,11 +318,12 @@ def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Gr
     rows, cols = grid.shape
     exposed = _exposed_mask(grid, acq)
     total = a_bone + a_soft + a_metal
-    d = a_bone + np.float32(acq.soft_gain) * a_soft + np.minimum(a_metal, np.float32(3.0))
+    d = np.float32(variation.beam_contrast) * a_bone + np.float32(acq.soft_gain) * a_soft + np.minimum(a_metal, np.float32(3.0))
     d += np.float32(acq.heel) * (np.linspace(-0.5, 0.5, rows, dtype=np.float32)[:, None])
     # CR/DX processing: compress the large-scale range (thick vs thin body) and sharpen edges
     d -= np.float32(acq.compression) * _lowpass(d, 35.0 / grid.spacing)
     d += np.float32(acq.edge_gain) * (d - _lowpass(d, 1.6 / grid.spacing, factor=2))
+    d = apply_to_display(d, variation, grid.spacing, _lowpass)
     # detector blur (geometric unsharpness + scintillator/phosphor spread) on the signal
     d = cv2.GaussianBlur(d, (0, 0), max(acq.blur_px * acq.spacing_mm / grid.spacing, 0.3))
 
@@ -346,6 +353,9 @@ def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Gr
     noise += np.float32(0.5 if acq.blur_px > 0.9 else 0.3) * cv2.resize(half, size, interpolation=cv2.INTER_LINEAR)
     noise *= sig
     img += noise
+    img = apply_to_output(img, variation, rng, out_spacing)
+    if variation.jpeg_quality is not None:
+        img = jpeg_export(np.clip(img, 0.0, 1.0), variation.jpeg_quality)
     maxval = (1 << acq.bits_stored) - 1
     img *= np.float32(acq.white * maxval)
     np.clip(img, 0, maxval, out=img)

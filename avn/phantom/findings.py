@@ -97,7 +97,7 @@ def plan_findings(hip: HipSpec) -> LesionPlan:
     direction = _unit(np.array([0.30, -0.85, 0.42]) + rng.normal(0, 0.12, 3))
     plan = LesionPlan(stage=hip.stage, severity=s, findings=(), direction=direction)
     if hip.stage == "absence":
-        return plan
+        return _osteoarthritis(plan, rng)
     k = 0.35 + 0.65 * s  # visibility: subtle .. obvious
     drawn: list[str] = []
 
@@ -158,6 +158,29 @@ def plan_findings(hip: HipSpec) -> LesionPlan:
         if rng.random() < 0.5:
             plan.osteophytes.append({"where": "head_neck_superior", "length_mm": 2.0 + 3.0 * s})
     plan.findings = tuple(n for n in FINDINGS if n in drawn)
+    return plan
+
+
+OSTEOARTHRITIS_PROBABILITY = 0.3  # of hips without AVN
+
+
+def _osteoarthritis(plan: LesionPlan, rng: np.random.Generator) -> LesionPlan:
+    """A confounder on a hip without AVN: osteoarthritis (narrowed joint space, marginal
+    osteophytes, subchondral sclerosis and cysts of the acetabular roof) with a round, intact head.
+
+    The stage stays ``absence`` and no note is drawn: the models must learn that a worn joint is
+    not a necrotic head.
+    """
+    if rng.random() >= OSTEOARTHRITIS_PROBABILITY:
+        return plan
+    grade = float(rng.uniform(0.0, 1.0))
+    plan.joint_space_mm = float(2.8 - 1.8 * grade + rng.uniform(-0.2, 0.2))
+    plan.acetabulum = {"irregularity_mm": 0.2 + 0.5 * grade, "phase": float(rng.uniform(0, 2 * math.pi)),
+                       "sclerosis": 0.8 + 1.4 * grade, "cysts": int(rng.integers(0, 3)),
+                       "cyst_seed": int(rng.integers(1 << 30))}
+    plan.osteophytes = [{"where": "acetabular_rim", "length_mm": 2.0 + 6.0 * grade}]
+    if rng.random() < 0.7:
+        plan.osteophytes.append({"where": "head_neck_inferior", "length_mm": 2.0 + 4.0 * grade})
     return plan
 
 
@@ -238,11 +261,11 @@ def acetabular_profile(plan: LesionPlan | None, head_rho: np.ndarray, healthy_ra
                        healthy_space: float) -> np.ndarray:
     """Radius (mm, per degree) of the acetabular articular surface around the head centre.
 
-    A healthy socket is spherical; in stage IV it follows the deformed head (with the narrowed joint
-    space, if drawn) and its surface turns irregular.
+    A healthy socket is spherical; in stage IV, and in an osteoarthritic hip without AVN, it
+    follows the head (with the narrowed joint space, if drawn) and its surface turns irregular.
     """
     acet = np.full(PROFILE_SAMPLES, healthy_radius)
-    if plan is None or plan.stage != "IV":
+    if plan is None or (plan.stage != "IV" and plan.joint_space_mm is None):
         return acet
     space = plan.joint_space_mm if plan.joint_space_mm is not None else healthy_space
     acet = head_rho + space

@@ -24,6 +24,7 @@ import numpy as np
 from avn.phantom import acquisition as acq_mod
 from avn.phantom import anatomy, findings
 from avn.phantom.acquisition import Acquisition, Grid
+from avn.phantom.variation import Variation, choose_variation, draw_foreign_bodies
 from avn.phantom.specs import HipSpec, RadiographSpec, RenderedHead, RenderedRadiograph
 
 WORK_SPACING_MM = 0.36
@@ -613,7 +614,7 @@ def _osteophytes_into(scene: Scene, grid: Grid, layers: Layers):
             layers.cancellous[win[0]:win[1], win[2]:win[3]] += canc
 
 
-def trabecular_texture(shape, spacing, rng) -> np.ndarray:
+def trabecular_texture(shape, spacing, rng, lattice_mm: float = 0.45, contrast: float = 0.24) -> np.ndarray:
     """The trabecular network of cancellous bone as a multiplicative texture with mean ~1.
 
     The zero crossings of band-pass noise (~0.5-1.2 mm) form connected, curving lines; a ridge
@@ -621,13 +622,13 @@ def trabecular_texture(shape, spacing, rng) -> np.ndarray:
     instead of the sand-like grain of plain filtered noise.
     """
     noise = acq_mod.gaussian_noise(rng, shape)
-    fine = cv2.GaussianBlur(noise, (0, 0), max(0.45 / spacing, 0.6))
+    fine = cv2.GaussianBlur(noise, (0, 0), max(lattice_mm / spacing, 0.6))
     coarse = cv2.GaussianBlur(fine, (0, 0), 1.2 / spacing)
     band = fine - coarse
     band *= np.float32(1.0 / (0.7 * float(band[::4, ::4].std()) + 1e-6))
     ridge = cv2.exp(-(band * band))  # 1 on the zero-crossing lines, ~0 in the marrow spaces
-    ridge *= np.float32(0.24)
-    ridge += np.float32(0.9)
+    ridge *= np.float32(contrast)
+    ridge += np.float32(1.0 - 0.42 * contrast)
     return ridge
 
 
@@ -740,21 +741,33 @@ def render_layers(spec: RadiographSpec, scale: float = 1.0):
     return scene, grid, layers, out_shape, out_spacing
 
 
-def render_radiograph(spec: RadiographSpec, scale: float = 1.0) -> RenderedRadiograph:
+def scene_variation(scene: Scene) -> Variation:
+    """The radiograph's domain-randomisation factors (own random stream: the anatomy stays put)."""
+    heads = [_bbox_mm(h.head_contour()) for h in scene.hips.values() if h.head_rho is not None]
+    teardrops = [scene.geometry.hemipelvis[side]["teardrop"] for side in ("right", "left")]
+    midline = (float(np.mean([t[0] for t in teardrops])), float(np.mean([t[1] for t in teardrops])))
+    return choose_variation(np.random.default_rng([scene.spec.seed, 7]), scene.acquisition.field,
+                            scene.spec.anatomy.soft_tissue, heads, midline)
+
+
+def render_radiograph(spec: RadiographSpec, scale: float = 1.0, variation: Variation | None = None) -> RenderedRadiograph:
     """Pixels (uint16, bone bright) and ground truth of one radiograph.
 
     ``scale`` < 1 renders a proportionally smaller image (pixel spacing grows by 1/scale).
+    ``variation`` replaces the radiograph's own randomisation factors (the docs' grid shows each).
     """
     scene, grid, layers, out_shape, out_spacing = render_layers(spec, scale)
     acq = scene.acquisition
-    texture = trabecular_texture(grid.shape, grid.spacing, np.random.default_rng([spec.seed, 4]))
-    a_bone = MU_CORTEX * layers.cortical + (MU_CANCELLOUS * layers.cancellous) * texture
+    variation = variation or scene_variation(scene)
+    texture = trabecular_texture(grid.shape, grid.spacing, np.random.default_rng([spec.seed, 4]),
+                                 variation.trabecular_scale_mm, variation.trabecular_contrast)
+    a_bone = MU_CORTEX * layers.cortical + (MU_CANCELLOUS * variation.bone_density * layers.cancellous) * texture
     a_bone += MU_CEMENT * layers.cement
-    a_metal = MU_METAL * layers.metal
+    a_metal = MU_METAL * (layers.metal + draw_foreign_bodies(grid, variation.foreign_bodies))
     parts, half_depth, fat, details = body_outline(scene)
     a_soft = acq_mod.soft_tissue(grid, parts, half_depth, fat, details, np.random.default_rng([spec.seed, 5]))
     pixels = acq_mod.detect(a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing,
-                            np.random.default_rng([spec.seed, 6]))
+                            np.random.default_rng([spec.seed, 6]), variation)
     heads = []
     x0, y0 = acq.field[0], acq.field[1]
     for hip in spec.hips:

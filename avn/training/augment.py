@@ -1,4 +1,5 @@
-"""Training augmentation of head crops: small rotations and shifts, label-aware flips, intensity.
+"""Training augmentation of head crops: small rotations and shifts, label-aware flips, and the
+domain randomisation of processing and acquisition (:func:`avn.training.domain.randomise_photometry`).
 
 A horizontal flip mirrors a right hip into a left one, so the side label is swapped with it;
 view, stage and notes do not change under a flip.
@@ -9,12 +10,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from avn.training.domain import CROP_PIXELS_PER_UNIT, randomise_photometry
 from avn.vocabulary import SIDES, flip_side
 
 MAX_ROTATION_DEG = 10.0
 MAX_SHIFT = 0.06  # of the crop side
 GAMMA_RANGE = (0.8, 1.25)
-MAX_NOISE_SIGMA = 0.03
 
 
 def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -27,8 +28,7 @@ def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     if flipped:
         out = out[:, ::-1]
     out = np.clip(out, 0.0, 1.0) ** rng.uniform(*GAMMA_RANGE)
-    out = (out - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08)
-    out = out + rng.normal(0.0, rng.uniform(0.0, MAX_NOISE_SIGMA), out.shape)
+    out = randomise_photometry(out, rng, unit=size / CROP_PIXELS_PER_UNIT)
     return np.ascontiguousarray(out, dtype=np.float32), flipped
 
 

@@ -1,9 +1,12 @@
 """The training loop of the femoral-head detector (torchvision SSD) on one fold.
 
-Radiographs are decoded and letterboxed to the detector input once (``prepare_detector_input``,
-the function serving uses); each epoch adds label-free augmentation: horizontal flips (the
-detector does not name sides), gamma, contrast and noise. Validation computes F1 at IoU 0.5, 0.6
-and 0.7 on the full-size boxes; their mean picks the best epoch, favouring tight boxes.
+Radiographs are decoded once and kept twice: letterboxed to the detector input exactly as serving
+prepares them (``prepare_detector_input``), for validation and the T-set, and shrunk to a larger
+source size for training. Each training epoch draws, per radiograph, a new field of view (heads
+from about 15 to 120 input pixels, off-centre, sometimes none), a horizontal flip (the detector
+does not name sides) and a random processing chain (:mod:`avn.training.domain`), then prepares
+the result the serving way. Validation computes F1 at IoU 0.5, 0.6 and 0.7 on the full-size
+boxes; their mean picks the best epoch, favouring tight boxes.
 """
 
 from __future__ import annotations
@@ -19,24 +22,41 @@ import torch
 from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
 from avn.metrics import detection_prf
-from avn.models.detector import FH_CLASS, FemoralHeadDetector, boxes_to_input, build_detector, prepare_detector_input
+from avn.letterbox import shrink_to_letterbox
+from avn.models.detector import (
+    FH_CLASS,
+    FemoralHeadDetector,
+    boxes_to_input,
+    build_detector,
+    letterbox_canvas,
+    prepare_detector_input,
+)
+from avn.training.domain import cut_field_of_view, random_field_of_view, randomise_photometry
 from avn.training.fold_state import run_epochs, training_device
 from avn.training.profiles import Profile
 
 IOU_THRESHOLDS = (0.5, 0.6, 0.7)
 MIN_CANDIDATE_SCORE = 0.05
 CANDIDATE_THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.05), 2)
+SOURCE_SCALE = 2  # training sources are kept at this many times the detector input (zoom-in detail)
 
 
 @dataclass
 class DetectionSet:
-    """Letterboxed inputs (N, S, S) float16 with boxes in input coordinates and in original pixels."""
+    """Radiographs prepared for the detector.
+
+    ``inputs`` (N, S, S) float16 are the serving-identical inputs, with ``input_boxes`` in their
+    coordinates and ``original_boxes`` in the radiographs' pixels; ``sources`` are the radiographs
+    shrunk to SOURCE_SCALE × S (float16, aspect kept) with ``source_boxes``, for training.
+    """
 
     inputs: np.ndarray
     input_boxes: list[np.ndarray]
     original_boxes: list[np.ndarray]
     factors: np.ndarray  # (N, 4): original → input box factors
     subject_ids: list[str]
+    sources: list[np.ndarray]
+    source_boxes: list[np.ndarray]
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -50,6 +70,8 @@ class DetectionSet:
             [self.original_boxes[i] for i in keep],
             self.factors[keep],
             [self.subject_ids[i] for i in keep],
+            [self.sources[i] for i in keep],
+            [self.source_boxes[i] for i in keep],
         )
 
 
@@ -63,38 +85,53 @@ def build_detection_set(
         boxes_of.setdefault(annotation.image_id, []).append(annotation.xyxy)
 
     def prepare(image):
-        tensor, geometry = prepare_detector_input(read_radiograph(folder / image.file_name).pixels, input_size)
+        pixels = read_radiograph(folder / image.file_name).pixels
+        tensor, geometry = prepare_detector_input(pixels, input_size)
+        source, source_geometry = shrink_to_letterbox(pixels, SOURCE_SCALE * input_size)
         original = np.array(boxes_of.get(image.id, []), dtype=np.float32).reshape(-1, 4)
         if on_image:
             on_image()
-        return tensor[0].numpy().astype(np.float16), boxes_to_input(original, geometry).numpy(), original, geometry
+        return (
+            tensor[0].numpy().astype(np.float16),
+            boxes_to_input(original, geometry).numpy(),
+            original,
+            geometry,
+            source.astype(np.float16),
+            boxes_to_input(original, source_geometry).numpy(),
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         prepared = list(pool.map(prepare, images))
     if not prepared:
-        return DetectionSet(np.zeros((0, input_size, input_size), np.float16), [], [], np.zeros((0, 4)), [])
+        empty = np.zeros((0, input_size, input_size), np.float16)
+        return DetectionSet(empty, [], [], np.zeros((0, 4)), [], [], [])
     return DetectionSet(
         np.stack([p[0] for p in prepared]),
         [p[1] for p in prepared],
         [p[2] for p in prepared],
         np.stack([p[3].box_factors() for p in prepared]),
         [image.subject_id for image in images],
+        [p[4] for p in prepared],
+        [p[5] for p in prepared],
     )
 
 
-def augment_detection(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip, gamma, contrast and noise; boxes follow the flip (the letterbox pads on the right)."""
-    image = image.astype(np.float32)
-    boxes = boxes.copy()
+def augment_detection(
+    source: np.ndarray, boxes: np.ndarray, input_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new field of view, flip and processing chain of one radiograph, prepared the serving way.
+
+    ``source`` and ``boxes`` are in the same pixels; the returned boxes are in input coordinates.
+    """
+    window = random_field_of_view(source.shape, boxes, input_size, rng)
+    image, boxes = cut_field_of_view(source.astype(np.float32), boxes, window, rng)
     if rng.random() < 0.5:
-        content_width = int(np.count_nonzero(image.any(axis=0))) or image.shape[1]
-        image = image.copy()
-        image[:, :content_width] = image[:, :content_width][:, ::-1]
-        boxes[:, [0, 2]] = content_width - boxes[:, [2, 0]]
-    image = np.clip(image, 0, 1) ** rng.uniform(0.8, 1.25)
-    image = np.clip((image - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.normal(0, rng.uniform(0, 0.02), image.shape), 0, 1)
-    tensor = torch.from_numpy(image.astype(np.float32))[None].expand(3, -1, -1).contiguous()
-    return tensor, torch.from_numpy(boxes)
+        image = image[:, ::-1]
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
+    content, geometry = shrink_to_letterbox(np.ascontiguousarray(image), input_size)
+    content = randomise_photometry(content, rng)
+    return letterbox_canvas(content, input_size), boxes_to_input(boxes, geometry)
 
 
 @torch.no_grad()
@@ -181,7 +218,7 @@ def _train_one_epoch(detector, data: DetectionSet, optimiser, profile: Profile, 
             continue
         images, targets = [], []
         for i in index:
-            image, boxes = augment_detection(data.inputs[i], data.input_boxes[i], rng)
+            image, boxes = augment_detection(data.sources[i], data.source_boxes[i], detector.input_size, rng)
             images.append(image)
             targets.append({"boxes": boxes, "labels": torch.full((len(boxes),), FH_CLASS, dtype=torch.int64)})
         device = next(detector.parameters()).device

@@ -63,6 +63,16 @@ export function diagnosisPanel(diagnosis, { heading = "System's reading" } = {})
   );
 }
 
+function lowConfidence(head) {
+  if (!head.low_confidence) return null;
+  return h(
+    "p",
+    { className: "low-confidence", role: "note", "data-testid": "low-confidence" },
+    h("strong", {}, "Low confidence — have a radiologist check this head: "),
+    head.low_confidence_reasons.join("; "),
+  );
+}
+
 function headCard(head, threshold) {
   const flipped = head.side_corrected ? " (side corrected: one head per side)" : "";
   return h(
@@ -75,6 +85,7 @@ function headCard(head, threshold) {
       `Side ${percent(head.side_probability)}${flipped} · presence: ${head.presence} ${percent(head.presence_probability)}`
         + ` · collapse: ${head.collapse} ${percent(head.collapse_probability)}`,
     ),
+    lowConfidence(head),
     stageBars(head.stage_probabilities, head.stage),
     notesList(head.notes, threshold),
   );

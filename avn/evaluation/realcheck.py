@@ -1,0 +1,176 @@
+"""``avn realcheck``: the served models on real radiographs, file by file.
+
+The check set (``tests/data/real/``, sources and licences in ``docs/real-data.md``) holds real
+adult hip and pelvic radiographs with hand-drawn femoral-head boxes, and non-hip radiographs
+(chest, lower leg) as negative controls. Every file goes through the gateway's own pipeline
+(decode → detect → choose heads → crop → classifiers → fusion) with the models of a store, and
+is judged:
+
+* a hip or pelvis passes when every annotated head is matched by a reported head with IoU ≥ 0.5
+  (matching as in the detection tables: :func:`avn.metrics.match_boxes`);
+* a negative control passes when no stage is reported: the pipeline answers ``NoFemoralHead``.
+
+The manifest (``manifest.json``) is validated by pydantic; its fields are documented in
+``docs/real-data.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from avn.metrics import box_iou
+
+MANIFEST = "manifest.json"
+DEFAULT_CHECK_SET = Path("tests/data/real")
+PASS_IOU = 0.5
+
+
+class ManifestError(ValueError):
+    """A check-set manifest that cannot be read or does not describe its files."""
+
+
+class AnnotatedHead(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in the file's pixels")
+    side: Literal["left", "right"] = Field(description="the patient's side")
+
+    @field_validator("box")
+    @classmethod
+    def _ordered(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"box {box} is not x0 < x1, y0 < y1")
+        return box
+
+
+class RealFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    kind: Literal["pelvis", "hip", "negative"]
+    description: str
+    heads: list[AnnotatedHead] = Field(default_factory=list)
+    source: str
+    licence: str
+    attribution: str
+
+    @field_validator("heads")
+    @classmethod
+    def _at_most_two(cls, heads: list[AnnotatedHead]) -> list[AnnotatedHead]:
+        if len(heads) > 2:
+            raise ValueError("a radiograph shows at most two femoral heads")
+        return heads
+
+    @property
+    def is_negative(self) -> bool:
+        return self.kind == "negative"
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[RealFile]
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """The manifest of a check-set folder, checked against the files present."""
+    path = folder / MANIFEST
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot be read ({error.strerror or error})") from error
+    except ValueError as error:
+        raise ManifestError(f"{path}: {error}") from error
+    for entry in manifest.files:
+        if not (folder / entry.file).is_file():
+            raise ManifestError(f"{path}: {entry.file} is listed but missing")
+        if entry.is_negative == bool(entry.heads):
+            raise ManifestError(f"{path}: {entry.file}: a negative control has no heads, a hip or pelvis has some")
+    return manifest
+
+
+@dataclass
+class FileOutcome:
+    """What the pipeline answered for one file and the verdict."""
+
+    file: str
+    kind: str
+    passed: bool
+    answer: str  # "heads" or the error type
+    heads: list[dict] = field(default_factory=list)  # per reported head: box, score, side, stage, low_confidence
+    best_iou: list[float] = field(default_factory=list)  # per annotated head
+    message: str = ""
+
+
+async def check_files(pipeline, folder: Path, manifest: Manifest) -> list[FileOutcome]:
+    """Run every file of the manifest through ``pipeline`` (a :class:`gateway.pipeline.Pipeline`)."""
+    from gateway.errors import GatewayError  # noqa: PLC0415 — the gateway imports torch-free avn parts only
+    from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload  # noqa: PLC0415
+
+    outcomes = []
+    for entry in manifest.files:
+        request = DiagnoseRequest(ImagePayload((folder / entry.file).read_bytes()), DiagnoseOptions(include_overlay=False))
+        try:
+            result = await pipeline.diagnose(request)
+        except GatewayError as error:
+            outcomes.append(judge_error(entry, type(error).__name__, error.message))
+            continue
+        outcomes.append(judge_heads(entry, [_head_summary(head) for head in result.heads]))
+    return outcomes
+
+
+def _head_summary(head) -> dict:
+    return {
+        "box": [round(float(v), 1) for v in (head.box.x0, head.box.y0, head.box.x1, head.box.y1)],
+        "score": round(float(head.score), 3),
+        "side": head.side,
+        "stage": head.stage,
+        "stage_probability": round(float(head.stage_probability), 3),
+        "low_confidence": bool(getattr(head, "low_confidence", False)),
+    }
+
+
+def judge_error(entry: RealFile, error_type: str, message: str) -> FileOutcome:
+    """A file the pipeline refused: right for a negative control when no head was found."""
+    passed = entry.is_negative and error_type == "NoFemoralHead"
+    return FileOutcome(entry.file, entry.kind, passed, error_type, best_iou=[0.0] * len(entry.heads), message=message)
+
+
+def judge_heads(entry: RealFile, heads: list[dict]) -> FileOutcome:
+    """A file the pipeline answered with heads: right for a hip when every annotated head is found."""
+    if entry.is_negative:
+        return FileOutcome(entry.file, entry.kind, False, "heads", heads, message="a stage was reported on a non-hip radiograph")
+    truth = np.array([head.box for head in entry.heads], dtype=np.float64)
+    found = np.array([head["box"] for head in heads], dtype=np.float64).reshape(-1, 4)
+    best = box_iou(truth, found).max(axis=1) if len(found) else np.zeros(len(truth))
+    passed = bool((best >= PASS_IOU).all())
+    message = "" if passed else f"a femoral head was not found with IoU ≥ {PASS_IOU}"
+    return FileOutcome(entry.file, entry.kind, passed, "heads", heads, [round(float(v), 3) for v in best], message)
+
+
+def run_check(store: Path, folder: Path, device: str = "cpu") -> list[FileOutcome]:
+    """Load the models of ``store`` in-process and check every file of ``folder``."""
+    from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the check runs
+    from gateway.pipeline import Pipeline  # noqa: PLC0415
+
+    manifest = load_manifest(folder)
+
+    async def go() -> list[FileOutcome]:
+        pipeline = Pipeline(InProcessBackend.from_folder(store, device))
+        try:
+            return await check_files(pipeline, folder, manifest)
+        finally:
+            await pipeline.close()
+
+    return asyncio.run(go())
+
+
+def outcomes_json(outcomes: list[FileOutcome]) -> str:
+    return json.dumps([asdict(outcome) for outcome in outcomes], indent=1)

@@ -1,0 +1,192 @@
+"""Training-time domain randomisation: what real radiographs vary in, drawn afresh every epoch.
+
+Two kinds, mirroring the phantom's acquisition and processing parameters (docs/phantom.md):
+
+* :func:`randomise_photometry` — vendor processing and acquisition physics on an image in [0, 1]:
+  a random monotone tone curve, large-scale dynamic-range compression and multi-scale unsharp
+  masking (CR/DX "edge enhancement"), blur (focal spot, detector MTF), quantum and electronic
+  noise, and an 8-bit JPEG round trip. Spatial parameters are in pixels of a reference size and
+  scale with the image, so the same call serves a 320-px detector input and a 96-px head crop.
+* :func:`random_field_of_view` — the detector's field-of-view jitter: a window that zooms in or
+  out so that femoral heads span about 15 to 120 px of the detector input, off-centre, sometimes
+  past the image edge (padded like a collimator shutter), sometimes holding no head at all (the
+  detector must learn that a field without a femoral head has none).
+
+The input normalisation (:mod:`avn.intensity`) already makes the models blind to global tone
+curves; the tone curve is kept because noise and JPEG act after it, as in a real chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from avn.phantom.variation import jpeg_export
+
+REFERENCE_SIZE = 320.0  # pixels of the image the spatial parameters below are given for
+# A head crop's side covers about 55 mm, a whole radiograph's about 350: a crop of S pixels has
+# about S / CROP_PIXELS_PER_UNIT pixels per reference pixel.
+CROP_PIXELS_PER_UNIT = 48.0
+
+TONE_PROBABILITY = 0.8
+COMPRESSION_PROBABILITY = 0.5
+COMPRESSION_RANGE = (0.2, 0.7)  # fraction of the large-scale signal removed
+COMPRESSION_SIGMA_PX = (15.0, 60.0)
+UNSHARP_PROBABILITY = 0.6
+UNSHARP_SIGMA_PX = (0.8, 8.0)
+UNSHARP_GAIN = (0.2, 1.5)
+BLUR_PROBABILITY = 0.6
+BLUR_SIGMA_PX = (0.3, 1.8)
+NOISE_PROBABILITY = 0.7
+NOISE_SIGMA = (0.003, 0.04)  # of the full range, at mid-grey
+JPEG_PROBABILITY = 0.35
+JPEG_QUALITY = (20, 95)
+
+
+def randomise_photometry(image: np.ndarray, rng: np.random.Generator, unit: float | None = None) -> np.ndarray:
+    """One random processing chain applied to a grey image in [0, 1]; float32 in [0, 1].
+
+    ``unit``: image pixels per reference pixel (default: the image's longer side / REFERENCE_SIZE,
+    right for a whole radiograph; a head crop, whose pixels are finer, passes its own).
+    """
+    out = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    unit = max(out.shape) / REFERENCE_SIZE if unit is None else unit
+    if rng.random() < TONE_PROBABILITY:
+        out = random_tone_curve(out, rng)
+    if rng.random() < COMPRESSION_PROBABILITY:
+        sigma = rng.uniform(*COMPRESSION_SIGMA_PX) * unit
+        out = _rescaled(out - rng.uniform(*COMPRESSION_RANGE) * cv2.GaussianBlur(out, (0, 0), sigma))
+    if rng.random() < UNSHARP_PROBABILITY:
+        for _ in range(int(rng.integers(1, 3))):  # one or two scales, as multi-scale processing does
+            sigma = float(np.exp(rng.uniform(*np.log(UNSHARP_SIGMA_PX)))) * unit
+            out = out + rng.uniform(*UNSHARP_GAIN) * (out - cv2.GaussianBlur(out, (0, 0), sigma))
+        out = np.clip(out, 0.0, 1.0)
+    if rng.random() < BLUR_PROBABILITY:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*BLUR_SIGMA_PX) * unit)
+    if rng.random() < NOISE_PROBABILITY:
+        out = add_noise(out, rng.uniform(*NOISE_SIGMA), rng)
+    if rng.random() < JPEG_PROBABILITY:
+        out = jpeg_export(out, int(rng.integers(*JPEG_QUALITY)))
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def random_tone_curve(image: np.ndarray, rng: np.random.Generator, knots: int = 6) -> np.ndarray:
+    """A random strictly increasing curve through (0, 0) and (1, 1): window, gamma, S-curve, log."""
+    steps = rng.gamma(2.0, 1.0, knots)
+    ys = np.concatenate([[0.0], np.cumsum(steps) / steps.sum()])
+    xs = np.linspace(0.0, 1.0, knots + 1)
+    return np.interp(image, xs, ys).astype(np.float32)
+
+
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Quantum noise (larger where fewer photons arrive: dark, dense parts) plus electronic noise."""
+    quantum = sigma * np.sqrt(np.clip(1.2 - image, 0.2, 1.2))
+    electronic = 0.3 * sigma
+    noise = rng.standard_normal(image.shape).astype(np.float32)
+    return np.clip(image + noise * (quantum + electronic).astype(np.float32), 0.0, 1.0)
+
+
+def _rescaled(image: np.ndarray) -> np.ndarray:
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / max(high - low, 1e-6)
+
+
+# ---------------------------------------------------------------- field of view
+
+HEAD_INPUT_PX = (15.0, 120.0)  # head sizes on the detector input the jitter aims for
+WHOLE_FIELD_PROBABILITY = 0.25  # the radiograph as it is (the served geometry)
+HEADLESS_PROBABILITY = 0.1  # a window holding no head: iliac wings, spine, femoral shafts
+MIN_VISIBLE_FRACTION = 0.6  # a head cut by the window more than this is not a target
+ASPECT_RANGE = (0.6, 1.6)  # width / height of the window
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """A window (x0, y0, x1, y1) of an image in its pixels; it may reach past the borders."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+
+def random_field_of_view(
+    image_shape: tuple[int, int], boxes: np.ndarray, input_size: int, rng: np.random.Generator
+) -> FieldOfView:
+    """A window over an image (H, W) with head boxes (K, 4) that the detector will see at ``input_size``."""
+    height, width = image_shape
+    whole = FieldOfView(0.0, 0.0, float(width), float(height))
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    draw = rng.random()
+    if draw < WHOLE_FIELD_PROBABILITY:
+        return whole
+    if draw < WHOLE_FIELD_PROBABILITY + HEADLESS_PROBABILITY or len(boxes) == 0:
+        return _headless_window(image_shape, boxes, rng) or whole
+    head = boxes[int(rng.integers(len(boxes)))]
+    head_side = max(head[2] - head[0], head[3] - head[1], 1.0)
+    target = float(np.exp(rng.uniform(*np.log(HEAD_INPUT_PX))))
+    longer = head_side * input_size / target  # the window's longer side
+    aspect = float(np.exp(rng.uniform(*np.log(ASPECT_RANGE))))
+    win_w, win_h = (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
+    # anywhere that keeps the chosen head inside, with a margin when the window allows it
+    x_lo, x_hi = head[2] - win_w, head[0]
+    y_lo, y_hi = head[3] - win_h, head[1]
+    x0 = rng.uniform(min(x_lo, x_hi), max(x_lo, x_hi))
+    y0 = rng.uniform(min(y_lo, y_hi), max(y_lo, y_hi))
+    return FieldOfView(float(x0), float(y0), float(x0 + win_w), float(y0 + win_h))
+
+
+def _headless_window(image_shape: tuple[int, int], boxes: np.ndarray, rng: np.random.Generator) -> FieldOfView | None:
+    """A window touching no head box, or None when a few tries find none."""
+    height, width = image_shape
+    for _ in range(8):
+        win_w = width * rng.uniform(0.3, 0.7)
+        win_h = height * rng.uniform(0.3, 0.7)
+        x0, y0 = rng.uniform(0, width - win_w), rng.uniform(0, height - win_h)
+        window = FieldOfView(x0, y0, x0 + win_w, y0 + win_h)
+        if not len(boxes) or all(_overlap_area(window, box) == 0 for box in boxes):
+            return window
+    return None
+
+
+def _overlap_area(window: FieldOfView, box: np.ndarray) -> float:
+    w = min(window.x1, box[2]) - max(window.x0, box[0])
+    h = min(window.y1, box[3]) - max(window.y0, box[1])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def cut_field_of_view(
+    image: np.ndarray, boxes: np.ndarray, window: FieldOfView, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window's pixels (outside the image: a shutter, black or bright) and the heads left in it.
+
+    A head cut by the window edge stays a target while at least MIN_VISIBLE_FRACTION of its box
+    is inside (clipped to the window); below that it is dropped, so partial heads at the border
+    teach the detector nothing contradictory.
+    """
+    height, width = image.shape
+    x0, y0 = int(np.floor(window.x0)), int(np.floor(window.y0))
+    x1, y1 = max(int(np.ceil(window.x1)), x0 + 1), max(int(np.ceil(window.y1)), y0 + 1)
+    shutter = 0.0 if rng.random() < 0.6 else float(rng.uniform(0.8, 1.0))
+    out = np.full((y1 - y0, x1 - x0), shutter, dtype=np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    kept = []
+    for box in np.asarray(boxes, dtype=np.float32).reshape(-1, 4):
+        area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
+        clipped = np.array([max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1)], np.float32)
+        inside = max(clipped[2] - clipped[0], 0) * max(clipped[3] - clipped[1], 0)
+        if inside / area >= MIN_VISIBLE_FRACTION:
+            kept.append(clipped - np.array([x0, y0, x0, y0], np.float32))
+    return out, np.array(kept, dtype=np.float32).reshape(-1, 4)
