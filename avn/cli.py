@@ -67,12 +67,14 @@ def phantom_grid(
     out: Path = typer.Option(Path("docs/img/phantom_grid.png"), help="PNG file to write."),
     seed: int = typer.Option(0, help="Seed of the subjects drawn."),
 ) -> None:
-    """Draw the documentation grid: AP and frog-leg radiographs for each stage, with close-ups."""
-    from avn.phantom.grid import make_grid
+    """Draw the documentation grids: AP and frog-leg radiographs for each stage with close-ups, and
+    beside it (``phantom_variation.png``) one tile per domain-randomisation factor."""
+    from avn.phantom.grid import make_grid, make_variation_grid
 
     out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(out, seed=seed)
-    console.print(f"wrote {out}")
+    variation = make_variation_grid(out.with_name("phantom_variation.png"), seed=seed)
+    console.print(f"wrote {out} and {variation}")
 
 
 TRAIN_TASKS = ("detection", "view", "side", "staging", "notes", "all")

@@ -145,7 +145,7 @@ def _add_rows(table: Table, path: Path, result: Diagnosis) -> None:
             path.name,
             view,
             side,
-            f"{head.stage} {head.stage_probability:.2f}",
+            f"{head.stage} {head.stage_probability:.2f}" + (" [yellow](low confidence)[/]" if head.low_confidence else ""),
             f"{head.presence} {head.presence_probability:.2f}",
             f"{head.collapse} {head.collapse_probability:.2f}",
             notes,

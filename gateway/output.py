@@ -6,7 +6,7 @@
 * :func:`overlay_png` — the radiograph as an 8-bit RGB PNG of the same width and height, with the
   CAM blended over each head (jet colour map, opacity growing with the evidence so that regions
   without evidence keep the radiograph visible), the box in a colour per stage, a
-  "side · stage probability" label and the passed notes as captions.
+  "side · stage probability" label (with "· low confidence" on a flagged head) and the passed notes as captions.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _draw_head(draw: ImageDraw.ImageDraw, head: FemoralHead, font: ImageFont.Ima
     line = max(2, image_height // 400)
     x0, y0, x1, y1 = head.box.as_tuple()
     draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-    label = f"{head.side} · {head.stage} {head.stage_probability:.0%}"
+    label = f"{head.side} · {head.stage} {head.stage_probability:.0%}" + (" · low confidence" if head.low_confidence else "")
     label_height = _text_height(draw, label, font)
     _draw_label(draw, (x0, max(0.0, y0 - label_height - 2 * line)), label, font, colour, text_colour=(0, 0, 0))
     caption_y = y1 + line

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avn.crop import normalise
-from avn.intensity import equalise, standardised_ranks
+from avn.intensity import detector_contrast, equalise, standardised_ranks
 from avn.models.detector import prepare_detector_input
 
 
@@ -40,5 +40,18 @@ def test_crop_normalisation_and_detector_input_share_the_rank_normalisation():
     a, _ = prepare_detector_input(radiograph, 320)
     b, _ = prepare_detector_input(radiograph * 0.1 + 0.3, 320)  # another window, same order
     assert torch.allclose(a, b, atol=1e-3)
-    # the letterbox padding stays black, the content spans (0, 1)
-    assert a[0, :, 214:].max() == 0.0 and a[0, :, :213].min() > 0.0 and a.max() < 1.0
+    # the letterbox padding stays black, the content spans the range
+    assert a[0, :, 214:].max() == 0.0 and a[0, :, :213].min() < 0.01 and a.max() > 0.99
+
+
+def test_local_contrast_restores_a_region_that_global_ranks_leave_faint():
+    """Half the image is flat background: global ranks squeeze the anatomy into the other half of
+    the grey scale; the local step spreads it again, whatever the tone curve."""
+    rng = np.random.default_rng(5)
+    image = np.zeros((200, 200), np.float32)
+    image[:, 100:] = 0.5 + 0.01 * rng.random((200, 100), dtype=np.float32)  # the "anatomy"
+    image[:, :100] += 0.001 * rng.random((200, 100), dtype=np.float32)  # near-flat background
+    anatomy_global = equalise(image)[:, 120:180]
+    anatomy_local = detector_contrast(image)[:, 120:180]
+    assert np.ptp(anatomy_local) > np.ptp(anatomy_global) * 1.2 or anatomy_local.std() > anatomy_global.std() * 1.2
+    assert np.abs(detector_contrast(image) - detector_contrast(np.sqrt(image))).max() < 0.01

@@ -185,3 +185,21 @@ def test_checkpoint_refuses_wrong_task_or_missing_metadata(tmp_path) -> None:
         save_checkpoint(tmp_path / "b.pt", build_classifier("view"), "view", {"version": "1"})
     with pytest.raises(CheckpointError, match="extra"):
         save_checkpoint(tmp_path / "c.pt", build_classifier("view"), "view", {**METADATA, "epochs": 3})
+
+
+def test_a_training_image_without_a_head_still_teaches_the_detector():
+    """torchvision's SSD mines negatives per matched anchor: our loss adds them on headless images."""
+    torch.manual_seed(0)
+    detector = build_detector()
+    detector.model.train()
+    for module in detector.modules():  # batch statistics of a batch of one are undefined
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    head = {"boxes": torch.tensor([[100.0, 100.0, 150.0, 150.0]]), "labels": torch.tensor([1])}
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
+    image = torch.rand(3, 320, 320)
+    alone = detector.model([image], [head])["classification"]
+    with_headless = detector.model([image, torch.rand(3, 320, 320)], [head, empty])["classification"]
+    assert with_headless > alone * 1.05
+    with_headless.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector.model.head.parameters())

@@ -9,9 +9,9 @@ Input geometry — letterbox, anchored at the top-left corner: the image is scal
 ``S / max(H, W)`` (aspect ratio kept, so a femoral head stays round whatever the
 radiograph's shape), placed at (0, 0) of an S×S black canvas and replicated to 3 channels.
 Mapping back divides by the scale (per axis, so the rounding of the shorter side stays exact).
-The image content is equalised by rank (:func:`avn.intensity.equalise`, the project's one input
-normalisation) after the shrink, so any tone curve, window or bit depth reaches the network alike;
-the letterbox padding stays black. Scaling to [-1, 1] happens inside the torchvision model's
+The image content is normalised after the shrink by rank and local contrast
+(:func:`avn.intensity.detector_contrast`, the project's input normalisation), so any tone curve,
+window or bit depth reaches the network alike; the letterbox padding stays black. Scaling to [-1, 1] happens inside the torchvision model's
 transform (mean 0.5, std 0.5 for both backbones: ImageNet statistics mean nothing to weights
 trained from scratch).
 """
@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
-from avn.intensity import equalise
+from avn.intensity import detector_contrast
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
@@ -57,10 +57,10 @@ def prepare_detector_input(
 
 
 def letterbox_canvas(content: np.ndarray, input_size: int) -> torch.Tensor:
-    """Shrunk image content (h, w ≤ S) equalised and placed at the top-left of a black (3, S, S) input."""
+    """Shrunk image content (h, w ≤ S), normalised, at the top-left of a black (3, S, S) input."""
     height, width = content.shape
     canvas = np.zeros((input_size, input_size), dtype=np.float32)
-    canvas[:height, :width] = equalise(content)
+    canvas[:height, :width] = detector_contrast(content)
     return torch.from_numpy(canvas).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
@@ -175,4 +175,33 @@ def build_detector(
         # below the matcher's 0.5, leaving each head a single forced match. Same aspect ratios, so
         # the head's anchor count is unchanged.
         model.anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.08, max_ratio=0.5)
+    model.compute_loss = _with_negatives_on_headless_images(model.compute_loss)
     return FemoralHeadDetector(backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou)
+
+
+# Hard negatives mined on a training image without any femoral head (a field of view over the
+# iliac wings, the spine or the femoral shafts): about what three matched heads would bring.
+HEADLESS_NEGATIVES = 24
+
+
+def _with_negatives_on_headless_images(compute_loss):
+    """SSD's loss, plus hard negatives on images without a head.
+
+    torchvision's SSD mines negatives at 3 per matched anchor of the same image, so an image with
+    no head contributes no loss at all and the detector never learns that a field without a
+    femoral head has none — which is what a chest or a knee radiograph must get.
+    """
+
+    def loss_with_headless_negatives(targets, head_outputs, anchors, matched_idxs):
+        losses = compute_loss(targets, head_outputs, anchors, matched_idxs)
+        headless = [index for index, matched in enumerate(matched_idxs) if not bool((matched >= 0).any())]
+        if headless:
+            logits = head_outputs["cls_logits"][headless]
+            background = torch.zeros(logits.shape[:2], dtype=torch.int64, device=logits.device)
+            per_anchor = torch.nn.functional.cross_entropy(logits.flatten(0, 1), background.flatten(), reduction="none")
+            hardest = per_anchor.view(logits.shape[:2]).topk(min(HEADLESS_NEGATIVES, logits.shape[1]), dim=1).values
+            matched_total = sum(int((matched >= 0).sum()) for matched in matched_idxs)
+            losses["classification"] = losses["classification"] + hardest.sum() / max(1, matched_total)
+        return losses
+
+    return loss_with_headless_negatives

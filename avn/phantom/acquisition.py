@@ -318,7 +318,7 @@ def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Gr
     rows, cols = grid.shape
     exposed = _exposed_mask(grid, acq)
     total = a_bone + a_soft + a_metal
-    d = np.float32(variation.beam_contrast) * a_bone + np.float32(acq.soft_gain) * a_soft + np.minimum(a_metal, np.float32(3.0))
+    d = np.float32(variation.beam_contrast) * a_bone + np.float32(acq.soft_gain * variation.soft_tissue_gain) * a_soft + np.minimum(a_metal, np.float32(3.0))
     d += np.float32(acq.heel) * (np.linspace(-0.5, 0.5, rows, dtype=np.float32)[:, None])
     # CR/DX processing: compress the large-scale range (thick vs thin body) and sharpen edges
     d -= np.float32(acq.compression) * _lowpass(d, 35.0 / grid.spacing)

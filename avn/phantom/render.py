@@ -761,7 +761,8 @@ def render_radiograph(spec: RadiographSpec, scale: float = 1.0, variation: Varia
     variation = variation or scene_variation(scene)
     texture = trabecular_texture(grid.shape, grid.spacing, np.random.default_rng([spec.seed, 4]),
                                  variation.trabecular_scale_mm, variation.trabecular_contrast)
-    a_bone = MU_CORTEX * layers.cortical + (MU_CANCELLOUS * variation.bone_density * layers.cancellous) * texture
+    a_bone = MU_CORTEX * variation.cortical_density * layers.cortical
+    a_bone += (MU_CANCELLOUS * variation.bone_density * layers.cancellous) * texture
     a_bone += MU_CEMENT * layers.cement
     a_metal = MU_METAL * (layers.metal + draw_foreign_bodies(grid, variation.foreign_bodies))
     parts, half_depth, fat, details = body_outline(scene)

@@ -35,6 +35,8 @@ class ForeignBody:
 @dataclass(frozen=True)
 class Variation:
     bone_density: float  # cancellous bone scale: 0.55 (osteopenic) .. 1.15
+    cortical_density: float  # cortical shell scale: thin, faint cortices (0.45) .. 1.1
+    soft_tissue_gain: float  # how much of the soft tissue the display keeps (× the acquisition's)
     trabecular_scale_mm: float  # size of the trabecular lattice
     trabecular_contrast: float  # how strongly the lattice modulates cancellous bone
     beam_contrast: float  # bone-to-soft-tissue contrast: low kV high, high kV low
@@ -49,7 +51,7 @@ class Variation:
     foreign_bodies: tuple[ForeignBody, ...] = field(default_factory=tuple)
 
 
-NEUTRAL = Variation(1.0, 0.45, 0.24, 1.0, 0.0, False, (), None, 0.0, None, (), 0, ())
+NEUTRAL = Variation(1.0, 1.0, 1.0, 0.45, 0.24, 1.0, 0.0, False, (), None, 0.0, None, (), 0, ())
 
 
 def choose_variation(rng: np.random.Generator, field_mm: tuple[float, float, float, float], habitus: float,
@@ -66,6 +68,8 @@ def choose_variation(rng: np.random.Generator, field_mm: tuple[float, float, flo
         text = tuple(" ".join(rng.choice(TEXT_SNIPPETS, int(rng.integers(1, 4)))) for _ in range(int(rng.integers(1, 4))))
     return Variation(
         bone_density=bone,
+        cortical_density=float(rng.uniform(0.45, 1.1)) if rng.random() < 0.5 else 1.0,
+        soft_tissue_gain=float(np.exp(rng.uniform(np.log(0.7), np.log(2.5)))),
         trabecular_scale_mm=float(rng.uniform(0.35, 0.7)),
         trabecular_contrast=float(rng.uniform(0.12, 0.36)),
         beam_contrast=float(rng.uniform(0.75, 1.25)),
