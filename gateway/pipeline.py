@@ -237,6 +237,7 @@ class Pipeline:
         if cached is not None:
             return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
 
+        check_body_part(radiograph.body_part)
         with clock.step("detect"):
             detections = await detect_heads(self.backend, radiograph.pixels, models["detection"].input_size)
         candidates = choose_heads(detections, radiograph.width)
@@ -376,6 +377,21 @@ def sniff_media_type(data: bytes) -> str | None:
     if data.startswith(JPEG_MAGIC):
         return "image/jpeg"
     return None
+
+
+# DICOM BodyPartExamined values (PS3.16 CID 4031) of radiographs that cannot show a femoral head.
+# Ambiguous ones (EXTREMITY, LEG, ABDOMEN, WHOLEBODY, ...) go to the detector like any other.
+NON_HIP_BODY_PARTS = frozenset({
+    "CHEST", "THORAX", "LUNG", "HEART", "BREAST", "SKULL", "HEAD", "BRAIN", "FACE", "JAW", "TMJ", "NECK", "CSPINE",
+    "TSPINE", "SHOULDER", "CLAVICLE", "ARM", "HUMERUS", "ELBOW", "FOREARM", "WRIST", "HAND", "FINGER", "KNEE",
+    "PATELLA", "TIBIA", "FIBULA", "ANKLE", "FOOT", "TOE", "HEEL",
+})  # fmt: skip
+
+
+def check_body_part(body_part: str | None) -> None:
+    """A DICOM file whose header names a body part without a hip gets a clear refusal, not a stage."""
+    if body_part in NON_HIP_BODY_PARTS:
+        raise NoFemoralHead(f"not a pelvic radiograph: the DICOM header says the body part examined is {body_part}")
 
 
 def check_options(options: DiagnoseOptions) -> None:

@@ -61,7 +61,7 @@ from gateway.results import (
     decode_diagnosis,
     encode_diagnosis,
 )
-from gateway_support import phantom_radiograph
+from gateway_support import phantom_dicom, phantom_radiograph
 
 # The scripted detector answers in the coordinates of the image it gets: a detector input larger
 # than every test image keeps the pipeline from shrinking them (test_detect_heads covers shrinking).
@@ -246,6 +246,27 @@ def test_unsure_heads_are_flagged_low_confidence_with_the_reasons() -> None:
     assert second.low_confidence and "unlike the training data" in second.low_confidence_reasons[0]
     assert classifier_certainty(np.array([0.6, 0.4]), np.array([0.55, 0.45])) == pytest.approx(0.575)
     assert low_confidence_reasons(0.99, CONFIDENT_CLASSIFIER_PROBABILITY) == ()
+
+
+def test_a_dicom_of_a_body_part_without_a_hip_is_refused_before_detection(tmp_path) -> None:
+    import pydicom
+
+    path = phantom_dicom(tmp_path)
+    for body_part, refused in (("CHEST", True), ("KNEE ", True), ("PELVIS", False), ("EXTREMITY", False), (None, False)):
+        ds = pydicom.dcmread(path)
+        if body_part is None:
+            del ds.BodyPartExamined
+        else:
+            ds.BodyPartExamined = body_part
+        edited = tmp_path / "edited.dcm"
+        ds.save_as(edited)
+        backend = ScriptedBackend(TWO_HEADS, [0.9, 0.8])
+        if refused:
+            with pytest.raises(NoFemoralHead, match=f"not a pelvic radiograph.*{body_part.strip()}"):
+                diagnose(backend, edited.read_bytes())
+            assert backend.calls == []  # no model was asked
+        else:
+            assert len(diagnose(backend, edited.read_bytes()).heads) == 2
 
 
 def test_no_femoral_head_is_a_typed_error() -> None:

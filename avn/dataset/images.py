@@ -36,6 +36,7 @@ class Radiograph:
     pixel_spacing: tuple[float, float] | None
     source_format: str  # "dicom", "png" or "jpeg"
     photometric: str = "MONOCHROME2"
+    body_part: str | None = None  # DICOM BodyPartExamined, upper case; None when the file does not say
 
     @property
     def width(self) -> int:
@@ -147,6 +148,7 @@ def _read_dicom(data: bytes, name: str) -> Radiograph:
         pixel_spacing=_dicom_spacing(ds),
         source_format="dicom",
         photometric=photometric,
+        body_part=str(ds.get("BodyPartExamined", "") or "").strip().upper() or None,
     )
 
 
