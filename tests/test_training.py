@@ -167,3 +167,16 @@ def test_a_data_set_that_fails_the_checker_is_refused(tiny_data, tmp_path):
     (broken / "annotations.json").write_text(json.dumps(document))
     with pytest.raises(TrainingError, match="does not pass"):
         prepare_context(broken, tmp_path / "run", TINY, seed=0, folds=None, repeats=None)
+
+
+def test_a_tied_validation_score_keeps_the_later_epoch():
+    from avn.training.fold_state import FoldState
+
+    model = torch.nn.Linear(2, 1)
+    state = FoldState()
+    for epoch, score in enumerate([0.5, 0.9, 0.8, 0.9]):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        state.record_epoch(model, loss=1.0, score=score, lr=1e-3)
+    assert state.best_epoch == 3 and state.best_score == 0.9
+    assert float(state.best_weights["weight"][0, 0]) == 3.0

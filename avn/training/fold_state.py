@@ -36,7 +36,9 @@ class FoldState:
         epoch = len(self.history)
         entry = {"epoch": epoch, "loss": loss, "val_score": score, "lr": lr}
         self.history.append(entry)
-        if self.best_weights is None or score > self.best_score:
+        # On a tie the later epoch: it has trained longer on fresh random fields of view and
+        # processing chains, which a saturated phantom validation score cannot show.
+        if self.best_weights is None or score >= self.best_score:
             self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.best_score, self.best_epoch = score, epoch
         return entry
