@@ -91,9 +91,12 @@ def test_realcheck_runs_the_served_models_on_every_file(tmp_path: Path):
     manifest = load_manifest(CHECK_SET)
     assert [o["file"] for o in outcomes] == [entry.file for entry in manifest.files]
     assert "files pass" in result.output
-    # an untrained detector proposes boxes everywhere: negative controls get a stage and fail
-    negatives = [o for o in outcomes if o["kind"] == "negative"]
-    assert negatives and all(o["answer"] == "heads" and not o["passed"] for o in negatives)
+    # the chest CR's header names its body part: refused before any model runs, which passes
+    chest = next(o for o in outcomes if o["file"] == "wg04_rg1_chest_cr.dcm")
+    assert chest["answer"] == "NoFemoralHead" and "not a pelvic radiograph" in chest["message"] and chest["passed"]
+    # the chest PNGs carry no header: an untrained detector proposes boxes everywhere, they get a stage and fail
+    pngs = [o for o in outcomes if o["kind"] == "negative" and o["file"].endswith(".png")]
+    assert pngs and all(o["answer"] == "heads" and not o["passed"] for o in pngs)
     strict = CliRunner().invoke(app, ["realcheck", "--store", str(store), "--data", str(CHECK_SET), "--strict"])
     assert strict.exit_code == 1
 

@@ -26,9 +26,12 @@ import numpy as np
 from avn.phantom.variation import jpeg_export
 
 REFERENCE_SIZE = 320.0  # pixels of the image the spatial parameters below are given for
-# A head crop's side covers about 55 mm, a whole radiograph's about 350: a crop of S pixels has
-# about S / CROP_PIXELS_PER_UNIT pixels per reference pixel.
-CROP_PIXELS_PER_UNIT = 48.0
+# The detector-input parameters above mimic how a whole radiograph looks at 320 px (~1.1 mm a
+# pixel), softened by the shrink as much as by the detector. A head crop is read at ~0.5 mm a
+# pixel (96 px) or finer; its blur and noise grain must stay physical (blur up to ~0.6 mm), or the
+# subtle findings of stages II and III are blurred away: a crop of S pixels takes
+# S / CROP_PIXELS_PER_UNIT reference pixels per pixel (0.5 at 96 px).
+CROP_PIXELS_PER_UNIT = 192.0
 
 TONE_PROBABILITY = 0.8
 COMPRESSION_PROBABILITY = 0.5
