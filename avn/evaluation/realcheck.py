@@ -6,8 +6,8 @@ adult hip and pelvic radiographs with hand-drawn femoral-head boxes, and non-hip
 (decode → detect → choose heads → crop → classifiers → fusion) with the models of a store, and
 is judged:
 
-* a hip or pelvis passes when every annotated head is matched by a reported head with IoU ≥ 0.5
-  (matching as in the detection tables: :func:`avn.metrics.match_boxes`);
+* a hip or pelvis passes when every annotated head has a reported head with IoU ≥ 0.5
+  (:func:`avn.metrics.box_iou`); a reported head that matches nothing is shown, not penalised;
 * a negative control passes when no stage is reported: the pipeline answers ``NoFemoralHead``.
 
 The manifest (``manifest.json``) is validated by pydantic; its fields are documented in
@@ -133,7 +133,7 @@ def _head_summary(head) -> dict:
         "side": head.side,
         "stage": head.stage,
         "stage_probability": round(float(head.stage_probability), 3),
-        "low_confidence": bool(getattr(head, "low_confidence", False)),
+        "low_confidence": bool(head.low_confidence),
     }
 
 
