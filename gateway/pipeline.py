@@ -41,9 +41,9 @@ from avn.letterbox import boxes_from_letterbox, letterbox_geometry, shrink_to_le
 from avn.vocabulary import SIDES, STAGES, VIEWS, collapse_of, flip_side, most_severe, presence_of
 
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelBackend, ModelInfo
-from gateway.confidence import classifier_certainty, low_confidence_reasons
 from gateway.cache import ResultCache
 from gateway.cache import cache_key as result_cache_key
+from gateway.confidence import classifier_certainty, low_confidence_reasons
 from gateway.errors import (
     DeadlineExceeded,
     Internal,

@@ -124,13 +124,12 @@ def _foreign_bodies(rng, field_mm, heads_mm, midline_mm) -> tuple[ForeignBody, .
 
 def _wire(rng, start: np.ndarray, field_mm) -> tuple[tuple[float, float], ...]:
     """A smooth random curve from ``start`` out past the field's edge."""
-    x0, y0, w, h = field_mm
-    angle = rng.uniform(0, 2 * math.pi)
+    step = 0.12 * max(field_mm[2], field_mm[3])  # 12 steps cross the whole field
+    heading = rng.uniform(0, 2 * math.pi)
     points = [start]
-    heading = angle
     for _ in range(12):
         heading += rng.normal(0, 0.35)
-        points.append(points[-1] + np.array([math.cos(heading), math.sin(heading)]) * (0.12 * max(w, h)))
+        points.append(points[-1] + np.array([math.cos(heading), math.sin(heading)]) * step)
     return tuple(tuple(p) for p in points)
 
 
@@ -160,7 +159,7 @@ def draw_foreign_bodies(grid, bodies: tuple[ForeignBody, ...]) -> np.ndarray:
         else:
             layer = np.zeros(grid.shape, np.float32)
             cv2.polylines(layer, [uv], False, 1.0, thickness, cv2.LINE_AA, shift=4)
-            if body.kind == "screw":  # threads: a periodic notch along the shaft
+            if body.kind == "screw":  # a denser core along the shaft
                 cv2.polylines(layer, [uv], False, 0.6, max(thickness // 3, 1), cv2.LINE_AA, shift=4)
             img += density * layer
     return img
