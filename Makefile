@@ -32,6 +32,8 @@ run: install
 	$(BIN)/avn run
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -92,7 +92,8 @@ def train(
 ) -> None:
     """Train models with subject-grouped cross-validation; reruns resume where they stopped."""
     from avn.training.profiles import get_profile
-    from avn.training.runner import TASK_ORDER, TrainingError, prepare_context, train as train_tasks
+    from avn.training.runner import TASK_ORDER, TrainingError, prepare_context
+    from avn.training.runner import train as train_tasks
 
     if task not in TRAIN_TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; expected one of {TRAIN_TASKS}")
@@ -141,7 +142,9 @@ def metrics(run_dir: Path = typer.Option(..., "--run", help="Run folder written 
             paper = PAPER_TSET.get((task, figure))
             ours = "n/a" if value is None else f"{value:.4f}"
             reference = "—" if paper is None else f"{paper:.4f}"
-            typer.echo(f"| {task} | {figure} | {ours} | {reference} | {document.get('train_seconds', 0) / 60:.1f} min |")
+            typer.echo(
+                f"| {task} | {figure} | {ours} | {reference} | {document.get('train_seconds', 0) / 60:.1f} min |"
+            )
 
 
 @app.command("build-store")
@@ -220,7 +223,11 @@ def run(
 
     ensure_phantom(data, subjects, seed, image_format="dicom", scale=1.0, purpose="demo data set")
     ensure_phantom(
-        training_data, QUICK.phantom_subjects, seed + 1, image_format="png", scale=QUICK.phantom_scale,
+        training_data,
+        QUICK.phantom_subjects,
+        seed + 1,
+        image_format="png",
+        scale=QUICK.phantom_scale,
         purpose="training phantom",
     )
     if not all((run_dir / task / "model.pt").exists() for task in TRAIN_TASKS[:-1]):

@@ -7,7 +7,7 @@ padded with black where it leaves the image, resized to the model's input size.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

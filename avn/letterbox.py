@@ -62,7 +62,9 @@ def shrink_to_letterbox(image: np.ndarray, input_size: int) -> tuple[np.ndarray,
     geometry = letterbox_geometry(array.shape[0], array.shape[1], input_size)
     scaled_height, scaled_width = geometry.scaled_size
     # INTER_AREA averages the pixels it drops: no aliasing of noise and trabecular texture.
-    resized = cv2.resize(array.astype(np.float32, copy=False), (scaled_width, scaled_height), interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(
+        array.astype(np.float32, copy=False), (scaled_width, scaled_height), interpolation=cv2.INTER_AREA
+    )
     return resized, geometry
 
 

@@ -25,7 +25,8 @@ Conventions, stated once:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -118,7 +119,7 @@ def detection_prf(
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predicted images but {len(truths)} ground-truth images")
     counts = {float(t): [0, 0, 0] for t in iou_thresholds}
-    for (boxes, scores), truth_boxes in zip(predictions, truths):
+    for (boxes, scores), truth_boxes in zip(predictions, truths, strict=True):
         iou = _ranked_iou(boxes, scores, truth_boxes, score_threshold)
         for threshold, tally in counts.items():
             tp, fp, fn = match_greedily(iou, threshold)
@@ -195,8 +196,9 @@ def _prf_from_counts(tp: int, fp: int, fn: int) -> dict[str, float | int]:
 # Classification
 
 
-def binary_metrics(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                   threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(
+    y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float = 0.5
+) -> dict[str, Any]:
     """Metrics of a binary classifier; ``scores`` are the positive class's probabilities.
 
     Returns ``{"auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "support",
@@ -215,8 +217,7 @@ def binary_metrics(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] |
     }
 
 
-def multiclass_metrics(y_true_idx: Sequence[int] | np.ndarray, probs: Any,
-                       labels: Sequence[str]) -> dict[str, Any]:
+def multiclass_metrics(y_true_idx: Sequence[int] | np.ndarray, probs: Any, labels: Sequence[str]) -> dict[str, Any]:
     """Metrics of a C-class classifier at its argmax operating point.
 
     ``probs`` is (n, C) in the order of ``labels``. Per class, one-vs-rest AUC, sensitivity,
@@ -249,8 +250,7 @@ def multiclass_metrics(y_true_idx: Sequence[int] | np.ndarray, probs: Any,
     }
 
 
-def multilabel_metrics(y_true: Any, probs: Any, labels: Sequence[str],
-                       threshold: float = 0.5) -> dict[str, Any]:
+def multilabel_metrics(y_true: Any, probs: Any, labels: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of a multi-label classifier (e.g. the 8 notes); a label is on when ``prob >= threshold``.
 
     ``y_true`` is (n, L) of 0/1 and ``probs`` (n, L), both in the order of ``labels``. Returns
@@ -283,8 +283,9 @@ def multilabel_metrics(y_true: Any, probs: Any, labels: Sequence[str],
     }
 
 
-def _one_vs_rest_metrics(is_class: np.ndarray, score: np.ndarray, predicted_class: np.ndarray,
-                         counts: np.ndarray) -> dict[str, Any]:
+def _one_vs_rest_metrics(
+    is_class: np.ndarray, score: np.ndarray, predicted_class: np.ndarray, counts: np.ndarray
+) -> dict[str, Any]:
     """One class against the rest; ``counts`` is sklearn's [[tn, fp], [fn, tp]] for that class."""
     truth = is_class.astype(int)
     predicted = predicted_class.astype(int)
@@ -370,8 +371,7 @@ def _check_same_length(truth: np.ndarray, scores: np.ndarray) -> None:
 # Diagnosis sub-tasks (SPEC §3): presence, collapse, staging from one 4-class output
 
 
-def group_stage_probabilities(stage_probs: Any, stage_to_group: Mapping[str, str],
-                              groups: Sequence[str]) -> np.ndarray:
+def group_stage_probabilities(stage_probs: Any, stage_to_group: Mapping[str, str], groups: Sequence[str]) -> np.ndarray:
     """(n, len(groups)) probabilities: each group's column sums the stages that map to it.
 
     The grouping comes from the vocabulary, so a change there reaches every report.

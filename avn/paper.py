@@ -37,18 +37,24 @@ PAPER_ABLATION = {
 # with the paper's t-test p-values against AVN-net. R1, R2: residents; S1, S2: attending surgeons.
 PAPER_READERS_E1 = {
     "presence": {
-        "AVN-net": (0.9242, 0.8889, 0.9646, "–"), "R1": (0.8586, 0.8131, 0.9091, "p<0.05"),
-        "R2": (0.8131, 0.7626, 0.8687, "p<0.01"), "S1": (0.9192, 0.8838, 0.9596, "p=0.85"),
+        "AVN-net": (0.9242, 0.8889, 0.9646, "–"),
+        "R1": (0.8586, 0.8131, 0.9091, "p<0.05"),
+        "R2": (0.8131, 0.7626, 0.8687, "p<0.01"),
+        "S1": (0.9192, 0.8838, 0.9596, "p=0.85"),
         "S2": (0.9293, 0.8939, 0.9646, "p=0.84"),
     },
     "collapse": {
-        "AVN-net": (0.8586, 0.8131, 0.9091, "–"), "R1": (0.7576, 0.7020, 0.8182, "p<0.01"),
-        "R2": (0.7172, 0.6566, 0.7828, "p<0.01"), "S1": (0.8636, 0.8182, 0.9141, "p=0.88"),
+        "AVN-net": (0.8586, 0.8131, 0.9091, "–"),
+        "R1": (0.7576, 0.7020, 0.8182, "p<0.01"),
+        "R2": (0.7172, 0.6566, 0.7828, "p<0.01"),
+        "S1": (0.8636, 0.8182, 0.9141, "p=0.88"),
         "S2": (0.8939, 0.8535, 0.9394, "p=0.28"),
     },
     "staging": {
-        "AVN-net": (0.8232, 0.7727, 0.8788, "–"), "R1": (0.6263, 0.5606, 0.6919, "p<0.01"),
-        "R2": (0.6361, 0.5704, 0.7117, "p<0.01"), "S1": (0.7768, 0.7273, 0.8434, "p<0.01"),
+        "AVN-net": (0.8232, 0.7727, 0.8788, "–"),
+        "R1": (0.6263, 0.5606, 0.6919, "p<0.01"),
+        "R2": (0.6361, 0.5704, 0.7117, "p<0.01"),
+        "S1": (0.7768, 0.7273, 0.8434, "p<0.01"),
         "S2": (0.8131, 0.7626, 0.8687, "p=0.79"),
     },
 }
@@ -56,22 +62,58 @@ PAPER_READERS_E1 = {
 # Table VIII (collaborative diagnosis): staging F1 (95% CI) without (E1) and with (E2) AVN-net,
 # the paper's t-test p-value between them, and seconds per radiograph without / with.
 PAPER_READERS_ASSISTED = {
-    "R1": {"without": (0.6263, 0.5606, 0.6919), "with": (0.8167, 0.7167, 0.8833), "p": "p<0.01", "seconds": (46.9, 14.3)},
-    "R2": {"without": (0.6361, 0.5404, 0.6717), "with": (0.8333, 0.7333, 0.9000), "p": "p<0.01", "seconds": (42.0, 8.6)},
-    "S1": {"without": (0.7768, 0.7273, 0.8434), "with": (0.8175, 0.7246, 0.9254), "p": "p=0.49", "seconds": (20.0, 5.2)},
-    "S2": {"without": (0.8131, 0.7626, 0.8687), "with": (0.8333, 0.7413, 0.9088), "p": "p=0.69", "seconds": (26.1, 7.1)},
+    "R1": {
+        "without": (0.6263, 0.5606, 0.6919),
+        "with": (0.8167, 0.7167, 0.8833),
+        "p": "p<0.01",
+        "seconds": (46.9, 14.3),
+    },
+    "R2": {
+        "without": (0.6361, 0.5404, 0.6717),
+        "with": (0.8333, 0.7333, 0.9000),
+        "p": "p<0.01",
+        "seconds": (42.0, 8.6),
+    },
+    "S1": {
+        "without": (0.7768, 0.7273, 0.8434),
+        "with": (0.8175, 0.7246, 0.9254),
+        "p": "p=0.49",
+        "seconds": (20.0, 5.2),
+    },
+    "S2": {
+        "without": (0.8131, 0.7626, 0.8687),
+        "with": (0.8333, 0.7413, 0.9088),
+        "p": "p=0.69",
+        "seconds": (26.1, 7.1),
+    },
 }
 
 # Table X: Cohen's kappa of AVNFH staging between readers and with the ground truth (GT),
 # without and with AVN-net; (a, b) pairs, upper triangle as printed.
 PAPER_KAPPA = {
     "without": {
-        ("R1", "R2"): 0.52, ("R1", "S1"): 0.53, ("R1", "S2"): 0.57, ("R2", "S1"): 0.58, ("R2", "S2"): 0.65,
-        ("S1", "S2"): 0.69, ("GT", "R1"): 0.56, ("GT", "R2"): 0.55, ("GT", "S1"): 0.71, ("GT", "S2"): 0.79,
+        ("R1", "R2"): 0.52,
+        ("R1", "S1"): 0.53,
+        ("R1", "S2"): 0.57,
+        ("R2", "S1"): 0.58,
+        ("R2", "S2"): 0.65,
+        ("S1", "S2"): 0.69,
+        ("GT", "R1"): 0.56,
+        ("GT", "R2"): 0.55,
+        ("GT", "S1"): 0.71,
+        ("GT", "S2"): 0.79,
     },
     "with": {
-        ("R1", "R2"): 0.64, ("R1", "S1"): 0.71, ("R1", "S2"): 0.78, ("R2", "S1"): 0.68, ("R2", "S2"): 0.68,
-        ("S1", "S2"): 0.75, ("GT", "R1"): 0.78, ("GT", "R2"): 0.72, ("GT", "S1"): 0.75, ("GT", "S2"): 0.77,
+        ("R1", "R2"): 0.64,
+        ("R1", "S1"): 0.71,
+        ("R1", "S2"): 0.78,
+        ("R2", "S1"): 0.68,
+        ("R2", "S2"): 0.68,
+        ("S1", "S2"): 0.75,
+        ("GT", "R1"): 0.78,
+        ("GT", "R2"): 0.72,
+        ("GT", "S1"): 0.75,
+        ("GT", "S2"): 0.77,
     },
 }
 
@@ -87,9 +129,21 @@ PAPER_TABLE_II = {  # FH detection at IoU thresholds
 }
 
 PAPER_TABLE_III = {  # exam view, side, clinical notes (notes: mean over the 8 labels)
-    "view": {"auc": (0.9997, 0.9990, 1.0), "sensitivity": (0.9962, 0.9935, 0.9989), "specificity": (0.9965, 0.9947, 0.9983)},
-    "side": {"auc": (0.9995, 0.9987, 1.0), "sensitivity": (0.9965, 0.9914, 1.0), "specificity": (0.9963, 0.9939, 0.9987)},
-    "notes": {"auc": (0.9637, 0.9603, 0.9671), "sensitivity": (0.8132, 0.8038, 0.8226), "specificity": (0.9236, 0.9174, 0.9298)},
+    "view": {
+        "auc": (0.9997, 0.9990, 1.0),
+        "sensitivity": (0.9962, 0.9935, 0.9989),
+        "specificity": (0.9965, 0.9947, 0.9983),
+    },
+    "side": {
+        "auc": (0.9995, 0.9987, 1.0),
+        "sensitivity": (0.9965, 0.9914, 1.0),
+        "specificity": (0.9963, 0.9939, 0.9987),
+    },
+    "notes": {
+        "auc": (0.9637, 0.9603, 0.9671),
+        "sensitivity": (0.8132, 0.8038, 0.8226),
+        "specificity": (0.9236, 0.9174, 0.9298),
+    },
 }
 
 PAPER_TABLE_IV = {  # AVNFH detection (presence), subject level, pre-/post-collapse
@@ -106,7 +160,11 @@ PAPER_TABLE_IV = {  # AVNFH detection (presence), subject level, pre-/post-colla
 }
 
 PAPER_TABLE_V = {  # 4-class staging; sensitivity/specificity at the operating point (no CI given)
-    "absence": {"auc": (0.9805, 0.9783, 0.9824), "sensitivity": (0.9651, None, None), "specificity": (0.8990, None, None)},
+    "absence": {
+        "auc": (0.9805, 0.9783, 0.9824),
+        "sensitivity": (0.9651, None, None),
+        "specificity": (0.8990, None, None),
+    },
     "II": {"auc": (0.9284, 0.9200, 0.9368), "sensitivity": (0.8662, None, None), "specificity": (0.8586, None, None)},
     "III": {"auc": (0.9286, 0.921, 0.936), "sensitivity": (0.8070, None, None), "specificity": (0.8889, None, None)},
     "IV": {"auc": (0.9923, 0.9911, 0.9935), "sensitivity": (0.9483, None, None), "specificity": (0.9697, None, None)},

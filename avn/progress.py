@@ -6,16 +6,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=console,
-    )  # fmt: skip
+    )
 
 
 class StageBars:
@@ -30,4 +42,6 @@ class StageBars:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total or None)
         text = " ".join(f"{name} {value:.3f}" for name, value in (figures or {}).items())
-        self.progress.update(self.tasks[stage], completed=done, total=total or None, description=f"{stage} {text}".strip())
+        self.progress.update(
+            self.tasks[stage], completed=done, total=total or None, description=f"{stage} {text}".strip()
+        )

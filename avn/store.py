@@ -89,7 +89,9 @@ def build_store(
     # The archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps concurrent builds apart.
     with tempfile.TemporaryDirectory(prefix="avn-store-") as scratch:
         return {
-            task: archive_model(task, _checkpoint_of(run_dir, task), out, settings[task], Path(scratch), services_dir, archiver)
+            task: archive_model(
+                task, _checkpoint_of(run_dir, task), out, settings[task], Path(scratch), services_dir, archiver
+            )
             for task in tasks
         }
 
@@ -127,7 +129,9 @@ def archive_model(
     result = subprocess.run(command, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True)
     archive = out / f"{task}.mar"
     if result.returncode != 0 or not archive.is_file():
-        raise StoreError(f"torch-model-archiver failed for {task} ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        raise StoreError(
+            f"torch-model-archiver failed for {task} ({result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
     return archive
 
 

@@ -67,8 +67,10 @@ class BenchFigures:
         document.pop("latencies_ms")
         document.update(
             radiographs_per_s=self.throughput,
-            p50_ms=self.percentile_ms(50), p95_ms=self.percentile_ms(95), p99_ms=self.percentile_ms(99),
-        )  # fmt: skip
+            p50_ms=self.percentile_ms(50),
+            p95_ms=self.percentile_ms(95),
+            p99_ms=self.percentile_ms(99),
+        )
         return document
 
 
@@ -115,7 +117,9 @@ class OneHeadAtATime:
             labels=answers[0].labels,
             probabilities=np.concatenate([a.probabilities for a in answers]),
             cams=None if cams[0] is None else np.concatenate(cams),
-            cam_labels=None if answers[0].cam_labels is None else tuple(l for a in answers for l in a.cam_labels),
+            cam_labels=None
+            if answers[0].cam_labels is None
+            else tuple(label for a in answers for label in a.cam_labels),
         )
 
     async def models(self) -> list[ModelInfo]:
@@ -131,7 +135,10 @@ class OneHeadAtATime:
 def measure(configuration: str, pipeline: Pipeline, payloads: Sequence[bytes], concurrency: int) -> BenchFigures:
     """Serve ``pipeline`` over gRPC on loopback and time ``payloads`` sent by ``concurrency`` clients."""
     with BackgroundGrpcServer(pipeline) as server:
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
         with grpc.insecure_channel(server.target, options=options) as channel:
             stub = load().services.DiagnosisStub(channel)
             for payload in payloads[:WARMUP_REQUESTS]:
@@ -174,10 +181,14 @@ def _timed_run(configuration: str, stub, payloads: Sequence[bytes], concurrency:
         thread.join()
     seconds = time.perf_counter() - started
     return BenchFigures(
-        configuration=configuration, radiographs=len(payloads), concurrency=concurrency, seconds=seconds,
-        errors=errors, latencies_ms=latencies,
+        configuration=configuration,
+        radiographs=len(payloads),
+        concurrency=concurrency,
+        seconds=seconds,
+        errors=errors,
+        latencies_ms=latencies,
         step_means_ms={step: float(np.mean(values)) if values else float("nan") for step, values in steps.items()},
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------- the three configurations
@@ -192,7 +203,9 @@ def torchserve_pipeline(store: Path, work_dir: Path, ready_timeout_s: float = 30
 
     with TorchServe(store, work_dir, disable_token_auth=True, system_metrics=False) as server:
         server.wait_until_ready(MODELS, timeout_s=ready_timeout_s)
-        backend = TorchServeBackend(f"{LOOPBACK}:{server.ports.grpc_inference}", f"{LOOPBACK}:{server.ports.grpc_management}")
+        backend = TorchServeBackend(
+            f"{LOOPBACK}:{server.ports.grpc_inference}", f"{LOOPBACK}:{server.ports.grpc_management}"
+        )
         yield Pipeline(backend, cache=None)
 
 

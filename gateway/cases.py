@@ -24,7 +24,6 @@ from pathlib import Path
 
 from avn.dataset.format import Dataset, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph
-
 from gateway.errors import InvalidArgument, InvalidImage
 from gateway.pipeline import decode_payload
 from gateway.results import ImagePayload
@@ -85,11 +84,15 @@ class CaseBank:
         try:
             dataset = load_dataset(folder)
         except FileNotFoundError:
-            problem = f"no case bank at {folder}: it has no annotations.json (`make run` builds data/demo; see AVN_CASE_BANK)"
+            problem = (
+                f"no case bank at {folder}: it has no annotations.json (`make run` builds data/demo; see AVN_CASE_BANK)"
+            )
             return cls(folder, [], ALL_RADIOGRAPHS, problem)
         except Exception as error:  # JSON or schema errors: report them, do not stop the gateway
             logger.warning("case bank %s cannot be read: %s", folder, error)
-            return cls(folder, [], ALL_RADIOGRAPHS, f"the case bank at {folder} cannot be read (run `avn data check` on it)")
+            return cls(
+                folder, [], ALL_RADIOGRAPHS, f"the case bank at {folder} cannot be read (run `avn data check` on it)"
+            )
         split, cases = select_cases(dataset)
         problem = "" if cases else f"the case bank at {folder} has no radiograph with an annotated femoral head"
         logger.info("case bank %s: %d cases (%s)", folder, len(cases), split)

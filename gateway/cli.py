@@ -84,7 +84,7 @@ async def _run(files: list[Path], models: Path, out: Path, study: bool, options:
         if study:
             failures = await _run_study(pipeline, files, names, out, options, table)
         else:
-            for path, name in zip(files, names):
+            for path, name in zip(files, names, strict=True):
                 try:
                     result = await pipeline.diagnose(DiagnoseRequest(_payload(path), options))
                 except GatewayError as error:
@@ -116,9 +116,13 @@ async def _run_study(pipeline, files, names, out: Path, options: DiagnoseOptions
         sides.add_column(column)
     for side in result.sides:
         sides.add_row(
-            side.side, side.stage, f"{side.probability:.2f}", side.presence, side.collapse,
+            side.side,
+            side.stage,
+            f"{side.probability:.2f}",
+            side.presence,
+            side.collapse,
             files[side.radiograph_index].name,
-        )  # fmt: skip
+        )
     console.print(sides)
     radiographs = tuple(replace(item, result=_without_overlay(item.result)) for item in result.radiographs)
     (out / "study.json").write_text(json.dumps(to_json_dict(replace(result, radiographs=radiographs)), indent=2))
@@ -145,7 +149,8 @@ def _add_rows(table: Table, path: Path, result: Diagnosis) -> None:
             path.name,
             view,
             side,
-            f"{head.stage} {head.stage_probability:.2f}" + (" [yellow](low confidence)[/]" if head.low_confidence else ""),
+            f"{head.stage} {head.stage_probability:.2f}"
+            + (" [yellow](low confidence)[/]" if head.low_confidence else ""),
             f"{head.presence} {head.presence_probability:.2f}",
             f"{head.collapse} {head.collapse_probability:.2f}",
             notes,
@@ -203,8 +208,12 @@ def serve(
         )
     store = store.resolve()
     overrides = {
-        "model_store": store, "grpc_host": host, "grpc_port": grpc_port, "rest_host": host, "rest_port": rest_port,
-    }  # fmt: skip
+        "model_store": store,
+        "grpc_host": host,
+        "grpc_port": grpc_port,
+        "rest_host": host,
+        "rest_port": rest_port,
+    }
     # Before anything starts: a signal raises _Stop in the main thread. While uvicorn serves it
     # takes the signal over, shuts down gracefully and then re-raises it here.
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -274,7 +283,9 @@ def _serve_until_stopped(settings) -> None:
 
 def bench(
     store: Path = typer.Option(Path("model_store"), "--store", help="Model store: the five .mar archives."),
-    data: Path = typer.Option(Path("data/demo"), "--data", help="Data set whose radiographs are sent (repeated as needed)."),
+    data: Path = typer.Option(
+        Path("data/demo"), "--data", help="Data set whose radiographs are sent (repeated as needed)."
+    ),
     count: int = typer.Option(40, "-n", "--radiographs", min=1, help="Radiographs per configuration (N)."),
     concurrency: int = typer.Option(4, "-c", "--concurrency", min=1, help="Concurrent gRPC clients (C)."),
     configurations: str = typer.Option(
@@ -289,9 +300,13 @@ def bench(
     chosen = [name.strip() for name in configurations.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in CONFIGURATIONS]
     if unknown or not chosen:
-        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}", param_hint="--configurations")
+        raise typer.BadParameter(
+            f"unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}", param_hint="--configurations"
+        )
     if not store.is_dir() or not any(store.glob("*.mar")):
-        raise typer.BadParameter(f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store")
+        raise typer.BadParameter(
+            f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store"
+        )
     logging.basicConfig(level=logging.WARNING)
     try:
         payloads = radiograph_payloads(data, count)
@@ -302,7 +317,11 @@ def bench(
     if json_out is not None:
         from gateway.bench import write_json  # noqa: PLC0415
 
-        write_json(json_out, figures, {"data": str(data), "store": str(store), "radiographs": count, "concurrency": concurrency})
+        write_json(
+            json_out,
+            figures,
+            {"data": str(data), "store": str(store), "radiographs": count, "concurrency": concurrency},
+        )
         console.print(f"figures in {json_out}")
 
 
@@ -311,7 +330,10 @@ def _bench_one(name: str, store: Path, payloads: list[bytes], concurrency: int):
 
     console.print(f"[bold]{name}[/]: {len(payloads)} radiographs, {concurrency} clients …")
     if name == "torchserve":
-        with tempfile.TemporaryDirectory(prefix="avn-bench-") as work_dir, torchserve_pipeline(store, Path(work_dir)) as pipeline:
+        with (
+            tempfile.TemporaryDirectory(prefix="avn-bench-") as work_dir,
+            torchserve_pipeline(store, Path(work_dir)) as pipeline,
+        ):
             return measure(name, pipeline, payloads, concurrency)
     return measure(name, in_process_pipeline(store, naive=name == "naive"), payloads, concurrency)
 
@@ -328,10 +350,15 @@ def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
     for f in figures:
         ratio = ratios.get(f.configuration, {})
         table.add_row(
-            f.configuration, f"{f.throughput:.2f}", f"{f.percentile_ms(50):.0f}", f"{f.percentile_ms(95):.0f}",
-            f"{f.percentile_ms(99):.0f}", str(f.errors),
-            f"{ratio['throughput']:.2f}" if ratio else "-", f"{ratio['p50_speedup']:.2f}" if ratio else "-",
-        )  # fmt: skip
+            f.configuration,
+            f"{f.throughput:.2f}",
+            f"{f.percentile_ms(50):.0f}",
+            f"{f.percentile_ms(95):.0f}",
+            f"{f.percentile_ms(99):.0f}",
+            str(f.errors),
+            f"{ratio['throughput']:.2f}" if ratio else "-",
+            f"{ratio['p50_speedup']:.2f}" if ratio else "-",
+        )
     console.print(table)
     steps = Table(title="mean step time per radiograph, ms (server side)")
     steps.add_column("config")

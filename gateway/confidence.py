@@ -31,6 +31,7 @@ def low_confidence_reasons(detection_score: float, certainty: float) -> tuple[st
         reasons.append(f"detector score {detection_score:.2f} below {CONFIDENT_DETECTION_SCORE:.2f}")
     if certainty < CONFIDENT_CLASSIFIER_PROBABILITY:
         reasons.append(
-            f"crop unlike the training data: view/side certainty {certainty:.2f} below {CONFIDENT_CLASSIFIER_PROBABILITY:.2f}"
+            "crop unlike the training data: view/side certainty"
+            f" {certainty:.2f} below {CONFIDENT_CLASSIFIER_PROBABILITY:.2f}"
         )
     return tuple(reasons)

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from avn.vocabulary import NOTE_STAGE, STAGE_TO_COLLAPSE, STAGE_TO_PRESENCE, collapse_of, presence_of
-
 from gateway.results import DEFAULT_NOTE_THRESHOLD, Note
 
 
@@ -53,7 +52,7 @@ def fused_notes(
             probability=float(value),
             passed=bool(value >= threshold),
         )
-        for note, raw, value in zip(note_labels, raw_row, fused)
+        for note, raw, value in zip(note_labels, raw_row, fused, strict=False)
     )
 
 

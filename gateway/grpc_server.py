@@ -63,7 +63,9 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
     """``avn.v1.Diagnosis``: protobuf in, pipeline, protobuf out. Every call is counted and timed in
     ``metrics`` (shared with the REST app of the same process, so ``/metrics`` shows both)."""
 
-    def __init__(self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.deadline_s = deadline_s
         self.metrics = metrics or GatewayMetrics()
@@ -87,7 +89,9 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
                 self.metrics.observe_diagnosis(radiograph.result)
         return study_to_proto(result)
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         request_id = _request_id(context)
         async with self._observed("models", context, request_id):
             infos = await self.pipeline.models()
@@ -99,7 +103,9 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
         )
 
     @contextlib.asynccontextmanager
-    async def _observed(self, operation: str, context: grpc.aio.ServicerContext, request_id: str) -> AsyncIterator[None]:
+    async def _observed(
+        self, operation: str, context: grpc.aio.ServicerContext, request_id: str
+    ) -> AsyncIterator[None]:
         """Count and time the call whatever the outcome; a failure ends the RPC with its mapped status."""
         started = time.perf_counter()
         error: str | None = None
@@ -195,7 +201,11 @@ def head_to_proto(head: FemoralHead) -> pb.FemoralHead:
         collapse_probability=head.collapse_probability,
         notes=[
             pb.Note(
-                note=n.note, stage=n.stage, raw_probability=n.raw_probability, probability=n.probability, passed=n.passed
+                note=n.note,
+                stage=n.stage,
+                raw_probability=n.raw_probability,
+                probability=n.probability,
+                passed=n.passed,
             )
             for n in head.notes
         ],
@@ -224,9 +234,14 @@ def diagnosis_to_proto(result: Diagnosis) -> pb.DiagnoseResponse:
         models=_models(result.models),
         cache_hit=result.cache_hit,
         timings=pb.StepTimings(
-            decode_ms=t.decode_ms, detect_ms=t.detect_ms, crop_ms=t.crop_ms, classify_ms=t.classify_ms,
-            fuse_ms=t.fuse_ms, output_ms=t.output_ms, total_ms=t.total_ms,
-        ),  # fmt: skip
+            decode_ms=t.decode_ms,
+            detect_ms=t.detect_ms,
+            crop_ms=t.crop_ms,
+            classify_ms=t.classify_ms,
+            fuse_ms=t.fuse_ms,
+            output_ms=t.output_ms,
+            total_ms=t.total_ms,
+        ),
         note_threshold=result.note_threshold,
     )
 
@@ -236,12 +251,19 @@ def study_to_proto(result: StudyDiagnosis) -> pb.StudyResponse:
         request_id=result.request_id,
         sides=[
             pb.SideDiagnosis(
-                side=s.side, stage=s.stage, presence=s.presence, collapse=s.collapse, probability=s.probability,
-                radiograph_index=s.radiograph_index, radiograph_indices=list(s.radiograph_indices),
-            )  # fmt: skip
+                side=s.side,
+                stage=s.stage,
+                presence=s.presence,
+                collapse=s.collapse,
+                probability=s.probability,
+                radiograph_index=s.radiograph_index,
+                radiograph_indices=list(s.radiograph_indices),
+            )
             for s in result.sides
         ],
-        radiographs=[pb.StudyRadiograph(index=r.index, result=diagnosis_to_proto(r.result)) for r in result.radiographs],
+        radiographs=[
+            pb.StudyRadiograph(index=r.index, result=diagnosis_to_proto(r.result)) for r in result.radiographs
+        ],
         skipped=[pb.SkippedRadiograph(index=s.index, reason=s.reason) for s in result.skipped],
         models=_models(result.models),
         total_ms=result.total_ms,
@@ -306,15 +328,6 @@ async def start_grpc_server(
     task = asyncio.create_task(_watch_health(pipeline, health_servicer, health_interval_s), name="avn-grpc-health")
     logger.info("gRPC %s serving on %s:%d", SERVICE_NAME, host, bound)
     return RunningServer(server, bound, health_servicer, task)
-
-
-async def serve_grpc(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 50051, **options) -> None:
-    """Serve until cancelled (then stop gracefully)."""
-    running = await start_grpc_server(pipeline, host, port, **options)
-    try:
-        await running.server.wait_for_termination()
-    finally:
-        await running.stop()
 
 
 @contextlib.asynccontextmanager

@@ -31,7 +31,6 @@ from avn.models.checkpoint import ModelCard, load_checkpoint
 from avn.models.classifier import HeadClassifier
 from avn.models.detector import FemoralHeadDetector
 from avn.store import CHECKPOINT_NAME
-
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
 from gateway.errors import Internal, ModelUnavailable
 

@@ -38,21 +38,31 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
-            "avn_requests", "Requests by protocol, operation and outcome.", ["protocol", "operation", "outcome"],
+            "avn_requests",
+            "Requests by protocol, operation and outcome.",
+            ["protocol", "operation", "outcome"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.errors = Counter(
-            "avn_request_errors", "Failed requests by error type.", ["protocol", "operation", "error"],
+            "avn_request_errors",
+            "Failed requests by error type.",
+            ["protocol", "operation", "error"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "avn_request_duration_seconds", "Request latency.", ["protocol", "operation"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "avn_request_duration_seconds",
+            "Request latency.",
+            ["protocol", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.steps = Histogram(
-            "avn_step_duration_seconds", "Pipeline step time per computed radiograph.", ["step"],
-            buckets=STEP_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "avn_step_duration_seconds",
+            "Pipeline step time per computed radiograph.",
+            ["step"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
         self.diagnoses = Counter(
             "avn_diagnoses", "Radiographs diagnosed, by whether the cache answered.", ["cache"], registry=self.registry
         )
@@ -101,5 +111,7 @@ class _CacheCollector(Collector):
         lookups.add_metric(["miss"], stats.misses)
         yield lookups
         yield CounterMetricFamily(
-            "avn_cache_errors", "Cache failures (Redis unreachable): those requests were served uncached.", value=stats.errors
+            "avn_cache_errors",
+            "Cache failures (Redis unreachable): those requests were served uncached.",
+            value=stats.errors,
         )

@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from avn.crop import SERVING_SCALE
-
 from gateway.results import Box, FemoralHead, View
 
 STAGE_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB
@@ -99,7 +98,9 @@ def _draw_head(draw: ImageDraw.ImageDraw, head: FemoralHead, font: ImageFont.Ima
     line = max(2, image_height // 400)
     x0, y0, x1, y1 = head.box.as_tuple()
     draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-    label = f"{head.side} · {head.stage} {head.stage_probability:.0%}" + (" · low confidence" if head.low_confidence else "")
+    label = f"{head.side} · {head.stage} {head.stage_probability:.0%}" + (
+        " · low confidence" if head.low_confidence else ""
+    )
     label_height = _text_height(draw, label, font)
     _draw_label(draw, (x0, max(0.0, y0 - label_height - 2 * line)), label, font, colour, text_colour=(0, 0, 0))
     caption_y = y1 + line

@@ -39,7 +39,6 @@ from avn.crop import SERVING_SCALE, crop_square
 from avn.dataset.images import ImageReadError, Radiograph, is_dicom_bytes, read_radiograph
 from avn.letterbox import boxes_from_letterbox, letterbox_geometry, shrink_to_letterbox
 from avn.vocabulary import SIDES, STAGES, VIEWS, collapse_of, flip_side, most_severe, presence_of
-
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelBackend, ModelInfo
 from gateway.cache import ResultCache
 from gateway.cache import cache_key as result_cache_key
@@ -209,7 +208,10 @@ class Pipeline:
     async def _probe_models(self, models: Mapping[str, ModelInfo]) -> None:
         """One blank image to the detector and one blank crop to each classifier, concurrently."""
         blank = np.zeros((PROBE_IMAGE_SIDE, PROBE_IMAGE_SIDE), np.float32)
-        crops = {name: np.zeros((1, models[name].input_size, models[name].input_size), np.float32) for name in CLASSIFIER_MODELS}
+        crops = {
+            name: np.zeros((1, models[name].input_size, models[name].input_size), np.float32)
+            for name in CLASSIFIER_MODELS
+        }
         await asyncio.gather(
             self.backend.detect(blank),
             *(self.backend.classify(name, crop) for name, crop in crops.items()),
@@ -253,9 +255,14 @@ class Pipeline:
             view = radiograph_view(answers.view)
         with clock.step("output"):
             heads, overlay = await asyncio.to_thread(
-                render_outputs, radiograph.pixels, heads, answers.staging.cams, view,
-                options.include_overlay, models["staging"].input_size,
-            )  # fmt: skip
+                render_outputs,
+                radiograph.pixels,
+                heads,
+                answers.staging.cams,
+                view,
+                options.include_overlay,
+                models["staging"].input_size,
+            )
 
         diagnosis = Diagnosis(
             request_id=request_id,
@@ -304,7 +311,9 @@ class Pipeline:
         if self.cache is None:
             return None
         # Hashing tens of megabytes of pixels takes a while: off the event loop.
-        return await asyncio.to_thread(diagnosis_cache_key, radiograph.pixels, models.values(), options, self.crop_scale)
+        return await asyncio.to_thread(
+            diagnosis_cache_key, radiograph.pixels, models.values(), options, self.crop_scale
+        )
 
     async def _cached(self, key: str | None) -> Diagnosis | None:
         if self.cache is None or key is None:
@@ -363,7 +372,8 @@ def declared_media_type(media_type: str) -> str | None:
         return None
     if essence not in MEDIA_TYPE_ALIASES:
         raise InvalidArgument(
-            f"unsupported media type {media_type!r}; send application/dicom, image/png or image/jpeg (or leave it empty)"
+            f"unsupported media type {media_type!r};"
+            " send application/dicom, image/png or image/jpeg (or leave it empty)"
         )
     return MEDIA_TYPE_ALIASES[essence]
 
@@ -381,11 +391,41 @@ def sniff_media_type(data: bytes) -> str | None:
 
 # DICOM BodyPartExamined values (PS3.16 CID 4031) of radiographs that cannot show a femoral head.
 # Ambiguous ones (EXTREMITY, LEG, ABDOMEN, WHOLEBODY, ...) go to the detector like any other.
-NON_HIP_BODY_PARTS = frozenset({
-    "CHEST", "THORAX", "LUNG", "HEART", "BREAST", "SKULL", "HEAD", "BRAIN", "FACE", "JAW", "TMJ", "NECK", "CSPINE",
-    "TSPINE", "SHOULDER", "CLAVICLE", "ARM", "HUMERUS", "ELBOW", "FOREARM", "WRIST", "HAND", "FINGER", "KNEE",
-    "PATELLA", "TIBIA", "FIBULA", "ANKLE", "FOOT", "TOE", "HEEL",
-})  # fmt: skip
+NON_HIP_BODY_PARTS = frozenset(
+    {
+        "CHEST",
+        "THORAX",
+        "LUNG",
+        "HEART",
+        "BREAST",
+        "SKULL",
+        "HEAD",
+        "BRAIN",
+        "FACE",
+        "JAW",
+        "TMJ",
+        "NECK",
+        "CSPINE",
+        "TSPINE",
+        "SHOULDER",
+        "CLAVICLE",
+        "ARM",
+        "HUMERUS",
+        "ELBOW",
+        "FOREARM",
+        "WRIST",
+        "HAND",
+        "FINGER",
+        "KNEE",
+        "PATELLA",
+        "TIBIA",
+        "FIBULA",
+        "ANKLE",
+        "FOOT",
+        "TOE",
+        "HEEL",
+    }
+)
 
 
 def check_body_part(body_part: str | None) -> None:
@@ -426,7 +466,9 @@ def choose_heads(detections: Detections, image_width: int) -> list[HeadCandidate
     half is a duplicate or a false positive. Degenerate or non-finite boxes are ignored.
     """
     best: dict[bool, HeadCandidate] = {}
-    for box, score in zip(np.asarray(detections.boxes).reshape(-1, 4), np.asarray(detections.scores).reshape(-1)):
+    for box, score in zip(
+        np.asarray(detections.boxes).reshape(-1, 4), np.asarray(detections.scores).reshape(-1), strict=False
+    ):
         x0, y0, x1, y1 = (float(v) for v in box)
         if not (np.isfinite([x0, y0, x1, y1, score]).all() and x1 > x0 and y1 > y0):
             continue
@@ -492,7 +534,7 @@ def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
         loser = 1 if confidence[0] >= confidence[1] else 0
         sides[loser] = flip_side(sides[loser])
         corrected[loser] = True
-    return [(s, float(row[column[s]]), c) for s, row, c in zip(sides, probabilities, corrected)]
+    return [(s, float(row[column[s]]), c) for s, row, c in zip(sides, probabilities, corrected, strict=True)]
 
 
 def radiograph_view(view: Classification) -> View:
@@ -534,9 +576,12 @@ def interpret_heads(
                 collapse=collapse,
                 collapse_probability=collapse_probability,
                 notes=fused_notes(
-                    notes.probabilities[index], notes.labels, staging.probabilities[index], staging.labels,
+                    notes.probabilities[index],
+                    notes.labels,
+                    staging.probabilities[index],
+                    staging.labels,
                     options.note_threshold,
-                ),  # fmt: skip
+                ),
                 cam_png=b"",
                 cam_stage=staging.cam_labels[index] if staging.cam_labels else (options.cam_stage or stage),
                 cam_box=crop_window(candidate.box, crop_scale),
@@ -550,7 +595,7 @@ def interpret_heads(
 
 def _in_order(labels: Sequence[str], row: np.ndarray, vocabulary: Sequence[str]) -> tuple[LabelProbability, ...]:
     """A model's row as (label, probability) in vocabulary order, whatever order the model used."""
-    by_label = dict(zip(labels, (float(p) for p in row)))
+    by_label = dict(zip(labels, (float(p) for p in row), strict=False))
     if set(by_label) != set(vocabulary):
         raise Internal(f"a model answered labels {tuple(labels)}, expected {tuple(vocabulary)}")
     return tuple(LabelProbability(label, by_label[label]) for label in vocabulary)
@@ -570,11 +615,14 @@ def render_outputs(
     """Heads with their CAM PNGs, and the overlay PNG when asked for."""
     head_cams = [None if cams is None else np.asarray(cams[index]) for index in range(len(heads))]
     heads = tuple(
-        replace(head, cam_png=b"" if cam is None else cam_png(cam, cam_size)) for head, cam in zip(heads, head_cams)
+        replace(head, cam_png=b"" if cam is None else cam_png(cam, cam_size))
+        for head, cam in zip(heads, head_cams, strict=True)
     )
     overlay = None
     if include_overlay:
-        overlay = overlay_png(pixels, [HeadDrawing(head, cam) for head, cam in zip(heads, head_cams)], view)
+        overlay = overlay_png(
+            pixels, [HeadDrawing(head, cam) for head, cam in zip(heads, head_cams, strict=True)], view
+        )
     return heads, overlay
 
 
@@ -675,4 +723,3 @@ async def deadline(timeout_s: float | None) -> AsyncIterator[None]:
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
-

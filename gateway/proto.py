@@ -48,7 +48,7 @@ class DiagnosisStubs:
 def load() -> DiagnosisStubs:
     """Import the stubs, generating them first when missing or made from another contract."""
     ensure_stubs()
-    module = f"{PACKAGE}.{PROTO_FILE[:-len('.proto')].replace('/', '.')}"
+    module = f"{PACKAGE}.{PROTO_FILE[: -len('.proto')].replace('/', '.')}"
     return DiagnosisStubs(
         messages=importlib.import_module(f"{module}_pb2"),
         services=importlib.import_module(f"{module}_pb2_grpc"),

@@ -43,6 +43,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from gateway.cases import CaseBank
+from gateway.display import windowed_png
 from gateway.errors import (
     GatewayError,
     InvalidArgument,
@@ -52,8 +54,6 @@ from gateway.errors import (
     error_metadata,
     status_of,
 )
-from gateway.cases import CaseBank
-from gateway.display import windowed_png
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, decode_payload, new_request_id
 from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload, StudyRequest, to_json_dict
@@ -255,8 +255,10 @@ class CaseTruthResponse(_Strict):
 
 
 class ErrorDetail(_Strict):
-    code: str = Field(description="The error type: InvalidImage, InvalidArgument, PayloadTooLarge, NoFemoralHead, "
-                      "ModelUnavailable, DeadlineExceeded or Internal.")  # fmt: skip
+    code: str = Field(
+        description="The error type: InvalidImage, InvalidArgument, PayloadTooLarge, NoFemoralHead, "
+        "ModelUnavailable, DeadlineExceeded or Internal."
+    )
     message: str
     request_id: str
 
@@ -282,9 +284,7 @@ DIAGNOSE_BODY = {
         "required": True,
         "content": {
             **{media_type: _BINARY for media_type in RAW_MEDIA_TYPES},
-            MULTIPART: {
-                "schema": {"type": "object", "properties": {"file": _BINARY["schema"]}, "required": ["file"]}
-            },
+            MULTIPART: {"schema": {"type": "object", "properties": {"file": _BINARY["schema"]}, "required": ["file"]}},
         },
     }
 }
@@ -296,8 +296,12 @@ DISPLAY_PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     },
     **ERROR_RESPONSES,
 }
-WINDOW_CENTER_QUERY = Query(None, ge=0, le=1, description="Window centre, fraction of the decoded range; default automatic.")
-WINDOW_WIDTH_QUERY = Query(None, gt=0, le=2, description="Window width, fraction of the decoded range; default automatic.")
+WINDOW_CENTER_QUERY = Query(
+    None, ge=0, le=1, description="Window centre, fraction of the decoded range; default automatic."
+)
+WINDOW_WIDTH_QUERY = Query(
+    None, gt=0, le=2, description="Window width, fraction of the decoded range; default automatic."
+)
 STUDY_BODY = {
     "requestBody": {
         "required": True,
@@ -386,7 +390,10 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> No
         summary="Diagnose one radiograph",
     )
     async def diagnose(
-        request: Request, include_overlay: bool = False, cam_stage: str | None = None, note_threshold: float | None = None
+        request: Request,
+        include_overlay: bool = False,
+        cam_stage: str | None = None,
+        note_threshold: float | None = None,
     ) -> DiagnosisResponse:
         async with _observed(request, metrics, "diagnose"):
             payload = await _single_payload(request, settings.max_payload_bytes)
@@ -405,7 +412,10 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> No
         summary="Diagnose several radiographs of one subject",
     )
     async def studies(
-        request: Request, include_overlay: bool = False, cam_stage: str | None = None, note_threshold: float | None = None
+        request: Request,
+        include_overlay: bool = False,
+        cam_stage: str | None = None,
+        note_threshold: float | None = None,
     ) -> StudyResponse:
         async with _observed(request, metrics, "study"):
             pipeline = _pipeline(request)
@@ -413,7 +423,9 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> No
             payloads = await _study_payloads(request, limit, settings.max_payload_bytes)
             options = _options(include_overlay, cam_stage, note_threshold)
             result = await pipeline.diagnose_study(
-                StudyRequest(tuple(payloads), options), request_id=request.state.request_id, timeout_s=settings.deadline_s
+                StudyRequest(tuple(payloads), options),
+                request_id=request.state.request_id,
+                timeout_s=settings.deadline_s,
             )
             for radiograph in result.radiographs:
                 metrics.observe_diagnosis(radiograph.result)
@@ -424,7 +436,9 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> No
         async with _observed(request, metrics, "models"):
             infos = await _pipeline(request).models()
             return [
-                ModelDescription(name=info.name, version=info.version, input_size=info.input_size, labels=list(info.labels))
+                ModelDescription(
+                    name=info.name, version=info.version, input_size=info.input_size, labels=list(info.labels)
+                )
                 for info in infos
             ]
 
@@ -460,7 +474,9 @@ def _add_web_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics, c
         summary="Display rendition of one radiograph under a window/level",
     )
     async def render(
-        request: Request, window_center: float | None = WINDOW_CENTER_QUERY, window_width: float | None = WINDOW_WIDTH_QUERY
+        request: Request,
+        window_center: float | None = WINDOW_CENTER_QUERY,
+        window_width: float | None = WINDOW_WIDTH_QUERY,
     ) -> Response:
         async with _observed(request, metrics, "render"):
             payload = await _single_payload(request, settings.max_payload_bytes)
@@ -512,7 +528,9 @@ def _add_web_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics, c
             data = await asyncio.to_thread(case_bank.file_bytes, case_id)
             options = _options(include_overlay, cam_stage, note_threshold)
             result = await _pipeline(request).diagnose(
-                DiagnoseRequest(ImagePayload(data), options), request_id=request.state.request_id, timeout_s=settings.deadline_s
+                DiagnoseRequest(ImagePayload(data), options),
+                request_id=request.state.request_id,
+                timeout_s=settings.deadline_s,
             )
             metrics.observe_diagnosis(result)
             return DiagnosisResponse.model_validate(to_json_dict(result))
@@ -526,11 +544,18 @@ def _add_web_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics, c
     async def case_truth(request: Request, case_id: str) -> CaseTruthResponse:
         async with _observed(request, metrics, "case_truth"):
             case = case_bank.case(case_id)
-            heads = [CaseHeadTruth(side=h.side, stage=h.stage, notes=list(h.notes), box=_box(h.box)) for h in case.heads]
+            heads = [
+                CaseHeadTruth(side=h.side, stage=h.stage, notes=list(h.notes), box=_box(h.box)) for h in case.heads
+            ]
             return CaseTruthResponse(
-                id=case.id, name=case.file_name, subject_id=case.subject_id, view=case.view,
-                width=case.width, height=case.height, heads=heads,
-            )  # fmt: skip
+                id=case.id,
+                name=case.file_name,
+                subject_id=case.subject_id,
+                view=case.view,
+                width=case.width,
+                height=case.height,
+                heads=heads,
+            )
 
     _mount_web_app(app)
 
@@ -563,7 +588,9 @@ def _box(xyxy: tuple[float, float, float, float]) -> BoxResult:
     return BoxResult(x0=x0, y0=y0, x1=x1, y1=y1)
 
 
-async def _display_response(pixels: np.ndarray, center: float | None, width: float | None, source_format: str) -> Response:
+async def _display_response(
+    pixels: np.ndarray, center: float | None, width: float | None, source_format: str
+) -> Response:
     png, window = await asyncio.to_thread(windowed_png, pixels, center, width)  # percentiles and PNG: off the loop
     headers = {
         WINDOW_CENTER_HEADER: f"{window.center:.6g}",
@@ -620,7 +647,9 @@ async def _single_payload(request: Request, limit: int) -> ImagePayload:
     if _is_multipart(content_type):
         files = await _uploaded_files(request, limit + MULTIPART_OVERHEAD_BYTES, limit)
         if len(files) != 1:
-            raise InvalidArgument(f"send exactly one file part (named 'file'), got {len(files)}; use /v1/studies for several")
+            raise InvalidArgument(
+                f"send exactly one file part (named 'file'), got {len(files)}; use /v1/studies for several"
+            )
         return files[0]
     body = await _limited_body(request, limit)
     if not body:
@@ -672,7 +701,8 @@ async def _uploaded_files(request: Request, limit: int, file_limit: int) -> list
             data = await value.read()
             if len(data) > file_limit:
                 raise PayloadTooLarge(
-                    f"file part {name!r} ({value.filename}) of {len(data)} bytes is over the limit of {file_limit} bytes"
+                    f"file part {name!r} ({value.filename}) of {len(data)} bytes"
+                    f" is over the limit of {file_limit} bytes"
                 )
             payloads.append(ImagePayload(data, _part_media_type(value)))
     finally:

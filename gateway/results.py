@@ -20,7 +20,6 @@ from typing import Any
 from avn.vocabulary import STAGES
 
 DEFAULT_NOTE_THRESHOLD = 0.5
-MEDIA_TYPES = ("application/dicom", "image/png", "image/jpeg")
 
 
 # ---------------------------------------------------------------- requests
@@ -38,7 +37,9 @@ class DiagnoseOptions:
         """Why these options are invalid (empty when they are fine)."""
         problems = []
         if self.cam_stage is not None and self.cam_stage not in STAGES:
-            problems.append(f"cam_stage {self.cam_stage!r} is not a stage; expected one of {', '.join(STAGES)} or empty")
+            problems.append(
+                f"cam_stage {self.cam_stage!r} is not a stage; expected one of {', '.join(STAGES)} or empty"
+            )
         threshold = self.note_threshold
         if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             problems.append(f"note_threshold must lie in [0, 1], got {self.note_threshold}")
@@ -246,4 +247,3 @@ def _build(kind: Any, data: Any) -> Any:
     if kind is float:
         return float(data)
     return data
-

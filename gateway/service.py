@@ -52,7 +52,9 @@ async def serve(settings: Settings, pipeline: Pipeline | None = None) -> None:
     grpc_server = await start_grpc_server(
         pipeline, settings.grpc_host, settings.grpc_port, deadline_s=settings.deadline_s, metrics=metrics
     )
-    logger.info("gRPC on %s:%d, REST on %s:%d", settings.grpc_host, grpc_server.port, settings.rest_host, settings.rest_port)
+    logger.info(
+        "gRPC on %s:%d, REST on %s:%d", settings.grpc_host, grpc_server.port, settings.rest_host, settings.rest_port
+    )
     try:
         await serve_rest(create_app(pipeline, settings, metrics), settings)
     finally:

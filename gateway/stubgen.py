@@ -12,8 +12,8 @@ import fcntl
 import importlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 STAMP_NAME = "SOURCE_SHA256"
 

@@ -219,7 +219,10 @@ class TorchServeBackend:
         if now - self._warned_at >= UNAVAILABLE_LOG_INTERVAL_S:
             self._warned_at = now
             logger.warning(
-                "TorchServe (%s, %s) unavailable, answering 503: %s", self.inference_target, self.management_target, details
+                "TorchServe (%s, %s) unavailable, answering 503: %s",
+                self.inference_target,
+                self.management_target,
+                details,
             )
 
     # ------------------------------------------------------------ answers
@@ -302,7 +305,9 @@ class Credentials:
     directory at every start), re-read when its modification time changes.
     """
 
-    def __init__(self, inference_key: str | None = None, management_key: str | None = None, key_file: Path | None = None) -> None:
+    def __init__(
+        self, inference_key: str | None = None, management_key: str | None = None, key_file: Path | None = None
+    ) -> None:
         self._explicit = {INFERENCE: inference_key, MANAGEMENT: management_key}
         self.key_file = Path(key_file) if key_file else None
         self._file_keys: dict[str, str] = {}

@@ -26,22 +26,46 @@ def make_specs(count: int, seed: int = 0) -> list[RadiographSpec]:
     specs = []
     for i in range(count):
         anat = SubjectAnatomy(
-            sex=str(rng.choice(["F", "M"])), head_diameter_mm=float(rng.uniform(43, 53)),
-            head_asymmetry_mm=float(rng.normal(0, 0.6)), neck_shaft_angle_deg=float(rng.uniform(125, 135)),
-            acetabular_inclination_deg=float(rng.uniform(35, 45)), joint_space_mm=float(rng.uniform(3, 5)),
-            pelvis_width_mm=float(rng.uniform(260, 320)), inter_teardrop_mm=float(rng.uniform(110, 130)),
-            shaft_cortex_mm=float(rng.uniform(4, 7)), soft_tissue=float(rng.uniform(0, 1)),
-            anatomy_seed=int(rng.integers(1 << 30)))
-        hips = tuple(HipSpec(side, str(rng.choice(STAGES)), float(rng.uniform()), bool(rng.random() < 0.3),
-                             int(rng.integers(1 << 30))) for side in ("right", "left"))
+            sex=str(rng.choice(["F", "M"])),
+            head_diameter_mm=float(rng.uniform(43, 53)),
+            head_asymmetry_mm=float(rng.normal(0, 0.6)),
+            neck_shaft_angle_deg=float(rng.uniform(125, 135)),
+            acetabular_inclination_deg=float(rng.uniform(35, 45)),
+            joint_space_mm=float(rng.uniform(3, 5)),
+            pelvis_width_mm=float(rng.uniform(260, 320)),
+            inter_teardrop_mm=float(rng.uniform(110, 130)),
+            shaft_cortex_mm=float(rng.uniform(4, 7)),
+            soft_tissue=float(rng.uniform(0, 1)),
+            anatomy_seed=int(rng.integers(1 << 30)),
+        )
+        hips = tuple(
+            HipSpec(
+                side,
+                str(rng.choice(STAGES)),
+                float(rng.uniform()),
+                bool(rng.random() < 0.3),
+                int(rng.integers(1 << 30)),
+            )
+            for side in ("right", "left")
+        )
         missing = None
         roll = rng.random()
         if roll < 0.1:
             hips, missing = hips[1:], "prosthesis"
         elif roll < 0.2:
             hips, missing = hips[:1], "collimated"
-        specs.append(RadiographSpec(i, f"bench-{i}", str(rng.choice(["AP", "FL"])), anat, hips, missing,
-                                    str(rng.choice(["CR", "DX"])), int(rng.integers(1 << 30))))
+        specs.append(
+            RadiographSpec(
+                i,
+                f"bench-{i}",
+                str(rng.choice(["AP", "FL"])),
+                anat,
+                hips,
+                missing,
+                str(rng.choice(["CR", "DX"])),
+                int(rng.integers(1 << 30)),
+            )
+        )
     return specs
 
 
@@ -67,10 +91,14 @@ def main() -> None:
         elapsed = time.perf_counter() - start
     rate = args.count / elapsed
     cpu_ms = 1000 * float(np.mean(cpu))
-    print(f"{args.count} radiographs (scale {args.scale}) on {args.processes} processes: {elapsed:.2f} s wall, "
-          f"{rate:.2f} radiographs/s")
-    print(f"CPU per radiograph: {cpu_ms:.0f} ms mean, {1000 * float(np.max(cpu)):.0f} ms max; "
-          f"{args.processes} free cores would give {1000 * args.processes / cpu_ms:.2f} radiographs/s")
+    print(
+        f"{args.count} radiographs (scale {args.scale}) on {args.processes} processes: {elapsed:.2f} s wall, "
+        f"{rate:.2f} radiographs/s"
+    )
+    print(
+        f"CPU per radiograph: {cpu_ms:.0f} ms mean, {1000 * float(np.max(cpu)):.0f} ms max; "
+        f"{args.processes} free cores would give {1000 * args.processes / cpu_ms:.2f} radiographs/s"
+    )
 
 
 if __name__ == "__main__":

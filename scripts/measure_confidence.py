@@ -49,8 +49,10 @@ def row(name: str, heads: list[tuple[float, float, tuple[str, ...]]]) -> str:
     by_detector = sum(any("detector" in r for r in h[2]) for h in heads)
     by_crop = sum(any("unlike" in r for r in h[2]) for h in heads)
     q = lambda v: " / ".join(f"{x:.2f}" for x in np.percentile(v, [25, 50, 75]))  # noqa: E731
-    return (f"| {name} | {len(heads)} | {flagged} ({flagged / len(heads):.0%}) | {by_detector} | {by_crop} "
-            f"| {q(scores)} | {q(certainty)} |")
+    return (
+        f"| {name} | {len(heads)} | {flagged} ({flagged / len(heads):.0%}) | {by_detector} | {by_crop} "
+        f"| {q(scores)} | {q(certainty)} |"
+    )
 
 
 async def main(store: Path, data: Path, real: Path) -> None:
@@ -63,8 +65,10 @@ async def main(store: Path, data: Path, real: Path) -> None:
         real_heads = await heads_of(pipeline, real_files)
     finally:
         await pipeline.close()
-    print("| radiographs | heads answered | flagged low_confidence | by detector score | by view/side certainty "
-          "| detector score (quartiles) | view/side certainty (quartiles) |")
+    print(
+        "| radiographs | heads answered | flagged low_confidence | by detector score | by view/side certainty "
+        "| detector score (quartiles) | view/side certainty (quartiles) |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(row(f"phantom T-set ({len(tset)})", phantom_heads))
     print(row(f"real hips and pelves ({len(real_files)})", real_heads))

@@ -70,7 +70,9 @@ def study_files(data: Path) -> tuple[list[Path], int]:
     severe = {a.image_id for a in dataset.annotations if a.stage in SEVERE}
     heads = {image.id: sum(a.image_id == image.id for a in dataset.annotations) for image in dataset.images}
     subject = next(
-        image.subject_id for image in dataset.images if image.id in severe and heads[image.id] == 2 and image.view == "AP"
+        image.subject_id
+        for image in dataset.images
+        if image.id in severe and heads[image.id] == 2 and image.view == "AP"
     )
     images = [image for image in dataset.images if image.subject_id == subject]
     show = next(i for i, image in enumerate(images) if image.view == "AP" and heads[image.id] == 2)

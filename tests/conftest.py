@@ -37,7 +37,9 @@ def build_test_store(root: Path, version: str = MODEL_VERSION) -> Path:
         # Untrained SSD scores sit near chance (ties): no score cut and a wide top-k keep boxes on the
         # image itself, not only on the letterbox padding.
         model = build_detector(min_score=0.0, top_k=100) if task == "detection" else build_classifier(task)
-        save_checkpoint(root / "run" / task / "model.pt", model, task, {"version": version, "training_data_hash": "test"})
+        save_checkpoint(
+            root / "run" / task / "model.pt", model, task, {"version": version, "training_data_hash": "test"}
+        )
     build_store(root / "run", root / "model_store", serving=TEST_SERVING)
     return root / "model_store"
 
@@ -89,7 +91,9 @@ class RedisServer:
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.process.returncode}: {(self.work_dir / 'redis.out').read_text()}")
+                pytest.fail(
+                    f"redis-server exited with {self.process.returncode}: {(self.work_dir / 'redis.out').read_text()}"
+                )
             try:
                 with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
                     return

@@ -8,21 +8,35 @@ import pytest
 
 from avn.dataset.format import FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.evaluation.ablation import (
-    FIXED_REGION_SIDE, NO_DETECTION, AblationOptions, Variant, ablation_variants, analyse, fixed_region_box,
-    run_ablation, variant_epochs,
+    FIXED_REGION_SIDE,
+    NO_DETECTION,
+    AblationOptions,
+    Variant,
+    ablation_variants,
+    analyse,
+    fixed_region_box,
+    run_ablation,
+    variant_epochs,
 )
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.training.head_data import annotated_box, build_crops, serving_scale
 from avn.training.profiles import QUICK
 
 TINY = replace(
-    QUICK, input_size=32, resamples=2, folds=3, fold_limit=1, batch_size=16,
+    QUICK,
+    input_size=32,
+    resamples=2,
+    folds=3,
+    fold_limit=1,
+    batch_size=16,
     epochs={**QUICK.epochs, "view": 1, "staging": 1},
 )
 
 
 def image(width=1000, height=800):
-    return ImageRecord(id=1, file_name="x.png", width=width, height=height, subject_id="S1", view="AP", pixel_spacing=(0.2, 0.2))
+    return ImageRecord(
+        id=1, file_name="x.png", width=width, height=height, subject_id="S1", view="AP", pixel_spacing=(0.2, 0.2)
+    )
 
 
 def head(side):
@@ -49,8 +63,12 @@ def test_variants_always_include_the_reference_and_budgets_scale_epochs():
 def fake_result(name, truth, predicted, resamples=3, fixed=False):
     probabilities = np.eye(4)[predicted] * 0.7 + 0.075
     return {
-        "variant": name, "fixed_regions": fixed, "resamples": resamples, "epochs": 1,
-        "test_annotation_ids": list(range(len(truth))), "test_truth": list(truth),
+        "variant": name,
+        "fixed_regions": fixed,
+        "resamples": resamples,
+        "epochs": 1,
+        "test_annotation_ids": list(range(len(truth))),
+        "test_truth": list(truth),
         "test_probabilities": probabilities.tolist(),
     }
 

@@ -54,7 +54,9 @@ def test_one_head_at_a_time_gives_the_batched_answers(bench_root: Path) -> None:
 @pytest.mark.parametrize("naive", [False, True], ids=["in-process", "naive"])
 def test_measure_in_process_counts_every_radiograph_and_its_steps(bench_root: Path, naive: bool) -> None:
     payloads = radiograph_payloads(bench_root / "data", 3)
-    figures = measure("naive" if naive else "in-process", in_process_pipeline(bench_root / "model_store", naive), payloads, 2)
+    figures = measure(
+        "naive" if naive else "in-process", in_process_pipeline(bench_root / "model_store", naive), payloads, 2
+    )
     assert (figures.radiographs, figures.errors, len(figures.latencies_ms)) == (3, 0, 3)
     assert figures.throughput > 0 and figures.percentile_ms(50) <= figures.percentile_ms(99)
     assert set(figures.step_means_ms) == set(STEPS)
@@ -73,10 +75,24 @@ def test_measure_through_torchserve(torchserve_server: TorchServe, bench_root: P
 
 def test_cli_prints_and_writes_the_figures_with_ratios_to_naive(bench_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, [
-        "bench", "--store", str(bench_root / "model_store"), "--data", str(bench_root / "data"), "-n", "3", "-c", "2",
-        "--configurations", "in-process,naive", "--json", str(out),
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(bench_root / "model_store"),
+            "--data",
+            str(bench_root / "data"),
+            "-n",
+            "3",
+            "-c",
+            "2",
+            "--configurations",
+            "in-process,naive",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "in-process" in result.output and "naive" in result.output and "p95" in result.output
     document = json.loads(out.read_text())

@@ -68,7 +68,7 @@ def test_auc_rows_equal_roc_auc_score_on_every_resample() -> None:
     truth_rows, score_rows = resampled(truth, scores)
     with np.errstate(invalid="ignore"):
         rows = bs.auc_rows(truth_rows, score_rows)
-    for t, s, value in zip(truth_rows, score_rows, rows):
+    for t, s, value in zip(truth_rows, score_rows, rows, strict=True):
         if np.unique(t).size < 2:
             assert math.isnan(value)
         else:
@@ -90,7 +90,7 @@ def test_binary_rows_equal_scikit_learn_on_every_resample(statistic, reference) 
     truth_rows, predicted_rows = resampled(truth, predicted)
     with np.errstate(invalid="ignore"):
         rows = statistic(truth_rows, predicted_rows)
-    for t, p, value in zip(truth_rows, predicted_rows, rows):
+    for t, p, value in zip(truth_rows, predicted_rows, rows, strict=True):
         if not np.isnan(value):
             assert value == pytest.approx(reference(t, p), abs=1e-12)
 
@@ -101,7 +101,7 @@ def test_macro_f1_rows_equal_scikit_learn_macro_f1_on_every_resample() -> None:
     predicted = np.where(rng.random(50) < 0.6, truth, rng.integers(0, 4, 50))
     truth_rows, predicted_rows = resampled(truth, predicted)
     rows = bs.macro_f1_rows(truth_rows, predicted_rows, 4)
-    for t, p, value in zip(truth_rows, predicted_rows, rows):
+    for t, p, value in zip(truth_rows, predicted_rows, rows, strict=True):
         assert value == pytest.approx(f1_score(t, p, average="macro", zero_division=0), abs=1e-12)
 
 
@@ -144,8 +144,10 @@ def test_same_seed_same_interval_other_seed_other_resamples() -> None:
     other = bs.bootstrap_ci(bs.auc_rows, truth, scores, resamples=2_000, seed=8)
     assert first == again and first.seed == 7
     assert (first.low, first.high) != (other.low, other.high)
-    np.testing.assert_array_equal(bs.bootstrap_values(bs.auc_rows, truth, scores, resamples=500, seed=7),
-                                  bs.bootstrap_values(bs.auc_rows, truth, scores, resamples=500, seed=7))
+    np.testing.assert_array_equal(
+        bs.bootstrap_values(bs.auc_rows, truth, scores, resamples=500, seed=7),
+        bs.bootstrap_values(bs.auc_rows, truth, scores, resamples=500, seed=7),
+    )
 
 
 def test_resamples_without_positives_are_left_out_and_counted() -> None:

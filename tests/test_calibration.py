@@ -32,7 +32,6 @@ from avn.models.classifier import build_classifier
 from avn.serving.codec import CropsRequest
 from avn.serving.handler_base import ClassifierHandler
 from avn.store import build_store
-
 from gateway.inprocess import InProcessBackend, load_archive
 
 # ---------------------------------------------------------------- ECE and reliability bins
@@ -69,7 +68,9 @@ def test_nll_matches_scikit_learn_log_loss() -> None:
     logits = rng.normal(size=(50, 4))
     truth = rng.integers(0, 4, 50)
     probabilities = apply_temperature(logits, 1.7, multi_label=False)
-    assert negative_log_likelihood(logits, truth, 1.7, False) == pytest.approx(log_loss(truth, probabilities, labels=range(4)))
+    assert negative_log_likelihood(logits, truth, 1.7, False) == pytest.approx(
+        log_loss(truth, probabilities, labels=range(4))
+    )
     multi_truth = rng.integers(0, 2, (50, 3))
     multi_logits = rng.normal(size=(50, 3)) * 5
     sigmoid = apply_temperature(multi_logits, 2.0, multi_label=True)
@@ -113,7 +114,9 @@ def test_served_probabilities_give_back_logits_that_rescale_correctly() -> None:
     logits = rng.normal(size=(20, 4)) * 4
     served = apply_temperature(logits, 2.0, multi_label=False)  # served at T = 2
     recovered = logits_from_probabilities(served, multi_label=False, temperature=2.0)
-    np.testing.assert_allclose(apply_temperature(recovered, 1.0, False), apply_temperature(logits, 1.0, False), atol=1e-9)
+    np.testing.assert_allclose(
+        apply_temperature(recovered, 1.0, False), apply_temperature(logits, 1.0, False), atol=1e-9
+    )
     sigmoid = apply_temperature(logits, 1.5, multi_label=True)
     np.testing.assert_allclose(logits_from_probabilities(sigmoid, True, 1.5), logits, atol=1e-6)
 
@@ -136,8 +139,12 @@ def write_classifiers(run: Path, tasks: tuple[str, ...] = ("view", "side", "note
     """A run folder with a few random-init classifiers (the backend serves whatever is there)."""
     torch.manual_seed(0)
     for task in tasks:
-        save_checkpoint(run / task / "model.pt", build_classifier(task), task,
-                        {"version": VERSION, "training_data_hash": "test", "input_size": TINY_INPUT})
+        save_checkpoint(
+            run / task / "model.pt",
+            build_classifier(task),
+            task,
+            {"version": VERSION, "training_data_hash": "test", "input_size": TINY_INPUT},
+        )
     return run
 
 
@@ -179,8 +186,9 @@ def expected_probabilities(checkpoint: Path, batch: np.ndarray, temperature: flo
 
 
 @pytest.mark.parametrize(("task", "multi_label"), [("view", False), ("notes", True)])
-def test_in_process_backend_serves_probabilities_at_the_stored_temperature(calibrated_run: Path, task: str,
-                                                                           multi_label: bool) -> None:
+def test_in_process_backend_serves_probabilities_at_the_stored_temperature(
+    calibrated_run: Path, task: str, multi_label: bool
+) -> None:
     batch = crops()
     backend = InProcessBackend.from_run(calibrated_run)
     served = asyncio.run(backend.classify(task, batch)).probabilities
@@ -194,7 +202,9 @@ def test_in_process_backend_serves_probabilities_at_the_stored_temperature(calib
 def test_an_uncalibrated_model_is_served_at_temperature_one(calibrated_run: Path) -> None:
     batch = crops()
     served = asyncio.run(InProcessBackend.from_run(calibrated_run).classify("side", batch)).probabilities
-    np.testing.assert_allclose(served, expected_probabilities(calibrated_run / "side" / "model.pt", batch, 1.0, False), atol=1e-5)
+    np.testing.assert_allclose(
+        served, expected_probabilities(calibrated_run / "side" / "model.pt", batch, 1.0, False), atol=1e-5
+    )
 
 
 def handler_for(task: str, model_dir: Path, serialized: str = "model.pt") -> ClassifierHandler:

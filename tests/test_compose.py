@@ -33,8 +33,20 @@ def compose_config(compose_file: Path, profile: str, **variables: str) -> subpro
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AVN_")}
     environment.update(variables)
     return subprocess.run(
-        [*compose_command(), "--project-directory", str(compose_file.parent), "-f", str(compose_file), "--profile", profile, "config"],
-        capture_output=True, text=True, env=environment, timeout=60,
+        [
+            *compose_command(),
+            "--project-directory",
+            str(compose_file.parent),
+            "-f",
+            str(compose_file),
+            "--profile",
+            profile,
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
     )
 
 
@@ -81,7 +93,9 @@ def test_environment_variables_reach_the_resolved_file() -> None:
 def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     """The validator bites: an unknown key in a service is refused with its name in the message."""
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("  gateway:\n", "  gateway:\n    colour: blue\n", 1))
+    broken.write_text(
+        (ROOT / "docker-compose.yml").read_text().replace("  gateway:\n", "  gateway:\n    colour: blue\n", 1)
+    )
     run = compose_config(broken, "cpu")
     assert run.returncode != 0 and "colour" in run.stderr
 

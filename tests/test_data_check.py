@@ -63,15 +63,31 @@ def _build_valid_set(folder: Path) -> Path:
         file_name = f"images/{subject.replace('/', '_')}_{view}_{image_id}.png"
         _write_png(folder / file_name, seed=image_id)
         images.append(
-            {"id": image_id, "file_name": file_name, "width": WIDTH, "height": HEIGHT,
-             "subject_id": subject, "view": view, "pixel_spacing": [0.15, 0.15]}
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": WIDTH,
+                "height": HEIGHT,
+                "subject_id": subject,
+                "view": view,
+                "pixel_spacing": [0.15, 0.15],
+            }
         )
         for side, stage, notes in heads:
             box = RIGHT_BOX if side == RIGHT else LEFT_BOX
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id,
-                 "category_id": FEMORAL_HEAD_CATEGORY["id"], "bbox": list(box), "area": box[2] * box[3],
-                 "iscrowd": 0, "side": side, "stage": stage, "notes": list(notes), "typical": False}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": FEMORAL_HEAD_CATEGORY["id"],
+                    "bbox": list(box),
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                    "side": side,
+                    "stage": stage,
+                    "notes": list(notes),
+                    "typical": False,
+                }
             )
     document = {
         "info": {"description": "test set", "version": FORMAT_VERSION, "generator": "tests", "seed": 0},
@@ -108,10 +124,7 @@ def _corrupt(folder: Path, change: Callable[[dict, Path], None]) -> CheckReport:
 
 
 def _found(report: CheckReport, field: str, fragment: str, severity: str = ERROR) -> Problem:
-    matches = [
-        p for p in report.problems
-        if p.field == field and fragment in p.message and p.severity == severity
-    ]
+    matches = [p for p in report.problems if p.field == field and fragment in p.message and p.severity == severity]
     assert matches, f"no {severity} on {field!r} containing {fragment!r}; got:\n{report.format_text()}"
     return matches[0]
 
@@ -238,12 +251,14 @@ DEFECTS = {
     "box_degenerate": (_set_annotation(2, bbox=[130.0, 60.0, 0.0, 40.0]), "bbox", "degenerate box"),
     "box_non_finite": (_set_annotation(2, bbox=[130.0, math.nan, 40.0, 40.0]), "bbox", "non-finite"),
     "note_of_other_stage": (
-        _set_annotation(5, notes=[_wrong_note_for_stage()[0]]), "notes",
+        _set_annotation(5, notes=[_wrong_note_for_stage()[0]]),
+        "notes",
         f"note {_wrong_note_for_stage()[0]!r} belongs to stage {_wrong_note_for_stage()[1]}, "
         f"but the annotation's stage is {III}",
     ),
     "note_on_absence": (
-        _set_annotation(2, notes=[notes_of_stage(IV)[0]]), "notes",
+        _set_annotation(2, notes=[notes_of_stage(IV)[0]]),
+        "notes",
         f"but the annotation's stage is {ABSENCE} ({ABSENCE} has no notes)",
     ),
     "three_heads": (_add_third_head, "annotations", "3 femoral heads annotated"),
@@ -260,7 +275,9 @@ DEFECTS = {
     "file_outside_folder": (_set_image(1, file_name="../x.png"), "file_name", "relative to the data-set folder"),
     "subject_in_two_splits": (_subject_in_two_splits, "splits", f"subject is in 2 splits ({TEST} and {E1})"),
     "width_differs_from_file": (
-        _set_image(2, width=210), "width", "width 210 in annotations.json differs from the file's 200"
+        _set_image(2, width=210),
+        "width",
+        "width 210 in annotations.json differs from the file's 200",
     ),
     "height_differs_from_file": (_set_image(2, height=150), "height", "differs from the file's 160"),
     "zero_pixel_spacing": (_set_image(1, pixel_spacing=[0.0, 0.15]), "pixel_spacing", "must be positive"),

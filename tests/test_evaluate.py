@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 from avn.cli import app
 from avn.dataset.format import load_dataset
 from avn.dataset.images import read_radiograph
-from avn.letterbox import shrink_to_letterbox
 from avn.evaluation.cli import HEADLINE_KEYS, headline
 from avn.evaluation.collect import RadiographResult, match_heads
 from avn.evaluation.evaluate import EvaluationRequest, evaluate
@@ -39,6 +38,7 @@ from avn.evaluation.tables import (
     uncertainty_deciles,
 )
 from avn.evaluation.temperature import calibrate_run
+from avn.letterbox import shrink_to_letterbox
 from avn.metrics import detection_prf
 from avn.models.checkpoint import read_card
 from avn.models.classifier import CLASSIFIER_TASKS
@@ -47,7 +47,6 @@ from avn.store import build_store
 from avn.training.folds import subject_folds
 from avn.training.runner import dataset_fingerprint
 from avn.vocabulary import STAGES
-
 from gateway.backends import Detections
 from gateway.inprocess import InProcessBackend
 from gateway.results import Box, DiagnoseOptions, Diagnosis, FemoralHead, LabelProbability, StepTimings, View
@@ -55,8 +54,22 @@ from gateway.results import Box, DiagnoseOptions, Diagnosis, FemoralHead, LabelP
 pytestmark = pytest.mark.slow
 SUBJECTS, SEED = 8, 3
 RESAMPLES = 1_000
-REPORT_KEYS = {"title", "generated", "command", "data", "models", "intervals", "tables", "subject_level", "confusion",
-               "calibration", "uncertainty", "figures", "timing", "paper_note"}
+REPORT_KEYS = {
+    "title",
+    "generated",
+    "command",
+    "data",
+    "models",
+    "intervals",
+    "tables",
+    "subject_level",
+    "confusion",
+    "calibration",
+    "uncertainty",
+    "figures",
+    "timing",
+    "paper_note",
+}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -73,12 +86,22 @@ def write_run_metrics(run: Path, data: Path, val_heads: int | None = None) -> No
     """The parts of ``avn train``'s metrics.json evaluation reads: quick profile, one deployed fold."""
     dataset = load_dataset(data)
     fold = subject_folds(dataset.splits["train"], 10, 1, 0)[0]
-    heads = sum(1 for a in dataset.annotations
-                if next(i for i in dataset.images if i.id == a.image_id).subject_id in fold.val_subjects)
+    heads = sum(
+        1
+        for a in dataset.annotations
+        if next(i for i in dataset.images if i.id == a.image_id).subject_id in fold.val_subjects
+    )
     for task in CLASSIFIER_TASKS:
-        doc = {"task": task, "profile": "quick", "seed": 0, "version": VERSION, "input_size": TINY_INPUT,
-               "training_data_hash": dataset_fingerprint(data), "deployed_fold": "r0f0",
-               "folds": [{"fold": "r0f0", "val_heads": heads if val_heads is None else val_heads, "test": {}}]}
+        doc = {
+            "task": task,
+            "profile": "quick",
+            "seed": 0,
+            "version": VERSION,
+            "input_size": TINY_INPUT,
+            "training_data_hash": dataset_fingerprint(data),
+            "deployed_fold": "r0f0",
+            "folds": [{"fold": "r0f0", "val_heads": heads if val_heads is None else val_heads, "test": {}}],
+        }
         (run / task / "metrics.json").write_text(json.dumps(doc))
 
 
@@ -138,10 +161,24 @@ def test_report_json_has_every_key_and_is_strict_json(report: Path) -> None:
     assert set(document) == REPORT_KEYS
     assert set(document["tables"]) == {"table_ii", "table_iii", "table_iv", "table_v"}
     keys = {row["key"] for table in document["tables"].values() for row in table["rows"]}
-    for key in ("detection.detector.f1@0.5", "detection.pipeline.recall@0.7", "view.auc", "side.sensitivity",
-                "notes.fused.auc", "notes.raw.specificity", "presence.auc", "presence.f1", "subject.AP+FL.sensitivity",
-                "subject.AP.sensitivity", "subject.FL.sensitivity", "collapse.pre-collapse.sensitivity",
-                "collapse.post-collapse.auc", "staging.IV.auc", "staging.II.f1", "staging.macro_f1"):
+    for key in (
+        "detection.detector.f1@0.5",
+        "detection.pipeline.recall@0.7",
+        "view.auc",
+        "side.sensitivity",
+        "notes.fused.auc",
+        "notes.raw.specificity",
+        "presence.auc",
+        "presence.f1",
+        "subject.AP+FL.sensitivity",
+        "subject.AP.sensitivity",
+        "subject.FL.sensitivity",
+        "collapse.pre-collapse.sensitivity",
+        "collapse.post-collapse.auc",
+        "staging.IV.auc",
+        "staging.II.f1",
+        "staging.macro_f1",
+    ):
         assert key in keys, key
     for table in document["tables"].values():
         for row in table["rows"]:
@@ -179,10 +216,26 @@ def test_report_html_holds_every_table_the_papers_column_and_embedded_figures(re
         assert png.startswith(b"\x89PNG") and figure["caption"]
 
 
-def test_an_untrained_detector_gives_a_clear_error_not_an_empty_report(phantom: Path, run_and_store, tmp_path: Path) -> None:
+def test_an_untrained_detector_gives_a_clear_error_not_an_empty_report(
+    phantom: Path, run_and_store, tmp_path: Path
+) -> None:
     _, store = run_and_store
-    result = CliRunner().invoke(app, ["evaluate", "--data", str(phantom), "--store", str(store), "--split", "test",
-                                      "--out", str(tmp_path / "out"), "--resamples", "100"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(phantom),
+            "--store",
+            str(store),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "out"),
+            "--resamples",
+            "100",
+        ],
+    )
     assert result.exit_code == 2
     assert "matched none of the" in result.output and not (tmp_path / "out").exists()
 
@@ -190,8 +243,9 @@ def test_an_untrained_detector_gives_a_clear_error_not_an_empty_report(phantom: 
 # ---------------------------------------------------------------- temperature fitting on a run
 
 
-def test_calibrate_run_fits_on_the_validation_fold_and_stores_the_temperature(phantom: Path, run_and_store,
-                                                                              tmp_path: Path) -> None:
+def test_calibrate_run_fits_on_the_validation_fold_and_stores_the_temperature(
+    phantom: Path, run_and_store, tmp_path: Path
+) -> None:
     run = shutil.copytree(run_and_store[0], tmp_path / "run")
     results = calibrate_run(run, phantom)
     for task in CLASSIFIER_TASKS:
@@ -216,18 +270,43 @@ def test_a_validation_fold_that_does_not_match_the_record_is_refused(phantom: Pa
 def head(side: str, stage: str, box: tuple[float, float, float, float] = (0, 0, 10, 10)) -> FemoralHead:
     probabilities = tuple(LabelProbability(s, 1.0 if s == stage else 0.0) for s in STAGES)
     return FemoralHead(
-        box=Box(*box), score=0.9, side=side, side_probability=0.9, side_corrected=False,
-        stage_probabilities=probabilities, stage=stage, stage_probability=1.0, presence="", presence_probability=1.0,
-        collapse="", collapse_probability=1.0, notes=(), cam_png=b"", cam_stage=stage, cam_box=Box(*box),
+        box=Box(*box),
+        score=0.9,
+        side=side,
+        side_probability=0.9,
+        side_corrected=False,
+        stage_probabilities=probabilities,
+        stage=stage,
+        stage_probability=1.0,
+        presence="",
+        presence_probability=1.0,
+        collapse="",
+        collapse_probability=1.0,
+        notes=(),
+        cam_png=b"",
+        cam_stage=stage,
+        cam_box=Box(*box),
         view_probabilities=(),
     )
 
 
 def radiograph(subject: str, view: str, heads: list[FemoralHead] | None) -> RadiographResult:
     image = type("Image", (), {"subject_id": subject, "view": view, "id": 0})()
-    diagnosis = None if heads is None else Diagnosis(
-        request_id="", width=100, height=100, view=View(view, 1.0, ()), heads=tuple(heads), overlay_png=None,
-        models=(), cache_hit=False, timings=StepTimings(), note_threshold=DiagnoseOptions().note_threshold or 0.5,
+    diagnosis = (
+        None
+        if heads is None
+        else Diagnosis(
+            request_id="",
+            width=100,
+            height=100,
+            view=View(view, 1.0, ()),
+            heads=tuple(heads),
+            overlay_png=None,
+            models=(),
+            cache_hit=False,
+            timings=StepTimings(),
+            note_threshold=DiagnoseOptions().note_threshold or 0.5,
+        )
     )
     return RadiographResult(image, [], Detections(np.zeros((0, 4)), np.zeros(0)), diagnosis)
 
@@ -238,8 +317,10 @@ def test_subject_level_uses_the_most_severe_stage_over_the_chosen_views() -> Non
     # S3: diseased; no head found on its only AP radiograph → missed.
     # S4: healthy, AP says absence.
     results = [
-        radiograph("S1", "AP", [head("left", "absence")]), radiograph("S1", "FL", [head("left", "III")]),
-        radiograph("S2", "AP", [head("right", "II")]), radiograph("S3", "AP", None),
+        radiograph("S1", "AP", [head("left", "absence")]),
+        radiograph("S1", "FL", [head("left", "III")]),
+        radiograph("S2", "AP", [head("right", "II")]),
+        radiograph("S3", "AP", None),
         radiograph("S4", "AP", [head("left", "absence")]),
     ]
     truth = {"S1": ["absence", "III"], "S2": ["II"], "S3": ["IV"], "S4": ["absence"]}
@@ -254,7 +335,11 @@ def test_subject_level_uses_the_most_severe_stage_over_the_chosen_views() -> Non
 
 def test_heads_match_one_to_one_above_iou_one_half_largest_overlap_first() -> None:
     truth = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], dtype=float)
-    predicted = [head("left", "II", (1, 0, 11, 10)), head("right", "II", (0, 0, 10, 9)), head("right", "II", (40, 0, 50, 10))]
+    predicted = [
+        head("left", "II", (1, 0, 11, 10)),
+        head("right", "II", (0, 0, 10, 9)),
+        head("right", "II", (40, 0, 50, 10)),
+    ]
     # Both first predictions overlap truth 0; the larger overlap (IoU 0.9) wins, the other stays unmatched.
     assert match_heads(truth, predicted) == [(0, 1)]
     assert match_heads(truth, [head("left", "II", (5, 0, 15, 10))]) == []  # IoU 1/3
@@ -262,13 +347,23 @@ def test_heads_match_one_to_one_above_iou_one_half_largest_overlap_first() -> No
 
 def test_detection_counts_pool_to_the_metrics_core() -> None:
     truths = [np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float), np.array([[0, 0, 10, 10]], float)]
-    predictions = [(np.array([[0, 0, 10, 10], [0, 0, 10, 10], [21, 0, 31, 10]], float), np.array([0.9, 0.8, 0.7])),
-                   (np.zeros((0, 4)), np.zeros(0))]
+    predictions = [
+        (np.array([[0, 0, 10, 10], [0, 0, 10, 10], [21, 0, 31, 10]], float), np.array([0.9, 0.8, 0.7])),
+        (np.zeros((0, 4)), np.zeros(0)),
+    ]
     for threshold in (0.5, 0.7):
-        counts = np.sum([detection_counts(b, s, t, threshold) for (b, s), t in zip(predictions, truths)], axis=0)
+        counts = np.sum(
+            [detection_counts(b, s, t, threshold) for (b, s), t in zip(predictions, truths, strict=True)], axis=0
+        )
         pooled = detection_prf(predictions, truths, (threshold,), score_threshold=0.0)[threshold]
         assert tuple(counts) == (pooled["tp"], pooled["fp"], pooled["fn"])
-    assert tuple(np.sum([detection_counts(b, s, t, 0.7) for (b, s), t in zip(predictions, truths)], axis=0)) == (2, 1, 1)
+    assert tuple(
+        np.sum([detection_counts(b, s, t, 0.7) for (b, s), t in zip(predictions, truths, strict=True)], axis=0)
+    ) == (
+        2,
+        1,
+        1,
+    )
 
 
 def test_served_operating_point_metrics_equal_scikit_learn() -> None:
@@ -287,7 +382,9 @@ def test_intervals_over_cv_repeats_are_the_t_interval_of_the_fold_mean() -> None
     # mean 0.92, SD 0.02, n 3: half width t(0.975, 2) · 0.02 / √3 = 4.3027 · 0.011547
     assert summary["mean"] == pytest.approx(0.92) and summary["n"] == 3
     assert summary["high"] - summary["mean"] == pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-5)
-    docs = {"view": {"folds": [{"fold": f"r{r}f0", "test": {"auc": value}} for r, value in enumerate([0.9, 0.92, 0.94])]}}
+    docs = {
+        "view": {"folds": [{"fold": f"r{r}f0", "test": {"auc": value}} for r, value in enumerate([0.9, 0.92, 0.94])]}
+    }
     intervals = Intervals(IntervalSettings(resamples=100, seed=0, fold_docs=docs))
     chosen = intervals.choose("view", lambda test: test["auc"], lambda: {"method": "bootstrap"})
     assert chosen["method"] == "repeats" and chosen["low"] == pytest.approx(summary["low"]) and chosen["folds"] == 3
@@ -302,7 +399,9 @@ def test_uncertainty_deciles_on_a_hand_computed_case() -> None:
     # Head 1 right: its 4 one-vs-rest answers are correct (0.95, 0.05, 0, 0). Head 2 wrong: absence
     # (0.55) and II (0.45) incorrect, III and IV (0, 0) correct.
     assert section["correct_count"] == 6 and section["incorrect_count"] == 2
-    assert section["correct_percent"][0] == pytest.approx(100 * 5 / 6) and section["correct_percent"][9] == pytest.approx(100 / 6)
+    assert section["correct_percent"][0] == pytest.approx(100 * 5 / 6) and section["correct_percent"][
+        9
+    ] == pytest.approx(100 / 6)
     assert section["incorrect_percent"][4] == 50.0 and section["incorrect_percent"][5] == 50.0
 
 

@@ -19,21 +19,21 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
+from gateway_support import TINY_INPUT, VERSION, first_index_of_view, phantom_dicom, phantom_png, write_tiny_store
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from avn.vocabulary import NOTE_STAGE, NOTES, SIDES, STAGES, VIEWS, collapse_of, most_severe, presence_of
-from gateway.confidence import CONFIDENT_DETECTION_SCORE
 from gateway.backends import MODELS
 from gateway.cache import LRUCache
+from gateway.confidence import CONFIDENT_DETECTION_SCORE
 from gateway.grpc_server import BackgroundGrpcServer, pb
 from gateway.inprocess import InProcessBackend
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.proto import PROTO_FILE, PROTO_ROOT, SERVICE_NAME, load
-from gateway_support import TINY_INPUT, VERSION, first_index_of_view, phantom_dicom, phantom_png, write_tiny_store
 
 STUBS = load()
 RPC_TIMEOUT_S = 60
@@ -65,7 +65,9 @@ def server(files: dict[str, Path], metrics: GatewayMetrics) -> BackgroundGrpcSer
 
 @pytest.fixture(scope="module")
 def channel(server: BackgroundGrpcServer) -> grpc.Channel:
-    with grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as channel:
+    with grpc.insecure_channel(
+        server.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ) as channel:
         yield channel
 
 
@@ -98,11 +100,15 @@ def check_diagnosis(response: pb.DiagnoseResponse, width: int, height: int) -> N
         assert 0 <= head.box.x0 < head.box.x1 <= width and 0 <= head.box.y0 < head.box.y1 <= height
         # untrained weights: every head is unsure, and the wire says why
         assert head.low_confidence and len(head.low_confidence_reasons) >= 1
-        assert (head.score < CONFIDENT_DETECTION_SCORE) == any("detector score" in r for r in head.low_confidence_reasons)
+        assert (head.score < CONFIDENT_DETECTION_SCORE) == any(
+            "detector score" in r for r in head.low_confidence_reasons
+        )
         assert head.side in SIDES and 0 <= head.side_probability <= 1
         stage_p = {p.label: p.probability for p in head.stage_probabilities}
         assert list(stage_p) == list(STAGES) and sum(stage_p.values()) == pytest.approx(1, abs=1e-5)
-        assert head.stage == max(stage_p, key=stage_p.get) and head.stage_probability == pytest.approx(stage_p[head.stage])
+        assert head.stage == max(stage_p, key=stage_p.get) and head.stage_probability == pytest.approx(
+            stage_p[head.stage]
+        )
         assert (head.presence, head.collapse) == (presence_of(head.stage), collapse_of(head.stage))
         assert [n.note for n in head.notes] == list(NOTES)
         for note in head.notes:  # prior fusion, checked on the wire
@@ -173,9 +179,12 @@ def test_grpc_calls_are_counted_and_timed_in_the_metrics(stub, files, metrics) -
         return value or 0.0
 
     def latency_count() -> float:
-        return metrics.registry.get_sample_value(
-            "avn_request_duration_seconds_count", {"protocol": "grpc", "operation": "diagnose"}
-        ) or 0.0
+        return (
+            metrics.registry.get_sample_value(
+                "avn_request_duration_seconds_count", {"protocol": "grpc", "operation": "diagnose"}
+            )
+            or 0.0
+        )
 
     ok, bad, timed = count("ok"), count("InvalidImage"), latency_count()
     diagnose(stub, files["png"].read_bytes(), "image/png")
@@ -186,7 +195,7 @@ def test_grpc_calls_are_counted_and_timed_in_the_metrics(stub, files, metrics) -
     assert count("ok", "models") >= 1
     text = metrics.render().decode()
     assert 'avn_request_errors_total{error="InvalidImage",operation="diagnose",protocol="grpc"}' in text
-    assert 'avn_diagnoses_total{cache=' in text
+    assert "avn_diagnoses_total{cache=" in text
 
 
 def test_list_models_names_all_five_with_versions_sizes_and_labels(stub) -> None:
@@ -216,7 +225,9 @@ def test_reflection_lists_the_service_and_serves_its_contract(channel) -> None:
     listed, contract = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
     assert SERVICE_NAME in {s.name for s in listed.list_services_response.service}
     assert "grpc.health.v1.Health" in {s.name for s in listed.list_services_response.service}
-    descriptor = descriptor_pb2.FileDescriptorProto.FromString(contract.file_descriptor_response.file_descriptor_proto[0])
+    descriptor = descriptor_pb2.FileDescriptorProto.FromString(
+        contract.file_descriptor_response.file_descriptor_proto[0]
+    )
     assert descriptor.name == PROTO_FILE and descriptor.package == "avn.v1"
     assert [m.name for m in descriptor.service[0].method] == ["Diagnose", "DiagnoseStudy", "ListModels"]
 
@@ -242,7 +253,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_invalid_argument_with_a_specific_message_and_the_server_keeps_answering(stub, files, case) -> None:
+def test_bad_input_is_invalid_argument_with_a_specific_message_and_the_server_keeps_answering(
+    stub, files, case
+) -> None:
     make, message = BAD_INPUTS[case]
     media_type = "application/dicom" if case == "wrong-media-type" else ""
     with pytest.raises(grpc.RpcError) as raised:
@@ -256,7 +269,9 @@ def test_bad_input_is_invalid_argument_with_a_specific_message_and_the_server_ke
 
 
 def test_a_bad_radiograph_fails_the_study_naming_its_index(stub, files) -> None:
-    request = pb.StudyRequest(radiographs=[pb.Radiograph(image=files["png"].read_bytes()), pb.Radiograph(image=b"junk")])
+    request = pb.StudyRequest(
+        radiographs=[pb.Radiograph(image=files["png"].read_bytes()), pb.Radiograph(image=b"junk")]
+    )
     with pytest.raises(grpc.RpcError) as raised:
         stub.DiagnoseStudy(request, timeout=RPC_TIMEOUT_S)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "radiograph 1:" in raised.value.details()
@@ -307,16 +322,26 @@ def test_a_client_generated_from_the_protos_alone_gets_a_full_result_for_a_dicom
     out = tmp_path / "client"
     out.mkdir()
     shutil.copytree(PROTO_ROOT, tmp_path / "protos")
-    generate = [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path / 'protos'}", f"--python_out={out}",
-                f"--grpc_python_out={out}", PROTO_FILE]  # fmt: skip
+    generate = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{tmp_path / 'protos'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        PROTO_FILE,
+    ]
     subprocess.run(generate, check=True, cwd=tmp_path, capture_output=True)
     for package in (out / "avn", out / "avn" / "v1"):  # a client's own package; ours is installed too
         (package / "__init__.py").touch()
     (out / "client.py").write_text(CLIENT)
     result = subprocess.run(
         [sys.executable, str(out / "client.py"), str(out), server.target, str(files["dicom"])],
-        cwd=out, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     heads, stage, notes = result.stdout.split()
     assert 1 <= int(heads) <= 2 and stage in STAGES and int(notes) == len(NOTES)

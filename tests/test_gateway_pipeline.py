@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
+from gateway_support import phantom_dicom, phantom_radiograph
 from PIL import Image
 
 from avn.crop import SERVING_SCALE, crop_square
@@ -23,6 +24,12 @@ from avn.phantom.writers import write_dicom
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
 from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
 from gateway.cache import LRUCache
+from gateway.confidence import (
+    CONFIDENT_CLASSIFIER_PROBABILITY,
+    CONFIDENT_DETECTION_SCORE,
+    classifier_certainty,
+    low_confidence_reasons,
+)
 from gateway.errors import (
     ERROR_STATUS,
     DeadlineExceeded,
@@ -36,12 +43,6 @@ from gateway.errors import (
     as_gateway_error,
     error_metadata,
     status_of,
-)
-from gateway.confidence import (
-    CONFIDENT_CLASSIFIER_PROBABILITY,
-    CONFIDENT_DETECTION_SCORE,
-    classifier_certainty,
-    low_confidence_reasons,
 )
 from gateway.fusion import fuse_note_probabilities, fused_notes
 from gateway.output import crop_window
@@ -61,7 +62,6 @@ from gateway.results import (
     decode_diagnosis,
     encode_diagnosis,
 )
-from gateway_support import phantom_dicom, phantom_radiograph
 
 # The scripted detector answers in the coordinates of the image it gets: a detector input larger
 # than every test image keeps the pipeline from shrinking them (test_detect_heads covers shrinking).
@@ -155,14 +155,18 @@ def test_fused_notes_are_note_probability_times_the_staging_probability_of_their
     assert [note.note for note in notes if note.passed] == ["sclerosis"]  # 0.9 × 0.6 = 0.54
     assert notes[0].stage == "II" and notes[0].raw_probability == pytest.approx(0.9)
     at_low_threshold = fused_notes(NOTES_RAW[0], NOTES, STAGING[0], STAGES, threshold=0.12)
-    assert [n.note for n in at_low_threshold if n.passed] == ["sclerosis", "cystic change", "crescent sign without collapse",
-                                                               "subchondral flattening or collapse"]  # fmt: skip
+    assert [n.note for n in at_low_threshold if n.passed] == [
+        "sclerosis",
+        "cystic change",
+        "crescent sign without collapse",
+        "subchondral flattening or collapse",
+    ]
 
 
 def test_the_pipeline_reports_fused_notes_derived_classes_and_the_view() -> None:
     result = diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8]), flat_png())
     assert len(result.heads) == 2 and result.note_threshold == 0.5
-    for head, fused_row, stage_row in zip(result.heads, FUSED, STAGING):
+    for head, fused_row, stage_row in zip(result.heads, FUSED, STAGING, strict=True):
         np.testing.assert_allclose([n.probability for n in head.notes], fused_row, atol=1e-6)
         assert [n.passed for n in head.notes] == list(fused_row >= 0.5)
         assert [p.label for p in head.stage_probabilities] == list(STAGES)
@@ -181,8 +185,12 @@ def test_the_pipeline_reports_fused_notes_derived_classes_and_the_view() -> None
 def test_a_request_threshold_changes_which_notes_pass() -> None:
     result = diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8]), flat_png(), note_threshold=0.1)
     assert result.note_threshold == 0.1
-    assert [n.note for n in result.heads[0].passed_notes] == ["sclerosis", "cystic change", "crescent sign without collapse",
-                                                             "subchondral flattening or collapse"]  # fmt: skip
+    assert [n.note for n in result.heads[0].passed_notes] == [
+        "sclerosis",
+        "cystic change",
+        "crescent sign without collapse",
+        "subchondral flattening or collapse",
+    ]
 
 
 # ---------------------------------------------------------------- heads and sides
@@ -205,7 +213,9 @@ def test_one_head_per_image_half_the_best_scoring_ordered_left_to_right() -> Non
     heads = choose_heads(detections, image_width=400)
     assert [h.box for h in heads] == [(70, 110, 130, 170), (300, 100, 360, 160)]
     assert [h.score for h in heads] == pytest.approx([0.95, 0.6])
-    same_half = Detections(np.array([[10, 10, 60, 60], [100, 10, 150, 60]], np.float32), np.array([0.4, 0.7], np.float32))
+    same_half = Detections(
+        np.array([[10, 10, 60, 60], [100, 10, 150, 60]], np.float32), np.array([0.4, 0.7], np.float32)
+    )
     assert [h.score for h in choose_heads(same_half, 400)] == pytest.approx([0.7])
     assert choose_heads(Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)), 400) == []
 
@@ -242,7 +252,11 @@ def test_unsure_heads_are_flagged_low_confidence_with_the_reasons() -> None:
     wavering = {"view": np.array([[0.99, 0.01], [0.6, 0.4]]), "side": np.array([[0.02, 0.98], [0.55, 0.45]])}
     unsure = diagnose(ScriptedBackend(TWO_HEADS, [CONFIDENT_DETECTION_SCORE - 0.1, 0.8], wavering), flat_png())
     first, second = unsure.heads
-    assert first.low_confidence and len(first.low_confidence_reasons) == 1 and "detector score" in first.low_confidence_reasons[0]
+    assert (
+        first.low_confidence
+        and len(first.low_confidence_reasons) == 1
+        and "detector score" in first.low_confidence_reasons[0]
+    )
     assert second.low_confidence and "unlike the training data" in second.low_confidence_reasons[0]
     assert classifier_certainty(np.array([0.6, 0.4]), np.array([0.55, 0.45])) == pytest.approx(0.575)
     assert low_confidence_reasons(0.99, CONFIDENT_CLASSIFIER_PROBABILITY) == ()
@@ -252,7 +266,13 @@ def test_a_dicom_of_a_body_part_without_a_hip_is_refused_before_detection(tmp_pa
     import pydicom
 
     path = phantom_dicom(tmp_path)
-    for body_part, refused in (("CHEST", True), ("KNEE ", True), ("PELVIS", False), ("EXTREMITY", False), (None, False)):
+    for body_part, refused in (
+        ("CHEST", True),
+        ("KNEE ", True),
+        ("PELVIS", False),
+        ("EXTREMITY", False),
+        (None, False),
+    ):
         ds = pydicom.dcmread(path)
         if body_part is None:
             del ds.BodyPartExamined
@@ -281,7 +301,9 @@ def test_overlay_has_the_radiograph_size_and_cams_decode_at_the_staging_input_si
     spec, image = phantom_radiograph(0)
     boxes = [[x, y, x + w, y + h] for x, y, w, h in (head.bbox for head in image.heads)]
     ok, encoded = cv2.imencode(".png", image.pixels)
-    result = diagnose(ScriptedBackend(boxes, [0.9] * len(boxes)), encoded.tobytes(), include_overlay=True, cam_stage="III")
+    result = diagnose(
+        ScriptedBackend(boxes, [0.9] * len(boxes)), encoded.tobytes(), include_overlay=True, cam_stage="III"
+    )
     overlay = Image.open(io.BytesIO(result.overlay_png))
     assert overlay.size == (image.pixels.shape[1], image.pixels.shape[0]) == (result.width, result.height)
     assert overlay.mode == "RGB"
@@ -324,11 +346,24 @@ def test_the_cam_window_is_the_square_crop_square_cuts() -> None:
 
 def head(side: str, stage: str, probability: float) -> FemoralHead:
     return FemoralHead(
-        box=Box(0, 0, 1, 1), score=1.0, side=side, side_probability=1.0, side_corrected=False,
+        box=Box(0, 0, 1, 1),
+        score=1.0,
+        side=side,
+        side_probability=1.0,
+        side_corrected=False,
         stage_probabilities=tuple(LabelProbability(s, probability if s == stage else 0.0) for s in STAGES),
-        stage=stage, stage_probability=probability, presence="", presence_probability=0.0, collapse="",
-        collapse_probability=0.0, notes=(), cam_png=b"", cam_stage=stage, cam_box=Box(0, 0, 1, 1), view_probabilities=(),
-    )  # fmt: skip
+        stage=stage,
+        stage_probability=probability,
+        presence="",
+        presence_probability=0.0,
+        collapse="",
+        collapse_probability=0.0,
+        notes=(),
+        cam_png=b"",
+        cam_stage=stage,
+        cam_box=Box(0, 0, 1, 1),
+        view_probabilities=(),
+    )
 
 
 def radiograph(index: int, *heads: FemoralHead) -> StudyRadiograph:
@@ -361,7 +396,9 @@ def test_a_study_skips_radiographs_without_a_head_and_names_unreadable_ones() ->
             return found if image.shape[1] >= 400 else Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
     pipeline = Pipeline(HeadlessOnNarrowImages(TWO_HEADS, [0.9, 0.8]))
-    study = StudyRequest((ImagePayload(flat_png()), ImagePayload(flat_png(width=200)), ImagePayload(flat_png(level=90))))
+    study = StudyRequest(
+        (ImagePayload(flat_png()), ImagePayload(flat_png(width=200)), ImagePayload(flat_png(level=90)))
+    )
     result = asyncio.run(pipeline.diagnose_study(study, request_id="study-1"))
     assert [r.index for r in result.radiographs] == [0, 2] and [s.index for s in result.skipped] == [1]
     assert "no femoral head" in result.skipped[0].reason
@@ -476,7 +513,9 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes() -> bytes:
@@ -501,8 +540,21 @@ def jpeg_bytes() -> bytes:
         (lambda tmp: flat_png(), "image/gif", InvalidArgument, "unsupported media type"),
         (lambda tmp: b"\x89PNG" + b"\0" * 600, "", PayloadTooLarge, "over the limit of 512 bytes"),
     ],
-    ids=["empty", "garbage", "truncated-png", "truncated-jpeg", "truncated-dicom", "dicom-no-pixels", "multi-frame",
-         "colour-dicom", "decompression-bomb", "tiny", "type-mismatch", "unsupported-type", "too-large"],  # fmt: skip
+    ids=[
+        "empty",
+        "garbage",
+        "truncated-png",
+        "truncated-jpeg",
+        "truncated-dicom",
+        "dicom-no-pixels",
+        "multi-frame",
+        "colour-dicom",
+        "decompression-bomb",
+        "tiny",
+        "type-mismatch",
+        "unsupported-type",
+        "too-large",
+    ],
 )
 def test_every_decode_failure_is_typed_with_a_specific_message(tmp_path, make, media_type, error, message) -> None:
     limit = 512 if error is PayloadTooLarge else 64 * 1024 * 1024

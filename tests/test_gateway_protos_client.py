@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
+from gateway_support import TINY_INPUT, VERSION, phantom_dicom, phantom_png, write_tiny_store
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -40,7 +41,6 @@ from gateway.grpc_server import BackgroundGrpcServer
 from gateway.inprocess import InProcessBackend
 from gateway.pipeline import Pipeline
 from gateway.proto import PROTO_FILE, PROTO_ROOT
-from gateway_support import TINY_INPUT, VERSION, phantom_dicom, phantom_png, write_tiny_store
 
 RPC_TIMEOUT_S = 60
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -51,8 +51,15 @@ def generate_client(folder: Path) -> tuple[ModuleType, ModuleType]:
     shutil.copytree(PROTO_ROOT, folder / "protos")
     out = folder / "client"
     out.mkdir()
-    command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{folder / 'protos'}", f"--python_out={out}",
-               f"--grpc_python_out={out}", PROTO_FILE]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{folder / 'protos'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        PROTO_FILE,
+    ]
     subprocess.run(command, check=True, capture_output=True, cwd=folder)
     for package in (out / "avn", out / "avn" / "v1"):
         (package / "__init__.py").touch()
@@ -148,7 +155,7 @@ def heads_of(response) -> list[tuple]:
 
 def assert_same_heads(a, b) -> None:
     assert len(a.heads) == len(b.heads)
-    for (side_a, stage_a, box_a, p_a), (side_b, stage_b, box_b, p_b) in zip(heads_of(a), heads_of(b)):
+    for (side_a, stage_a, box_a, p_a), (side_b, stage_b, box_b, p_b) in zip(heads_of(a), heads_of(b), strict=True):
         assert (side_a, stage_a) == (side_b, stage_b)
         np.testing.assert_allclose(box_a, box_b, atol=1e-3)
         np.testing.assert_allclose(p_a, p_b, atol=1e-5)
@@ -235,8 +242,18 @@ def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mo
     log = tmp_path / "serve.log"
     served = tmp_path / "store"  # a private copy: its path identifies this test's TorchServe processes
     shutil.copytree(store, served)
-    command = [*_avn_command(), "serve", "--store", str(served),
-               "--grpc-port", str(grpc_port), "--rest-port", str(rest_port), "--host", LOOPBACK]  # fmt: skip
+    command = [
+        *_avn_command(),
+        "serve",
+        "--store",
+        str(served),
+        "--grpc-port",
+        str(grpc_port),
+        "--rest-port",
+        str(rest_port),
+        "--host",
+        LOOPBACK,
+    ]
     if mode == "embedded":
         command.append("--embedded")
     environment = {**os.environ, "AVN_LOG_LEVEL": "INFO"}

@@ -21,7 +21,7 @@ from gateway.cache import LRUCache, RedisCache
 from gateway.pipeline import Pipeline
 from gateway.rest import DiagnosisResponse, create_app
 from gateway.settings import Settings, environment_variables
-from gateway.torchserve_backend import WORKERS_ENV_PREFIX, TorchServeBackend
+from gateway.torchserve_backend import TorchServeBackend
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,9 @@ def test_a_phantom_png_gets_a_typed_diagnosis_and_the_repeat_comes_from_the_cach
     client: TestClient, files: list[bytes]
 ) -> None:
     width, height = Image.open(io.BytesIO(files[0])).size
-    response = client.post("/v1/diagnose", content=files[0], headers={"Content-Type": "image/png", "X-Request-Id": "req-1"})
+    response = client.post(
+        "/v1/diagnose", content=files[0], headers={"Content-Type": "image/png", "X-Request-Id": "req-1"}
+    )
     assert response.status_code == 200, response.text
     body = DiagnosisResponse.model_validate(response.json())
     assert (body.width, body.height) == (width, height) and body.request_id == "req-1"
@@ -130,20 +132,28 @@ def test_models_health_and_readiness(client: TestClient) -> None:
 def test_bad_inputs_get_400_or_413_with_a_message_and_the_service_keeps_serving(
     client: TestClient, files: list[bytes]
 ) -> None:
-    assert_error(client.post("/v1/diagnose", content=b"not an image at all"), 400, "InvalidImage", "not a PNG, JPEG or DICOM")
+    assert_error(
+        client.post("/v1/diagnose", content=b"not an image at all"), 400, "InvalidImage", "not a PNG, JPEG or DICOM"
+    )
     assert_error(client.post("/v1/diagnose", content=b""), 400, "InvalidImage", "empty")
     assert_error(client.post("/v1/diagnose", content=files[0][:2000]), 400, "InvalidImage", "")  # truncated PNG
     plain_text = client.post("/v1/diagnose", content=files[0], headers={"Content-Type": "text/plain"})
     assert_error(plain_text, 400, "InvalidArgument", "media type")
-    assert_error(client.post("/v1/diagnose?note_threshold=abc", content=files[0]), 400, "InvalidArgument", "note_threshold")
-    assert_error(client.post("/v1/diagnose?note_threshold=2", content=files[0]), 400, "InvalidArgument", "note_threshold")
+    assert_error(
+        client.post("/v1/diagnose?note_threshold=abc", content=files[0]), 400, "InvalidArgument", "note_threshold"
+    )
+    assert_error(
+        client.post("/v1/diagnose?note_threshold=2", content=files[0]), 400, "InvalidArgument", "note_threshold"
+    )
     assert_error(client.post("/v1/diagnose?cam_stage=V", content=files[0]), 400, "InvalidArgument", "cam_stage")
     too_big = b"\x89PNG\r\n\x1a\n" + bytes(MAX_PAYLOAD)
     assert_error(client.post("/v1/diagnose", content=too_big), 413, "PayloadTooLarge", "over the limit")
     # Chunked, without a Content-Length: refused while it streams in.
     chunked = client.post("/v1/diagnose", content=iter([too_big[:1_500_000], too_big[1_500_000:]]))
     assert_error(chunked, 413, "PayloadTooLarge", "")
-    assert_error(client.post("/v1/diagnose", files={"file": ("big.png", too_big, "image/png")}), 413, "PayloadTooLarge", "")
+    assert_error(
+        client.post("/v1/diagnose", files={"file": ("big.png", too_big, "image/png")}), 413, "PayloadTooLarge", ""
+    )
     assert_error(client.post("/v1/studies", content=files[0]), 400, "InvalidArgument", "multipart")
     assert client.post("/v1/diagnose", content=files[0]).status_code == 200
 
@@ -231,7 +241,9 @@ def test_redis_killed_mid_run_still_serves_uncached(
     try:
         response = client.post("/v1/diagnose", content=files[0])
         assert response.status_code == 200 and response.json()["cache_hit"] is False
-        errors = [line for line in client.get("/metrics").text.splitlines() if line.startswith("avn_cache_errors_total")]
+        errors = [
+            line for line in client.get("/metrics").text.splitlines() if line.startswith("avn_cache_errors_total")
+        ]
         assert float(errors[0].split()[-1]) >= 1
     finally:
         redis_for_module.start()  # same port, empty; the cache reconnects within its retry interval

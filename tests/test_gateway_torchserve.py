@@ -21,8 +21,8 @@ from avn.vocabulary import STAGES
 from gateway.backends import CLASSIFIER_MODELS, MODELS
 from gateway.errors import DeadlineExceeded, Internal, InvalidImage, ModelUnavailable
 from gateway.settings import Settings
-from gateway.torchserve_backend import INFERENCE, MANAGEMENT, Credentials, TorchServeBackend, workers_from_environment
 from gateway.stubgen import STAMP_NAME
+from gateway.torchserve_backend import INFERENCE, MANAGEMENT, Credentials, TorchServeBackend, workers_from_environment
 from gateway.torchserve_stubs import STUBS_DIR
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,9 @@ def test_four_classifiers_concurrently_give_rows_in_crop_order_and_staging_cams(
     batch = crops(2)
 
     async def all_four():
-        calls = [backend.classify(name, batch, cam_stage="IV" if name == "staging" else None) for name in CLASSIFIER_MODELS]
+        calls = [
+            backend.classify(name, batch, cam_stage="IV" if name == "staging" else None) for name in CLASSIFIER_MODELS
+        ]
         return dict(zip(CLASSIFIER_MODELS, await asyncio.gather(*calls), strict=True))
 
     answers = asyncio.run(all_four())
@@ -92,7 +94,9 @@ def test_detection_boxes_are_in_the_pixels_of_the_radiograph(backend: TorchServe
     assert (detections.boxes[:, [0, 2]] <= 1100).all() and (detections.boxes[:, [1, 3]] <= 900).all()
 
 
-def test_rejections_and_deadlines_become_typed_errors(torchserve_server: TorchServe, backend: TorchServeBackend) -> None:
+def test_rejections_and_deadlines_become_typed_errors(
+    torchserve_server: TorchServe, backend: TorchServeBackend
+) -> None:
     with pytest.raises(InvalidImage, match="radiograph size"):
         asyncio.run(backend.detect(np.zeros((8, 8), dtype=np.float32)))
     with pytest.raises(Internal):  # crops are the gateway's own: a rejected crop is our bug
@@ -128,7 +132,9 @@ def test_a_stopped_torchserve_is_model_unavailable_with_a_retry_hint_and_workers
     asyncio.run(backend.close())
 
 
-def test_nothing_listening_is_model_unavailable_and_settings_configure_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_listening_is_model_unavailable_and_settings_configure_the_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     inference, management = free_ports(2)
     monkeypatch.setenv("AVN_TORCHSERVE_GRPC", f"{LOOPBACK}:{inference}")
     monkeypatch.setenv("AVN_TORCHSERVE_MANAGEMENT", f"{LOOPBACK}:{management}")
@@ -142,7 +148,9 @@ def test_nothing_listening_is_model_unavailable_and_settings_configure_the_backe
 
 
 def test_worker_counts_come_from_avn_workers_variables() -> None:
-    assert workers_from_environment({"AVN_WORKERS_STAGING": "4", "AVN_WORKERS_VIEW": "", "OTHER": "1"}) == {"staging": 4}
+    assert workers_from_environment({"AVN_WORKERS_STAGING": "4", "AVN_WORKERS_VIEW": "", "OTHER": "1"}) == {
+        "staging": 4
+    }
     with pytest.raises(ValueError, match="AVN_WORKERS_DETECTION"):
         workers_from_environment({"AVN_WORKERS_DETECTION": "0"})
 

@@ -61,7 +61,10 @@ def test_monochrome1_is_inverted_so_bone_stays_bright():
     [
         (b"", "empty file"),
         (b"not an image at all", "not a readable PNG or JPEG"),
-        (png_bytes(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))[:300], "not a readable PNG or JPEG"),
+        (
+            png_bytes(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))[:300],
+            "not a readable PNG or JPEG",
+        ),
         (dicom_bytes(pixels=False), "no pixel data"),
         (dicom_bytes(frames=3), "multi-frame"),
         (dicom_bytes(photometric="RGB", samples=3), "colour DICOM"),

@@ -11,7 +11,12 @@ from avn.models.detector import prepare_detector_input
 
 def test_equalise_ignores_any_increasing_tone_curve():
     image = np.random.default_rng(0).random((120, 90)).astype(np.float32)
-    for curve in (lambda x: x**3, lambda x: np.log1p(50 * x), lambda x: 0.2 + 0.05 * x, lambda x: 1 / (1 + np.exp(-8 * (x - 0.5)))):
+    for curve in (
+        lambda x: x**3,
+        lambda x: np.log1p(50 * x),
+        lambda x: 0.2 + 0.05 * x,
+        lambda x: 1 / (1 + np.exp(-8 * (x - 0.5))),
+    ):
         # equal up to ties that float32 rounding of the curve creates between near-equal pixels
         assert np.abs(equalise(image) - equalise(curve(image).astype(np.float32))).max() < 1e-3
 

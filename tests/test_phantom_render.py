@@ -18,15 +18,26 @@ SMALL = 0.25
 
 
 def anatomy(seed: int = 7, **kw) -> SubjectAnatomy:
-    values = dict(sex="F", head_diameter_mm=48.0, head_asymmetry_mm=0.6, neck_shaft_angle_deg=130.0,
-                  acetabular_inclination_deg=40.0, joint_space_mm=4.0, pelvis_width_mm=290.0,
-                  inter_teardrop_mm=120.0, shaft_cortex_mm=5.5, soft_tissue=0.4, anatomy_seed=seed)
+    values = dict(
+        sex="F",
+        head_diameter_mm=48.0,
+        head_asymmetry_mm=0.6,
+        neck_shaft_angle_deg=130.0,
+        acetabular_inclination_deg=40.0,
+        joint_space_mm=4.0,
+        pelvis_width_mm=290.0,
+        inter_teardrop_mm=120.0,
+        shaft_cortex_mm=5.5,
+        soft_tissue=0.4,
+        anatomy_seed=seed,
+    )
     values.update(kw)
     return SubjectAnatomy(**values)
 
 
-def spec(view="AP", right="II", left="IV", severity=1.0, seed=5, missing=None, hips=None, anat=None,
-         detector="DX") -> RadiographSpec:
+def spec(
+    view="AP", right="II", left="IV", severity=1.0, seed=5, missing=None, hips=None, anat=None, detector="DX"
+) -> RadiographSpec:
     if hips is None:
         hips = (HipSpec("right", right, severity, True, 101), HipSpec("left", left, severity, False, 202))
     return RadiographSpec(1, "s-1", view, anat or anatomy(), hips, missing, detector, seed)
@@ -75,21 +86,21 @@ def test_box_tightly_encloses_the_drawn_head_and_is_bone():
         # tight: the drawn head reaches every side of the box
         assert u.min() <= x + 2 and u.max() >= x + w - 2 and v.min() <= y + 2 and v.max() >= y + h - 2
         # the boxed region is bone: brighter than the image as a whole, centre brighter than soft tissue
-        box = r.pixels[int(y):int(y + h), int(x):int(x + w)].astype(float)
+        box = r.pixels[int(y) : int(y + h), int(x) : int(x + w)].astype(float)
         assert box.mean() > np.median(r.pixels)
     # cortex brighter than medulla: across the femoral shaft the edges beat the middle
     fem = scene.hips["left"].femur
     p = (fem.landmarks["shaft_top"] + fem.landmarks["shaft_distal"]) / 2
     row = int((p[1] - scene.acquisition.field[1]) / out_spacing)
     col = int((p[0] - scene.acquisition.field[0]) / out_spacing)
-    profile = r.pixels[row - 2:row + 3, col - 60:col + 61].mean(axis=0)
+    profile = r.pixels[row - 2 : row + 3, col - 60 : col + 61].mean(axis=0)
     assert profile.max() > profile[55:66].mean()
 
 
 # --------------------------------------------------------------------------- notes and findings
 
 
-II_MAP = dict(zip(("sclerosis", "cyst", "crescent"), notes_of_stage("II")))
+II_MAP = dict(zip(("sclerosis", "cyst", "crescent"), notes_of_stage("II"), strict=True))
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -145,7 +156,9 @@ def test_frog_leg_abducts_the_shaft_and_foreshortens_the_neck():
 
 
 def test_joint_space_narrowed_in_stage_iv_normal_when_absent():
-    healthy_seed = next(s for s in range(100) if plan_findings(HipSpec("right", "absence", 1.0, True, s)).joint_space_mm is None)
+    healthy_seed = next(
+        s for s in range(100) if plan_findings(HipSpec("right", "absence", 1.0, True, s)).joint_space_mm is None
+    )
     hips = (HipSpec("right", "absence", 1.0, True, healthy_seed), HipSpec("left", "IV", 1.0, False, 202))
     g = radiograph_geometry(spec(hips=hips))
     assert 3.0 <= g["right"]["joint_space_mm"] <= 5.0
@@ -232,8 +245,12 @@ def _ray(grid, img, centre, angle_deg, radii):
     v = (centre[1] + radii * np.sin(a) - grid.y0) / grid.hy - 0.5
     u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
     fu, fv = u - u0, v - v0
-    return ((1 - fu) * (1 - fv) * img[v0, u0] + fu * (1 - fv) * img[v0, u0 + 1]
-            + (1 - fu) * fv * img[v0 + 1, u0] + fu * fv * img[v0 + 1, u0 + 1])
+    return (
+        (1 - fu) * (1 - fv) * img[v0, u0]
+        + fu * (1 - fv) * img[v0, u0 + 1]
+        + (1 - fu) * fv * img[v0 + 1, u0]
+        + fu * fv * img[v0 + 1, u0 + 1]
+    )
 
 
 @pytest.mark.parametrize("view", ["AP", "FL"])
@@ -243,7 +260,7 @@ def test_head_sits_under_the_sourcil_with_a_lucent_3_to_5_mm_joint_space(view):
     s = spec(view=view, hips=hips, anat=anatomy(joint_space_mm=4.0))
     scene, grid, layers, _, _ = render_layers(s, 1.0)
     path = _bone_path(layers)
-    for side, h in scene.hips.items():
+    for h in scene.hips.values():
         assert 3.0 <= h.joint_space_mm <= 5.0
         mid_roof = 0.5 * (h.roof_deg[0] + h.roof_deg[1])
         r_head = float(h.head_rho[int(round(mid_roof)) % 360])
@@ -291,8 +308,9 @@ def test_chaikin_rounds_corners_keeps_ends_and_closure():
     assert np.allclose(smooth[0], smooth[-1])  # still closed
     assert smooth[:, 0].min() >= 0 and smooth[:, 0].max() <= 10  # inside the control hull
     d = np.diff(smooth, axis=0)
-    turn = np.degrees(np.abs(np.angle(np.exp(1j * (np.arctan2(d[1:, 1], d[1:, 0])
-                                                   - np.arctan2(d[:-1, 1], d[:-1, 0]))))))
+    turn = np.degrees(
+        np.abs(np.angle(np.exp(1j * (np.arctan2(d[1:, 1], d[1:, 0]) - np.arctan2(d[:-1, 1], d[:-1, 0])))))
+    )
     assert turn.max() < 25  # no facet corners left (the square had 90 deg)
     line = np.array([[0, 0, 1.0], [5, 5, 2.0], [10, 0, 3.0]])
     sm = chaikin(line, 2)
@@ -300,7 +318,7 @@ def test_chaikin_rounds_corners_keeps_ends_and_closure():
     assert sm.shape[1] == 3  # extra columns (radii) ride along
 
 
-# --------------------------------------------------------------------------- realism: hip bone over the head, femur outline
+# -------------------------------------------------------------------- realism: hip bone over the head, femur outline
 
 
 def _longest_horizontal_edge(scene, grid, layers, side, thr=0.02) -> float:
@@ -314,7 +332,7 @@ def _longest_horizontal_edge(scene, grid, layers, side, thr=0.02) -> float:
     h = scene.hips[side]
     c, r = h.femur.head_centre, h.femur.head_radius
     win = grid.window(c[0] - r, c[1] - r, c[0] + r, c[1] + r)
-    sub = np.ascontiguousarray(path[win[0]:win[1], win[2]:win[3]])
+    sub = np.ascontiguousarray(path[win[0] : win[1], win[2] : win[3]])
     xs, ys = grid.coords(win)
     high = sub - cv2.GaussianBlur(sub, (0, 0), 2.0 / grid.spacing)  # sharp structure only
     gy = np.zeros_like(high)
@@ -359,7 +377,7 @@ def test_lesser_trochanter_is_attached_to_the_femur(view):
     s = spec(view=view, right="absence", left="absence")
     scene, grid, layers, _, _ = render_layers(s, 1.0)
     path = _bone_path(layers)
-    for side, h in scene.hips.items():
+    for h in scene.hips.values():
         f = h.femur
         tip = f.landmarks["lesser_trochanter"]
         a, b = f.landmarks["shaft_top"], f.landmarks["shaft_distal"]
@@ -379,8 +397,9 @@ def test_lesser_trochanter_more_prominent_in_frog_leg():
         fl = render_layers(spec(view="FL", seed=seed + 10))[0]
         for side in ("right", "left"):
             f_ap, f_fl = ap.hips[side].femur, fl.hips[side].femur
-            assert (_distance_to_shaft_axis(f_fl, f_fl.landmarks["lesser_trochanter"])
-                    > _distance_to_shaft_axis(f_ap, f_ap.landmarks["lesser_trochanter"]))
+            assert _distance_to_shaft_axis(f_fl, f_fl.landmarks["lesser_trochanter"]) > _distance_to_shaft_axis(
+                f_ap, f_ap.landmarks["lesser_trochanter"]
+            )
 
 
 def test_greater_trochanter_tip_near_head_centre_level():
@@ -411,11 +430,11 @@ def test_vertebral_body_is_a_waisted_cylinder_with_bright_walls_and_thin_endplat
     o = outer[mid]
     assert o[col(0.0)] > 1.5 * o[col(20.0)] > 0  # thickness falls off towards the sides
     cort = outer - inner
-    wall = cort[mid, col(-24.0):col(-20.0)].max()
+    wall = cort[mid, col(-24.0) : col(-20.0)].max()
     assert wall > 4.0 * cort[mid, col(0.0)] + 1.0  # tangential cortex: bright lateral walls
     width = lambda r: np.count_nonzero(outer[r] > 0)  # noqa: E731
     assert width(mid) < width(row(2.0)) - 5  # concave waist
     # the endplate: dense but thin (a line of ~1-2 mm, not a band)
     col_c = cort[:, col(0.0)]
-    dense = np.nonzero(col_c > 0.5 * col_c[row(-1.0):row(4.0)].max())[0]
+    dense = np.nonzero(col_c > 0.5 * col_c[row(-1.0) : row(4.0)].max())[0]
     assert 1 <= len(dense[dense < row(10.0)]) * grid.hy <= 2.0

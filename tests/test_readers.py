@@ -52,11 +52,17 @@ def test_reader_metrics_agree_with_scikit_learn_on_a_random_reader():
     presence_truth, presence_read = truth > 0, read > 0
     assert metrics["presence"]["f1"]["estimate"] == pytest.approx(f1_score(presence_truth, presence_read))
     collapse = np.array([0, 1, 2, 2])
-    assert metrics["collapse"]["f1"]["estimate"] == pytest.approx(f1_score(collapse[truth], collapse[read], average="macro"))
+    assert metrics["collapse"]["f1"]["estimate"] == pytest.approx(
+        f1_score(collapse[truth], collapse[read], average="macro")
+    )
     for stage_index, stage in enumerate(("absence", "II", "III", "IV")):
         entry = metrics["staging"]["per_class"][stage]
-        assert entry["sensitivity"]["estimate"] == pytest.approx(recall_score(truth == stage_index, read == stage_index))
-        assert entry["specificity"]["estimate"] == pytest.approx(recall_score(truth != stage_index, read != stage_index))
+        assert entry["sensitivity"]["estimate"] == pytest.approx(
+            recall_score(truth == stage_index, read == stage_index)
+        )
+        assert entry["specificity"]["estimate"] == pytest.approx(
+            recall_score(truth != stage_index, read != stage_index)
+        )
         low, high = entry["sensitivity"]["low"], entry["sensitivity"]["high"]
         assert low <= entry["sensitivity"]["estimate"] <= high
 
@@ -73,7 +79,7 @@ def test_cohen_kappa_matches_the_textbook_example():
     a = [1] * 20 + [1] * 5 + [0] * 10 + [0] * 15
     b = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
     first, second = read_set(a, a, rater="A"), read_set(a, b, rater="B")
-    table = kappa_table([first, second], dict(zip(first.heads, a)))
+    table = kappa_table([first, second], dict(zip(first.heads, a, strict=True)))
     pair = next(p for p in table["pairs"] if {p["a"], p["b"]} == {"A", "B"})
     assert pair["kappa"] == pytest.approx(0.4)
     assert pair["kappa"] == pytest.approx(cohen_kappa_score(a, b))
@@ -108,7 +114,9 @@ def test_csv_errors_name_line_and_column(tmp_path):
     message = str(error.value)
     assert "reader.csv: line 3, column stage" in message
     assert "line 4, column seconds" in message and "line 4, column assisted" in message
-    (tmp_path / "reader.csv").write_text("reader,case_id,side,stage,seconds,assisted\nR1,c1,left,II,12,no\nR1,c9,left,II,,no\n")
+    (tmp_path / "reader.csv").write_text(
+        "reader,case_id,side,stage,seconds,assisted\nR1,c1,left,II,12,no\nR1,c9,left,II,,no\n"
+    )
     with pytest.raises(ReaderFormatError, match=r"reader.csv: 1 head\(s\) not in the truth file .*line 3: c9/left"):
         load_study(tmp_path / "truth.csv", [tmp_path / "reader.csv"])
     (tmp_path / "reader.csv").write_text("reader,case_id,side,stage,seconds,assisted\nR1,c1,left,II,12,no\n")
@@ -137,15 +145,37 @@ def test_parse_readers_validates_skills_and_names():
 
 
 def test_simulate_then_analyse_end_to_end(tmp_path):
-    result = CliRunner().invoke(app, ["readers", "--simulate", "--out", str(tmp_path), "--bootstrap", "200", "--seed", "2"])
+    result = CliRunner().invoke(
+        app, ["readers", "--simulate", "--out", str(tmp_path), "--bootstrap", "200", "--seed", "2"]
+    )
     assert result.exit_code == 0, result.output
-    for name in ("truth.csv", "model.csv", "reader_R1.csv", "reader_S2.csv", "report.html", "report.json",
-                 "confusion_matrices.png", "reading_time.png", "roc.png"):
+    for name in (
+        "truth.csv",
+        "model.csv",
+        "reader_R1.csv",
+        "reader_S2.csv",
+        "report.html",
+        "report.json",
+        "confusion_matrices.png",
+        "reading_time.png",
+        "roc.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     document = json.loads((tmp_path / "report.json").read_text())
     assert set(document) >= {
-        "settings", "p_value_methods", "readers", "modes", "heads", "read_sets", "model", "reader_vs_model",
-        "assistance", "kappa", "confusion_matrices", "reading_time", "paper",
+        "settings",
+        "p_value_methods",
+        "readers",
+        "modes",
+        "heads",
+        "read_sets",
+        "model",
+        "reader_vs_model",
+        "assistance",
+        "kappa",
+        "confusion_matrices",
+        "reading_time",
+        "paper",
     }
     assert document["readers"] == ["R1", "R2", "S1", "S2"] and document["modes"] == ["no", "yes"]
     assert document["heads"]["read"] == 260  # Table I: E1 200 heads, E2 60
@@ -155,8 +185,17 @@ def test_simulate_then_analyse_end_to_end(tmp_path):
     times = {(t["reader"], t["mode"]): t["mean"] for t in document["reading_time"]}
     assert all(times[(r, "yes")] < times[(r, "no")] for r in document["readers"])  # assisted reads are faster
     html = (tmp_path / "report.html").read_text()
-    for caption in ("Table VII", "Table VIII", "Table X", "Readers without the system", "Readers with the system",
-                    "sensitivity and specificity", "paper, real radiographs", "confusion matrices", "reading time per radiograph"):
+    for caption in (
+        "Table VII",
+        "Table VIII",
+        "Table X",
+        "Readers without the system",
+        "Readers with the system",
+        "sensitivity and specificity",
+        "paper, real radiographs",
+        "confusion matrices",
+        "reading time per radiograph",
+    ):
         assert caption in html, caption
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 3
     assert "http" not in html.replace("http-equiv", "")  # self-contained: no external resources
@@ -169,7 +208,10 @@ def test_written_reader_csv_reads_back(tmp_path):
 
 
 def test_a_study_without_a_model_file_still_reports(tmp_path):
-    heads = {"E1": [("c1", "left", "II"), ("c1", "right", "IV"), ("c2", "left", "absence")], "E2": [("c3", "right", "III")]}
+    heads = {
+        "E1": [("c1", "left", "II"), ("c1", "right", "IV"), ("c2", "left", "absence")],
+        "E2": [("c3", "right", "III")],
+    }
     study = simulate_study(heads, [SimulatedReader("A", 0.7), SimulatedReader("B", 0.9)], tmp_path / "sim", seed=3)
     from avn.evaluation.readers import analyse, write_report
 

@@ -11,19 +11,18 @@ import json
 from pathlib import Path
 
 import pytest
+from gateway_support import write_tiny_store
 from typer.testing import CliRunner
 
 from avn.cli import app
 from avn.dataset.images import read_radiograph
 from avn.evaluation.realcheck import (
-
     PASS_IOU,
     ManifestError,
     judge_error,
     judge_heads,
     load_manifest,
 )
-from gateway_support import write_tiny_store
 
 CHECK_SET = Path(__file__).parent / "data" / "real"
 MAX_FILE_BYTES = 1_000_000
@@ -43,7 +42,9 @@ def test_the_check_set_is_well_formed_small_and_attributed():
             x0, y0, x1, y1 = head.box
             assert 0 <= x0 < x1 <= radiograph.width and 0 <= y0 < y1 <= radiograph.height, entry.file
             side = max(x1 - x0, y1 - y0)
-            assert 0.05 * max(radiograph.width, radiograph.height) < side < 0.3 * max(radiograph.width, radiograph.height)
+            assert (
+                0.05 * max(radiograph.width, radiograph.height) < side < 0.3 * max(radiograph.width, radiograph.height)
+            )
     documented = (Path(__file__).parents[1] / "docs" / "real-data.md").read_text()
     assert all(entry.file in documented for entry in manifest.files)
 

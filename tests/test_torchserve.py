@@ -39,7 +39,9 @@ def server(torchserve_server: TorchServe) -> TorchServe:
     return torchserve_server
 
 
-def post(server: TorchServe, model: str, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, dict]:
+def post(
+    server: TorchServe, model: str, body: bytes, content_type: str = "application/octet-stream"
+) -> tuple[int, dict]:
     request = urllib.request.Request(
         f"{server.inference_url}/predictions/{model}", data=body, headers={"Content-Type": content_type}
     )
@@ -84,7 +86,9 @@ def test_images_decode_from_npy_and_16_bit_png() -> None:
 
 def test_token_auth_stays_on_away_from_loopback(tmp_path: Path) -> None:
     with pytest.raises(InsecureConfigError):
-        write_config(tmp_path / "c.properties", tmp_path, Ports(1, 2, 3, 4, 5, 6), host="0.0.0.0", disable_token_auth=True)
+        write_config(
+            tmp_path / "c.properties", tmp_path, Ports(1, 2, 3, 4, 5, 6), host="0.0.0.0", disable_token_auth=True
+        )
 
 
 # ---------------------------------------------------------------- a real TorchServe
@@ -95,7 +99,10 @@ def test_all_five_models_are_ready_with_their_batching_and_card(server: TorchSer
         description = server.describe(task, customized=True)
         expected = BATCHING_SERVING.get(task, DEFAULT_SERVING[task])
         assert description["modelVersion"] == VERSION
-        assert (description["batchSize"], description["maxBatchDelay"]) == (expected.batch_size, expected.max_batch_delay_ms)
+        assert (description["batchSize"], description["maxBatchDelay"]) == (
+            expected.batch_size,
+            expected.max_batch_delay_ms,
+        )
         card = description["customizedMetadata"]
         assert card["task"] == task and card["training_data_hash"] == "test"
         if task in CLASSIFIER_TASKS:
@@ -121,7 +128,7 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows(server: 
     sizes = [1, 2, 1, 3]
     with ThreadPoolExecutor(len(sizes)) as pool:
         answers = list(pool.map(lambda n: post(server, "view", encode_npy(crops(n, seed=n))), sizes))
-    for size, (status, answer) in zip(sizes, answers):
+    for size, (status, answer) in zip(sizes, answers, strict=True):
         assert status == 200 and np.array(answer["probabilities"]).shape == (size, 2)
     assert max(_batched_request_counts(server, "view")) > 1
 

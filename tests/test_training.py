@@ -115,7 +115,9 @@ def test_crops_follow_n_and_2n_resampling(tiny_crops):
 def test_staging_starts_from_the_view_models_weights(tiny_crops, tmp_path):
     pool, held = tiny_crops
     view = fit_classifier("view", pool, held, TINY, tmp_path / "view", seed=0)
-    staging = fit_classifier("staging", pool, held, TINY, tmp_path / "staging", seed=0, init_state=view.model.state_dict(), epochs=0)
+    staging = fit_classifier(
+        "staging", pool, held, TINY, tmp_path / "staging", seed=0, init_state=view.model.state_dict(), epochs=0
+    )
     for key, value in view.model.state_dict().items():
         if not key.startswith("backbone.fc."):
             assert torch.equal(value, staging.model.state_dict()[key]), key

@@ -156,7 +156,9 @@ def test_the_page_is_served_at_the_root(gateway: LiveGateway) -> None:
     assert b'<script type="module" src="js/app.js">' in body
     for asset in ("/app/js/app.js", "/app/css/app.css", "/app/js/viewer.js"):
         status, headers, _ = http(gateway, asset)
-        assert status == 200 and headers["cache-control"] == "no-cache", asset  # a new release is never mixed with old modules
+        assert status == 200 and headers["cache-control"] == "no-cache", (
+            asset
+        )  # a new release is never mixed with old modules
     paths = http_json(gateway, "/openapi.json")["paths"]
     assert {"/v1/render", "/v1/cases", "/v1/cases/{case_id}/image", "/v1/cases/{case_id}/truth"} <= set(paths)
     assert "/" not in paths and "image/png" in paths["/v1/render"]["post"]["responses"]["200"]["content"]
@@ -202,7 +204,9 @@ def test_the_case_bank_lists_cases_with_their_truth(gateway: LiveGateway, case_b
     image = next(image for image in dataset.images if str(image.id) == first["id"])
     annotations = sorted(dataset.annotations_of(image.id), key=lambda a: a.bbox[0])
     assert truth["name"] == image.file_name == first["name"] and truth["view"] == image.view
-    assert [(h["side"], h["stage"], h["notes"]) for h in truth["heads"]] == [(a.side, a.stage, a.notes) for a in annotations]
+    assert [(h["side"], h["stage"], h["notes"]) for h in truth["heads"]] == [
+        (a.side, a.stage, a.notes) for a in annotations
+    ]
     assert [h["side"] for h in truth["heads"]] == first["sides"]
 
     status, headers, png = http(gateway, f"/v1/cases/{first['id']}/image?window_width=0.5")
@@ -228,7 +232,9 @@ def test_the_bank_is_the_e3_split_when_it_holds_enough_cases() -> None:
     def dataset(e3_subjects: int) -> Dataset:
         subjects = [f"S{index:03d}" for index in range(20)]
         images = [
-            ImageRecord(id=index, file_name=f"{s}.png", width=100, height=100, subject_id=s, view="AP", pixel_spacing=(0.1, 0.1))
+            ImageRecord(
+                id=index, file_name=f"{s}.png", width=100, height=100, subject_id=s, view="AP", pixel_spacing=(0.1, 0.1)
+            )
             for index, s in enumerate(subjects)
         ]
         annotations = [
@@ -251,7 +257,9 @@ def test_the_page_speaks_the_projects_vocabulary(page: WebDriver) -> None:
     script = """
         const done = arguments[arguments.length - 1];
         Promise.all([import('/app/js/vocabulary.js'), import('/app/js/readers_csv.js')])
-          .then(([v, csv]) => done({stages: v.STAGES, sides: v.SIDES, colours: v.STAGE_COLOURS, columns: csv.READER_COLUMNS}));
+          .then(([v, csv]) => done({
+            stages: v.STAGES, sides: v.SIDES, colours: v.STAGE_COLOURS, columns: csv.READER_COLUMNS,
+          }));
     """
     found = page.execute_async_script(script)
     assert found["stages"] == list(STAGES) and sorted(found["sides"]) == sorted(SIDES)
@@ -324,6 +332,7 @@ def test_reading_a_phantom_dicom_draws_what_the_gateway_returned(
     wait_for(page, f"{READING}.results.size === 1 && {READING}.panel.viewer.drawn.length > 0", "the result drawn")
     shown = page.execute_script(f"return {READING}.results.get(0);")
     answer = http_json(gateway, "/v1/diagnose", files["dicom"].read_bytes())
+
     def essentials(result: dict) -> list[tuple]:
         return [(head["side"], head["stage"], head["box"]) for head in result["heads"]]
 
@@ -331,7 +340,7 @@ def test_reading_a_phantom_dicom_draws_what_the_gateway_returned(
 
     heads = drawn(page)
     assert len(heads) == len(answer["heads"])
-    for head, result in zip(heads, answer["heads"]):
+    for head, result in zip(heads, answer["heads"], strict=True):
         assert head["label"] == label_of(result)
         to_screen = f"return {READING}.panel.viewer.toScreen(arguments[0], arguments[1]);"
         screen = page.execute_script(to_screen, result["box"]["x0"], result["box"]["y0"])
@@ -344,7 +353,7 @@ def test_reading_a_phantom_dicom_draws_what_the_gateway_returned(
     cards = page.find_elements(By.CSS_SELECTOR, "#reading-result .head-card")
     shown_cards = [(card.get_attribute("data-side"), card.get_attribute("data-stage")) for card in cards]
     assert shown_cards == [(head["side"], head["stage"]) for head in answer["heads"]]
-    for card, result in zip(cards, answer["heads"]):
+    for card, result in zip(cards, answer["heads"], strict=True):
         rows = card.find_elements(By.CSS_SELECTOR, ".stage-bars tr")
         assert [row.find_element(By.TAG_NAME, "th").text for row in rows] == list(STAGES)
         probabilities = {item["label"]: item["probability"] for item in result["stage_probabilities"]}
@@ -447,7 +456,9 @@ def test_a_second_opinion_read_is_exported_as_the_reader_csv(
     choose(page, "so", "right", "II")
     choose(page, "so", "left", "IV")
     page.find_element(By.ID, "so-submit").click()
-    wait_for(page, f"{SECOND_OPINION}.phase === 'final' && {SECOND_OPINION}.panel.viewer.drawn.length > 0", "the reveal")
+    wait_for(
+        page, f"{SECOND_OPINION}.phase === 'final' && {SECOND_OPINION}.panel.viewer.drawn.length > 0", "the reveal"
+    )
     assert page.find_element(By.ID, "so-left-IV").is_selected()  # the final read starts from the first
     assert page.find_elements(By.CSS_SELECTOR, "#so-result .head-card")
     choose(page, "so", "left", "III")  # revised after seeing the system's result
@@ -465,9 +476,11 @@ def test_a_second_opinion_read_is_exported_as_the_reader_csv(
     reads = {(r.reader, r.case_id, r.side, r.stage, r.assisted) for r in rows}
     name = files["dicom"].name
     assert reads == {
-        ("Dr R1", name, "right", "II", "no"), ("Dr R1", name, "left", "IV", "no"),
-        ("Dr R1", name, "right", "II", "yes"), ("Dr R1", name, "left", "III", "yes"),
-    }  # fmt: skip
+        ("Dr R1", name, "right", "II", "no"),
+        ("Dr R1", name, "left", "IV", "no"),
+        ("Dr R1", name, "right", "II", "yes"),
+        ("Dr R1", name, "left", "III", "yes"),
+    }
     first = {r.seconds for r in rows if r.assisted == "no"}
     final = {r.seconds for r in rows if r.assisted == "yes"}
     assert len(first) == len(final) == 1 and 0 < first.pop() <= final.pop()
@@ -538,7 +551,10 @@ def test_the_controls_are_labelled_and_the_tabs_work_by_keyboard(page: WebDriver
     tab = page.find_element(By.ID, "tab-reading")
     tab.send_keys(Keys.ARROW_RIGHT)
     assert page.switch_to.active_element.get_attribute("id") == "tab-second-opinion"
-    assert page.find_element(By.ID, "second-opinion").is_displayed() and not page.find_element(By.ID, "reading").is_displayed()
+    assert (
+        page.find_element(By.ID, "second-opinion").is_displayed()
+        and not page.find_element(By.ID, "reading").is_displayed()
+    )
     assert page.execute_script("return location.hash;") == "#second-opinion"
 
 
@@ -557,7 +573,8 @@ CONTRAST_SCRIPT = """
     const low = [];
     for (const element of document.querySelectorAll('body *')) {
       const own = [...element.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
-      if (!own || !element.checkVisibility({opacityProperty: true}) || element.closest(':disabled, fieldset:disabled')) continue;
+      if (!own || !element.checkVisibility({opacityProperty: true})) continue;
+      if (element.closest(':disabled, fieldset:disabled')) continue;
       if (element.closest('.visually-hidden')) continue;
       const style = getComputedStyle(element);
       const [a, b] = [luminance(rgba(style.color)), luminance(background(element))];

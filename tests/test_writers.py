@@ -89,9 +89,7 @@ def test_dcmdump_reads_the_files_without_complaint(tmp_path, spec, detector, pho
     result = subprocess.run([dcmdump, "--log-level", "warn", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
-    assert "(0008,0060) CS [%s]" % detector in subprocess.run(
-        [dcmdump, str(path)], capture_output=True, text=True
-    ).stdout
+    assert f"(0008,0060) CS [{detector}]" in subprocess.run([dcmdump, str(path)], capture_output=True, text=True).stdout
 
 
 def test_png_is_16_bit_and_stretched_to_full_range(tmp_path):

@@ -204,7 +204,9 @@ def _read_annotations(folder: Path, problems: _Problems) -> dict | None:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         problems.error(
-            ANNOTATIONS_FILE, "data set", "",
+            ANNOTATIONS_FILE,
+            "data set",
+            "",
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
         )
         return None
@@ -213,7 +215,9 @@ def _read_annotations(folder: Path, problems: _Problems) -> dict | None:
         return None
     if not isinstance(document, dict):
         problems.error(
-            ANNOTATIONS_FILE, "data set", "",
+            ANNOTATIONS_FILE,
+            "data set",
+            "",
             f"the top level must be a JSON object, got {_describe(document)}",
         )
         return None
@@ -299,7 +303,10 @@ ANNOTATION_FIELDS = {
 
 
 def _check_fields(
-    record: dict, spec: dict[str, tuple[_FieldType, bool]], item: str, problems: _Problems,
+    record: dict,
+    spec: dict[str, tuple[_FieldType, bool]],
+    item: str,
+    problems: _Problems,
     prefix: str = "",
 ) -> set[str]:
     """Report missing and mistyped fields; return the names of the fields that are usable."""
@@ -312,7 +319,9 @@ def _check_fields(
             usable.add(name)
         else:
             problems.error(
-                ANNOTATIONS_FILE, item, prefix + name,
+                ANNOTATIONS_FILE,
+                item,
+                prefix + name,
                 f"wrong type: expected {field_type.description}, got {_describe(record[name])}",
             )
     return usable
@@ -357,7 +366,9 @@ def _check_info(info: Any, problems: _Problems) -> None:
     usable = _check_fields(info, INFO_FIELDS, "info", problems, prefix="info.")
     if "version" in usable and info["version"] != FORMAT_VERSION:
         problems.warning(
-            ANNOTATIONS_FILE, "info", "info.version",
+            ANNOTATIONS_FILE,
+            "info",
+            "info.version",
             f"format version {info['version']!r} differs from this checker's {FORMAT_VERSION!r}",
         )
 
@@ -379,7 +390,9 @@ def _check_categories(categories: Any, problems: _Problems) -> None:
             found = True
         else:
             problems.error(
-                ANNOTATIONS_FILE, item, "categories",
+                ANNOTATIONS_FILE,
+                item,
+                "categories",
                 f"unknown category {category['id']} {category['name']!r}; the only category is {expected}",
             )
     if not found:
@@ -453,14 +466,18 @@ def _check_pixel_spacing(image: _Record, problems: _Problems) -> None:
         return
     if not all(math.isfinite(v) and v > 0 for v in spacing):
         problems.error(
-            ANNOTATIONS_FILE, image.item, "pixel_spacing",
+            ANNOTATIONS_FILE,
+            image.item,
+            "pixel_spacing",
             f"pixel spacing must be positive and finite, got {spacing} mm",
         )
         return
     low, high = PLAUSIBLE_SPACING_MM
     if not all(low <= v <= high for v in spacing):
         problems.warning(
-            ANNOTATIONS_FILE, image.item, "pixel_spacing",
+            ANNOTATIONS_FILE,
+            image.item,
+            "pixel_spacing",
             f"pixel spacing {spacing} mm is implausible for a radiograph (expected {low}-{high} mm)",
         )
 
@@ -494,7 +511,11 @@ def _normalised_file_name(name: str) -> str:
 
 
 def _report_duplicates(
-    entries: list[_Record], field: str, what: str, plural: str, problems: _Problems,
+    entries: list[_Record],
+    field: str,
+    what: str,
+    plural: str,
+    problems: _Problems,
     key: Callable[[Any], Any] = lambda value: value,
 ) -> None:
     owners: dict[Any, list[_Record]] = defaultdict(list)
@@ -507,7 +528,9 @@ def _report_duplicates(
             listed = ", ".join(f"{plural}[{entry.index}]" if field == "id" else entry.item for entry in sharing)
             shown = int(value) if field == "id" else repr(value)
             problems.error(
-                ANNOTATIONS_FILE, sharing[1].item, field,
+                ANNOTATIONS_FILE,
+                sharing[1].item,
+                field,
                 f"duplicate {what} {shown}: used by {len(sharing)} records ({listed})",
             )
 
@@ -525,11 +548,13 @@ def _check_image_files(folder: Path, images: dict[int, _Record], problems: _Prob
         if isinstance(size, str):
             problems.error(name, image.item, "file_name", size)
             continue
-        for field, actual in zip(("width", "height"), size):
+        for field, actual in zip(("width", "height"), size, strict=True):
             stated = image.get(field)
             if stated is not None and int(stated) != actual:
                 problems.error(
-                    name, image.item, field,
+                    name,
+                    image.item,
+                    field,
                     f"{field} {int(stated)} in {ANNOTATIONS_FILE} differs from the file's {actual} pixels",
                 )
     _report_unlisted_files(folder, {_normalised_file_name(image.record["file_name"]) for image in listed}, problems)
@@ -542,7 +567,7 @@ def _read_sizes(folder: Path, names: list[str]) -> dict[str, tuple[int, int] | s
         return {}
     with ThreadPoolExecutor(max_workers=min(MAX_HEADER_READERS, len(unique))) as pool:
         results = pool.map(lambda name: _size_or_reason(folder / name, name), unique)
-        return dict(zip(unique, results))
+        return dict(zip(unique, results, strict=True))
 
 
 def _size_or_reason(path: Path, name: str) -> tuple[int, int] | str:
@@ -621,13 +646,17 @@ def _check_annotation_image(annotation: _Record, images: dict[int, _Record], pro
     category = annotation.get("category_id")
     if category is not None and category != FEMORAL_HEAD_CATEGORY["id"]:
         problems.error(
-            ANNOTATIONS_FILE, annotation.item, "category_id",
+            ANNOTATIONS_FILE,
+            annotation.item,
+            "category_id",
             f"unknown category_id {category}; femoral heads use category {FEMORAL_HEAD_CATEGORY['id']}",
         )
     image_id = annotation.get("image_id")
     if image_id is not None and int(image_id) not in images:
         problems.error(
-            ANNOTATIONS_FILE, annotation.item, "image_id",
+            ANNOTATIONS_FILE,
+            annotation.item,
+            "image_id",
             f"refers to image id {int(image_id)}, which is not in images",
         )
         annotation.usable.discard("image_id")
@@ -642,7 +671,9 @@ def _check_box(annotation: _Record, images: dict[int, _Record], problems: _Probl
         problems.error(ANNOTATIONS_FILE, annotation.item, "bbox", f"box has non-finite values {box}")
     elif w <= 0 or h <= 0:
         problems.error(
-            ANNOTATIONS_FILE, annotation.item, "bbox",
+            ANNOTATIONS_FILE,
+            annotation.item,
+            "bbox",
             f"degenerate box: width and height must be > 0, got w={w:g}, h={h:g}",
         )
     else:
@@ -651,7 +682,9 @@ def _check_box(annotation: _Record, images: dict[int, _Record], problems: _Probl
         width, height = (image.get("width"), image.get("height")) if image else (None, None)
         if width is not None and height is not None and _box_leaves_image(box, width, height):
             problems.error(
-                ANNOTATIONS_FILE, annotation.item, "bbox",
+                ANNOTATIONS_FILE,
+                annotation.item,
+                "bbox",
                 f"box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] extends outside the {width}x{height} image",
             )
         return
@@ -671,7 +704,9 @@ def _check_coco_extras(annotation: _Record, problems: _Problems) -> None:
     crowd = annotation.get("iscrowd")
     if crowd is not None and crowd != 0:
         problems.error(
-            ANNOTATIONS_FILE, annotation.item, "iscrowd",
+            ANNOTATIONS_FILE,
+            annotation.item,
+            "iscrowd",
             f"iscrowd must be 0 (each femoral head is one object), got {crowd}",
         )
 
@@ -692,7 +727,9 @@ def _check_heads_per_image(images: dict[int, _Record], annotations: list[_Record
             continue
         if len(on_image) > 2:
             problems.error(
-                ANNOTATIONS_FILE, image.item, "annotations",
+                ANNOTATIONS_FILE,
+                image.item,
+                "annotations",
                 f"{len(on_image)} femoral heads annotated ({_items(on_image)}); a radiograph shows at most two",
             )
         _check_sides_on_image(image, on_image, problems)
@@ -706,13 +743,17 @@ def _check_sides_on_image(image: _Record, heads: list[_Record], problems: _Probl
     for side, same in by_side.items():
         if len(same) > 1:
             problems.error(
-                ANNOTATIONS_FILE, image.item, "side",
+                ANNOTATIONS_FILE,
+                image.item,
+                "side",
                 f"{len(same)} femoral heads labelled {side!r} ({_items(same)}); each side appears at most once",
             )
     right, left = by_side.get(SIDES[1], []), by_side.get(SIDES[0], [])
     if len(right) == 1 and len(left) == 1 and _centre_x(right[0]) > _centre_x(left[0]):
         problems.error(
-            ANNOTATIONS_FILE, image.item, "side",
+            ANNOTATIONS_FILE,
+            image.item,
+            "side",
             f"side labels look swapped: the {SIDES[1]!r} head ({right[0].item}) lies right of the "
             f"{SIDES[0]!r} head ({left[0].item}) on the image, but the patient's right hip appears "
             "on the image's left",
@@ -739,7 +780,9 @@ def _check_splits(splits: dict, images: dict[int, _Record], problems: _Problems)
             problems.error(ANNOTATIONS_FILE, f"split {name}", "splits", _unknown_label("split", name, SPLITS))
         if not TEXT_LIST.accepts(subjects):
             problems.error(
-                ANNOTATIONS_FILE, f"split {name}", f"splits.{name}",
+                ANNOTATIONS_FILE,
+                f"split {name}",
+                f"splits.{name}",
                 f"wrong type: expected a list of subject ids (strings), got {_describe(subjects)}",
             )
             continue
@@ -747,26 +790,34 @@ def _check_splits(splits: dict, images: dict[int, _Record], problems: _Problems)
             split_of[subject].append(name)
             if times > 1:
                 problems.warning(
-                    ANNOTATIONS_FILE, f"subject {subject}", f"splits.{name}",
+                    ANNOTATIONS_FILE,
+                    f"subject {subject}",
+                    f"splits.{name}",
                     f"subject is listed {times} times in split {name}",
                 )
     radiographs = Counter(image.record["subject_id"] for image in images.values() if "subject_id" in image.usable)
     for subject, names in split_of.items():
         if len(names) > 1:
             problems.error(
-                ANNOTATIONS_FILE, f"subject {subject}", "splits",
+                ANNOTATIONS_FILE,
+                f"subject {subject}",
+                "splits",
                 f"subject is in {len(names)} splits ({' and '.join(names)}); all of a subject's "
                 "radiographs must stay in one split",
             )
         if subject not in radiographs:
             problems.warning(
-                ANNOTATIONS_FILE, f"subject {subject}", f"splits.{names[0]}",
+                ANNOTATIONS_FILE,
+                f"subject {subject}",
+                f"splits.{names[0]}",
                 f"subject is listed in split {names[0]} but has no radiograph",
             )
     for subject, count in radiographs.items():
         if subject not in split_of:
             problems.warning(
-                ANNOTATIONS_FILE, f"subject {subject}", "subject_id",
+                ANNOTATIONS_FILE,
+                f"subject {subject}",
+                "subject_id",
                 f"subject is in no split: its {count} radiograph(s) are used by neither training nor testing",
             )
 
@@ -782,7 +833,9 @@ def _counts_of(document: dict, problems: _Problems) -> DatasetCounts | None:
         # The checker should have caught everything the typed model rejects; if not, say so.
         for detail in error.errors():
             problems.error(
-                ANNOTATIONS_FILE, "data set", ".".join(map(str, detail["loc"])),
+                ANNOTATIONS_FILE,
+                "data set",
+                ".".join(map(str, detail["loc"])),
                 f"rejected by the data-set model: {detail['msg']}",
             )
         return None

@@ -20,7 +20,7 @@ from avn.vocabulary import STAGES, VIEW_NAMES
 
 # Green for healthy through red for the most severe stage, in STAGES order.
 _STAGE_PALETTE = ((70, 210, 110), (250, 215, 40), (255, 140, 20), (240, 50, 50))
-STAGE_COLOURS: dict[str, tuple[int, int, int]] = dict(zip(STAGES, _STAGE_PALETTE))
+STAGE_COLOURS: dict[str, tuple[int, int, int]] = dict(zip(STAGES, _STAGE_PALETTE, strict=True))
 LABEL_BACKGROUND = (0, 0, 0)
 CAPTION_COLOUR = (255, 255, 255)
 # Display window: percentiles rather than the full range, so 12-bit data in a 16-bit container
@@ -36,9 +36,7 @@ class UnknownImageError(ShowError):
     """The data set has no image with the requested id."""
 
 
-def render_annotated(
-    folder: str | Path, image_id: int, out_png: str | Path, max_side: int = 1600
-) -> Path:
+def render_annotated(folder: str | Path, image_id: int, out_png: str | Path, max_side: int = 1600) -> Path:
     """Draw image ``image_id`` of the data set in ``folder`` with its annotations; write an 8-bit PNG.
 
     The image is downsized so that its longer side is at most ``max_side`` pixels (never enlarged).
@@ -111,8 +109,12 @@ def _head_label(annotation: FemoralHeadAnnotation) -> str:
 
 
 def _draw_head(
-    draw: ImageDraw.ImageDraw, canvas_size: tuple[int, int], annotation: FemoralHeadAnnotation,
-    scale: float, font, line_width: int,
+    draw: ImageDraw.ImageDraw,
+    canvas_size: tuple[int, int],
+    annotation: FemoralHeadAnnotation,
+    scale: float,
+    font,
+    line_width: int,
 ) -> None:
     colour = STAGE_COLOURS[annotation.stage]
     x0, y0, x1, y1 = (value * scale for value in annotation.xyxy)
@@ -120,9 +122,7 @@ def _draw_head(
     _draw_label(draw, canvas_size, _head_label(annotation), (x0, y0, x1, y1), colour, font)
 
 
-def _draw_label(
-    draw: ImageDraw.ImageDraw, canvas_size: tuple[int, int], text: str, box, colour, font
-) -> None:
+def _draw_label(draw: ImageDraw.ImageDraw, canvas_size: tuple[int, int], text: str, box, colour, font) -> None:
     """Put the label above the box, or below it when the box touches the top, inside the image."""
     left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
     width, height = right - left, bottom - top

@@ -119,8 +119,14 @@ def run_ablation(options: AblationOptions) -> dict[str, Any]:
         raise ValueError(f"unknown budget {options.budget!r}; expected one of {BUDGETS}")
     started = time.perf_counter()
     context = prepare_context(
-        options.data, options.out, options.profile, options.seed, options.folds, options.repeats,
-        reporter=options.reporter, logger=options.logger,
+        options.data,
+        options.out,
+        options.profile,
+        options.seed,
+        options.folds,
+        options.repeats,
+        reporter=options.reporter,
+        logger=options.logger,
     )
     trunk = _staging_start(context, options)
     variants = ablation_variants(options.profile, options.resample_counts, options.include_no_detection)
@@ -152,7 +158,9 @@ def _staging_start(context: TrainingContext, options: AblationOptions) -> dict[s
         path = context.run_dir / "view" / MODEL_FILE
     model, card = load_checkpoint(path)
     if card.task != "view" or card.input_size != options.profile.input_size:
-        raise ValueError(f"{path}: need a view model at {options.profile.input_size} px, got {card.task} at {card.input_size} px")
+        raise ValueError(
+            f"{path}: need a view model at {options.profile.input_size} px, got {card.task} at {card.input_size} px"
+        )
     return model.state_dict()
 
 
@@ -163,8 +171,12 @@ def _held_out_crops(context: TrainingContext, source: BoxSource) -> CropSet:
 
 
 def _train_variant(
-    context: TrainingContext, options: AblationOptions, variant: Variant, source: BoxSource,
-    held: CropSet, trunk: dict[str, torch.Tensor],
+    context: TrainingContext,
+    options: AblationOptions,
+    variant: Variant,
+    source: BoxSource,
+    held: CropSet,
+    trunk: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """T-set truth and probabilities of the variant's deployed fold (cached in ``result.json``)."""
     result_path = _result_path(options, variant)
@@ -181,8 +193,13 @@ def _train_variant(
         context.report(f"{variant.name}: cropping", progress["images"], train_images)
 
     pool = build_crops(
-        context.data_dir, dataset, dataset.splits["train"], profile.input_size, training_scales(variant.resamples),
-        on_image=on_image, box_of=source,
+        context.data_dir,
+        dataset,
+        dataset.splits["train"],
+        profile.input_size,
+        training_scales(variant.resamples),
+        on_image=on_image,
+        box_of=source,
     )
     test = held.select_subjects(dataset.splits["test"])
     epochs = variant_epochs(options, variant)
@@ -192,26 +209,47 @@ def _train_variant(
         per_epoch = max(1, -(-len(train_set) // profile.batch_size))
         steps = {"n": 0}
 
-        def on_step(figures: dict[str, float], fold_name: str = fold.name) -> None:
+        def on_step(
+            figures: dict[str, float], *, label=f"{variant.name} {fold.name}", steps=steps, total=per_epoch * epochs
+        ) -> None:
             steps["n"] += 1
-            context.report(f"{variant.name} {fold_name}", steps["n"], per_epoch * epochs, **figures)
+            context.report(label, steps["n"], total, **figures)
 
         fit = fit_classifier(
-            "staging", train_set, val_set, profile, variant_dir / "folds" / fold.name,
-            context.seed * 1000 + fold.repeat * 100 + fold.index, init_state=trunk, on_step=on_step,
-            on_epoch=lambda entry, name=fold.name: context.log_epoch(f"{variant.name} {name}", entry), epochs=epochs,
+            "staging",
+            train_set,
+            val_set,
+            profile,
+            variant_dir / "folds" / fold.name,
+            context.seed * 1000 + fold.repeat * 100 + fold.index,
+            init_state=trunk,
+            on_step=on_step,
+            on_epoch=lambda entry, name=fold.name: context.log_epoch(f"{variant.name} {name}", entry),
+            epochs=epochs,
         )
-        folds.append({
-            "fold": fold.name, "val_score": fit.best_score, "best_epoch": fit.best_epoch,
-            "train_crops": len(train_set), "test_probabilities": predict(fit.model, test.crops).tolist(),
-        })
+        folds.append(
+            {
+                "fold": fold.name,
+                "val_score": fit.best_score,
+                "best_epoch": fit.best_epoch,
+                "train_crops": len(train_set),
+                "test_probabilities": predict(fit.model, test.crops).tolist(),
+            }
+        )
     best = max(folds, key=lambda doc: doc["val_score"])
     result = {
-        "variant": variant.name, "fixed_regions": variant.fixed_regions, "resamples": variant.resamples, "epochs": epochs,
-        "deployed_fold": best["fold"], "test_annotation_ids": [head.annotation_id for head in test.heads],
-        "test_truth": test.labels("staging").tolist(), "test_probabilities": best["test_probabilities"],
+        "variant": variant.name,
+        "fixed_regions": variant.fixed_regions,
+        "resamples": variant.resamples,
+        "epochs": epochs,
+        "deployed_fold": best["fold"],
+        "test_annotation_ids": [head.annotation_id for head in test.heads],
+        "test_truth": test.labels("staging").tolist(),
+        "test_probabilities": best["test_probabilities"],
         "folds": [{k: v for k, v in doc.items() if k != "test_probabilities"} for doc in folds],
-        "fold_macro_f1": [_macro_f1(test.labels("staging"), np.asarray(doc["test_probabilities"]).argmax(1)) for doc in folds],
+        "fold_macro_f1": [
+            _macro_f1(test.labels("staging"), np.asarray(doc["test_probabilities"]).argmax(1)) for doc in folds
+        ],
         "seconds": round(time.perf_counter() - started, 1),  # cropping + training + T-set prediction
     }
     variant_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +282,10 @@ def _estimate_text(context: TrainingContext, options: AblationOptions, variants:
         crops = (len(heads) + typical) * variant.resamples * share
         seconds = crops * variant_epochs(options, variant) * seconds_per_crop
         total += seconds
-        lines.append(f"  {variant.name}: ~{crops:.0f} training crops × {variant_epochs(options, variant)} epochs ≈ {seconds / 60:.1f} min")
+        lines.append(
+            f"  {variant.name}: ~{crops:.0f} training crops × {variant_epochs(options, variant)} epochs"
+            f" ≈ {seconds / 60:.1f} min"
+        )
     return (
         f"estimated training time ({seconds_per_crop * 1000:.1f} ms per crop measured here, "
         f"{len(context.folds)} fold(s)): {total / 60:.0f} min\n" + "\n".join(lines)
@@ -287,7 +328,9 @@ def analyse(results: dict[str, dict[str, Any]], profile: Profile, resamples: int
             "macro_f1": ci.to_dict(),
             "per_stage_f1": _per_stage_f1(truth, predicted),
             "fold_macro_f1": result.get("fold_macro_f1", []),
-            "resamples": result["resamples"], "fixed_regions": result["fixed_regions"], "epochs": result["epochs"],
+            "resamples": result["resamples"],
+            "fixed_regions": result["fixed_regions"],
+            "epochs": result["epochs"],
             "train_seconds": result.get("seconds"),
         }
     for name in results:
@@ -295,12 +338,18 @@ def analyse(results: dict[str, dict[str, Any]], profile: Profile, resamples: int
         for key, other in (("vs_no_detection", NO_DETECTION), ("vs_reference", reference)):
             if other in results and other != name:
                 _, other_predicted = _aligned(results[other], order)
-                rows[name][key] = paired_bootstrap(statistic, truth, predicted, other_predicted, resamples, seed).to_dict()
+                rows[name][key] = paired_bootstrap(
+                    statistic, truth, predicted, other_predicted, resamples, seed
+                ).to_dict()
             else:
                 rows[name][key] = None
     return {
-        "reference": reference, "test_heads": len(order), "p_value_method": PAIRED_METHOD,
-        "bootstrap_resamples": resamples, "seed": seed, "variants": rows,
+        "reference": reference,
+        "test_heads": len(order),
+        "p_value_method": PAIRED_METHOD,
+        "bootstrap_resamples": resamples,
+        "seed": seed,
+        "variants": rows,
         "paper": PAPER_ABLATION,
     }
 
@@ -322,13 +371,16 @@ def _per_stage_f1(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     values = f1_score(truth, predicted, labels=list(range(len(STAGES))), average=None, zero_division=0)
-    return {stage: float(v) for stage, v in zip(STAGES, values)}
+    return {stage: float(v) for stage, v in zip(STAGES, values, strict=True)}
 
 
 def _settings(options: AblationOptions, variants: list[Variant]) -> dict[str, Any]:
     return {
-        "data": str(options.data), "profile": options.profile.name, "input_size": options.profile.input_size,
-        "seed": options.seed, "budget": options.budget,
+        "data": str(options.data),
+        "profile": options.profile.name,
+        "input_size": options.profile.input_size,
+        "seed": options.seed,
+        "budget": options.budget,
         "epochs": {v.name: variant_epochs(options, v) for v in variants},
         "view_model": str(options.view_model) if options.view_model else "trained here (view/model.pt)",
         "fixed_regions": {"centres": FIXED_REGIONS, "side_fraction_of_height": FIXED_REGION_SIDE},
@@ -344,20 +396,30 @@ def table_rows(document: dict[str, Any]) -> list[list[str]]:
     for name, row in document["variants"].items():
         ci = row["macro_f1"]
         paper = document["paper"].get(name, {})
-        rows.append([
-            name, format_ci(ci["estimate"], ci["low"], ci["high"]),
-            format_p(row["vs_no_detection"]["p_value"]) if row["vs_no_detection"] else "–",
-            format_p(row["vs_reference"]["p_value"]) if row["vs_reference"] else "–",
-            " / ".join(f"{row['per_stage_f1'][s]:.2f}" for s in STAGES),
-            format_ci(paper.get("f1"), *paper.get("ci", (None, None))) if paper else "—",
-            paper.get("p_vs_no_detection", "—"), paper.get("p_vs_n5", "—"),
-        ])
+        rows.append(
+            [
+                name,
+                format_ci(ci["estimate"], ci["low"], ci["high"]),
+                format_p(row["vs_no_detection"]["p_value"]) if row["vs_no_detection"] else "–",
+                format_p(row["vs_reference"]["p_value"]) if row["vs_reference"] else "–",
+                " / ".join(f"{row['per_stage_f1'][s]:.2f}" for s in STAGES),
+                format_ci(paper.get("f1"), *paper.get("ci", (None, None))) if paper else "—",
+                paper.get("p_vs_no_detection", "—"),
+                paper.get("p_vs_n5", "—"),
+            ]
+        )
     return rows
 
 
 TABLE_HEADERS = (
-    "variant", "macro F1 (95% CI), phantom T-set", "p vs no-detection", "p vs reference N",
-    "F1 absence / II / III / IV", "paper F1 (95% CI), real radiographs", "paper p vs no-detection", "paper p vs N=5",
+    "variant",
+    "macro F1 (95% CI), phantom T-set",
+    "p vs no-detection",
+    "p vs reference N",
+    "F1 absence / II / III / IV",
+    "paper F1 (95% CI), real radiographs",
+    "paper p vs no-detection",
+    "paper p vs N=5",
 )
 
 
@@ -376,12 +438,19 @@ def write_outputs(document: dict[str, Any], out: Path) -> None:
         f"resamples, seed {document['seed']}. p-values: {document['p_value_method']} of macro F1 "
         "(the paper used t-tests on bootstrap F1 values, see docs/ablation.md)."
     )
-    report.table(TABLE_HEADERS, table_rows(document), caption="Ours: phantom T-set. Paper: real radiographs (Table VI).")
-    report.figure(png, "Figure: staging macro F1 on the T-set per variant with 95% bootstrap CI (ours, phantom) "
-                       "and the paper's Table VI values (real radiographs).")
+    report.table(
+        TABLE_HEADERS, table_rows(document), caption="Ours: phantom T-set. Paper: real radiographs (Table VI)."
+    )
+    report.figure(
+        png,
+        "Figure: staging macro F1 on the T-set per variant with 95% bootstrap CI (ours, phantom) "
+        "and the paper's Table VI values (real radiographs).",
+    )
     regions = document["settings"]["fixed_regions"]
-    report.paragraph(f"Fixed predefined regions (no-detection): centres {regions['centres']} as fractions of "
-                     f"(width, height) by patient side, square side {regions['side_fraction_of_height']} × image height.")
+    report.paragraph(
+        f"Fixed predefined regions (no-detection): centres {regions['centres']} as fractions of "
+        f"(width, height) by patient side, square side {regions['side_fraction_of_height']} × image height."
+    )
     report.write(out / "report.html")
 
 
@@ -394,7 +463,14 @@ def _f1_figure(document: dict[str, Any]):
     estimate = np.array([c["estimate"] if c["estimate"] is not None else np.nan for c in ours])
     low = np.array([c["low"] if c["low"] is not None else np.nan for c in ours])
     high = np.array([c["high"] if c["high"] is not None else np.nan for c in ours])
-    ax.errorbar(x - 0.1, estimate, yerr=[estimate - low, high - estimate], fmt="o", capsize=4, label="ours (phantom T-set), 95% CI")
+    ax.errorbar(
+        x - 0.1,
+        estimate,
+        yerr=[estimate - low, high - estimate],
+        fmt="o",
+        capsize=4,
+        label="ours (phantom T-set), 95% CI",
+    )
     paper = [document["paper"].get(n) for n in names]
     px = [i + 0.1 for i, p in enumerate(paper) if p]
     if px:
@@ -413,4 +489,3 @@ def _f1_figure(document: dict[str, Any]):
 def _log(options: AblationOptions, text: str) -> None:
     if options.logger:
         options.logger(text)
-

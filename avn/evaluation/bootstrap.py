@@ -65,25 +65,37 @@ def bootstrap_ci(
     values = _resampled_values(statistic, arrays, n, resamples, seed)
     defined = values[~np.isnan(values)]
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = (np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan))
+    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
     return ConfidenceInterval(
-        estimate=_none_if_nan(estimate), low=_none_if_nan(low), high=_none_if_nan(high),
-        level=level, resamples=resamples, defined_resamples=int(defined.size), seed=seed,
+        estimate=_none_if_nan(estimate),
+        low=_none_if_nan(low),
+        high=_none_if_nan(high),
+        level=level,
+        resamples=resamples,
+        defined_resamples=int(defined.size),
+        seed=seed,
     )
 
 
-def bootstrap_values(statistic: RowStatistic, *arrays: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+def bootstrap_values(
+    statistic: RowStatistic, *arrays: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> np.ndarray:
     """The statistic on every resample (NaN where undefined): for paired tests between two
     statistics, resample with the same seed and compare the two vectors."""
     arrays = tuple(np.asarray(array) for array in arrays)
     return _resampled_values(statistic, arrays, len(arrays[0]), resamples, seed)
 
 
-def _resampled_values(statistic: RowStatistic, arrays: tuple[np.ndarray, ...], n: int, resamples: int, seed: int) -> np.ndarray:
+def _resampled_values(
+    statistic: RowStatistic, arrays: tuple[np.ndarray, ...], n: int, resamples: int, seed: int
+) -> np.ndarray:
     indices = resample_indices(n, resamples, seed)
     chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        parts = [statistic(*(array[indices[start:start + chunk]] for array in arrays)) for start in range(0, resamples, chunk)]
+        parts = [
+            statistic(*(array[indices[start : start + chunk]] for array in arrays))
+            for start in range(0, resamples, chunk)
+        ]
     return np.concatenate(parts).astype(float)
 
 
@@ -152,10 +164,15 @@ def interval_from_values(
     values = np.asarray(values, dtype=float)
     defined = values[~np.isnan(values)]
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = (np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan))
+    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
     return ConfidenceInterval(
-        estimate=None if estimate is None else _none_if_nan(float(estimate)), low=_none_if_nan(low),
-        high=_none_if_nan(high), level=level, resamples=resamples, defined_resamples=int(defined.size), seed=seed,
+        estimate=None if estimate is None else _none_if_nan(float(estimate)),
+        low=_none_if_nan(low),
+        high=_none_if_nan(high),
+        level=level,
+        resamples=resamples,
+        defined_resamples=int(defined.size),
+        seed=seed,
     )
 
 

@@ -38,7 +38,9 @@ _PROBABILITY_FLOOR = 1e-7
 # ---------------------------------------------------------------- confidence and correctness
 
 
-def confidence_and_correct(probabilities: np.ndarray, truth: np.ndarray, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+def confidence_and_correct(
+    probabilities: np.ndarray, truth: np.ndarray, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(confidence, correct) per answer, flattened; see the module docstring for the conventions.
 
     ``truth`` is class indices (n,) for exclusive labels, 0/1 (n, L) for multi-label.
@@ -168,7 +170,9 @@ class TemperatureFit:
         return dict(self.__dict__)
 
 
-def fit_temperature(logits: np.ndarray, truth: np.ndarray, multi_label: bool, bins: int = DEFAULT_BINS) -> TemperatureFit:
+def fit_temperature(
+    logits: np.ndarray, truth: np.ndarray, multi_label: bool, bins: int = DEFAULT_BINS
+) -> TemperatureFit:
     """The T in [1/20, 20] minimising the NLL of ``logits / T``; searched over log T (bounded Brent),
     which makes the objective smooth and keeps T positive."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -17,15 +17,22 @@ HEADLINE_FILE = "headline.md"  # the README's table, ready to paste
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Data-set folder (annotations.json + images)."),
     store: Path = typer.Option(None, "--store", help="Model store of .mar archives to evaluate."),
-    run: Path = typer.Option(None, "--run", help="Training run folder: the models (without --store), its validation "
-                                                 "fold for temperature scaling and, with ≥ 2 CV repeats, CIs over repeats."),
+    run: Path = typer.Option(
+        None,
+        "--run",
+        help="Training run folder: the models (without --store), its validation "
+        "fold for temperature scaling and, with ≥ 2 CV repeats, CIs over repeats.",
+    ),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test (the T-set), E1, E2, E3 or train."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.html, report.json, PNG figures."),
     resamples: int = typer.Option(10_000, min=100, help="Bootstrap resamples."),
     seed: int = typer.Option(0, help="Bootstrap seed (recorded in the report)."),
     train_data: Path = typer.Option(None, "--train-data", help="Data set the run was trained on, if not --data."),
-    store_temperature: bool = typer.Option(False, "--store-temperature", help="Write temperatures fitted here into "
-                                                                              "the run's checkpoints (as `avn calibrate`)."),
+    store_temperature: bool = typer.Option(
+        False,
+        "--store-temperature",
+        help="Write temperatures fitted here into the run's checkpoints (as `avn calibrate`).",
+    ),
 ) -> None:
     """Run the serving pipeline over a split and write the paper's tables, figures and calibration."""
     from avn.evaluation.evaluate import EvaluationRequest
@@ -37,8 +44,16 @@ def evaluate(
     started = time.perf_counter()
     with progress_bar() as progress:
         request = EvaluationRequest(
-            data_dir=data, split=split, store=store, run=run, train_data=train_data, resamples=resamples, seed=seed,
-            store_temperature=store_temperature, command=shlex.join(["avn", *sys.argv[1:]]), progress=StageBars(progress),
+            data_dir=data,
+            split=split,
+            store=store,
+            run=run,
+            train_data=train_data,
+            resamples=resamples,
+            seed=seed,
+            store_temperature=store_temperature,
+            command=shlex.join(["avn", *sys.argv[1:]]),
+            progress=StageBars(progress),
         )
         try:
             document, figures = run_evaluation(request)
@@ -48,14 +63,29 @@ def evaluate(
     table = headline(document)
     (Path(out) / HEADLINE_FILE).write_text(table + "\n")
     typer.echo(table)
-    console.print(f"wrote {paths[REPORT_HTML]} and {len(paths) - 1} more files in {time.perf_counter() - started:.1f} s")
+    console.print(
+        f"wrote {paths[REPORT_HTML]} and {len(paths) - 1} more files in {time.perf_counter() - started:.1f} s"
+    )
 
 
 HEADLINE_KEYS = (
-    "detection.detector.f1@0.5", "detection.detector.f1@0.6", "detection.detector.f1@0.7", "view.auc", "side.auc",
-    "notes.fused.auc", "presence.auc", "presence.sensitivity", "presence.specificity", "subject.AP+FL.sensitivity",
-    "subject.AP.sensitivity", "subject.FL.sensitivity", "staging.absence.auc", "staging.II.auc", "staging.III.auc",
-    "staging.IV.auc", "staging.macro_f1",
+    "detection.detector.f1@0.5",
+    "detection.detector.f1@0.6",
+    "detection.detector.f1@0.7",
+    "view.auc",
+    "side.auc",
+    "notes.fused.auc",
+    "presence.auc",
+    "presence.sensitivity",
+    "presence.specificity",
+    "subject.AP+FL.sensitivity",
+    "subject.AP.sensitivity",
+    "subject.FL.sensitivity",
+    "staging.absence.auc",
+    "staging.II.auc",
+    "staging.III.auc",
+    "staging.IV.auc",
+    "staging.macro_f1",
 )
 
 
@@ -66,11 +96,16 @@ def headline(document: dict) -> str:
     for key in HEADLINE_KEYS:
         row = rows[key]
         paper = row["paper"] or {}
-        lines.append(f"| {row['label']} | {_fmt(row['estimate'])} | {_fmt_ci(row['low'], row['high'])} | "
-                     f"{_fmt(paper.get('value'))} | {_fmt_ci(paper.get('low'), paper.get('high'))} |")
+        lines.append(
+            f"| {row['label']} | {_fmt(row['estimate'])} | {_fmt_ci(row['low'], row['high'])} | "
+            f"{_fmt(paper.get('value'))} | {_fmt_ci(paper.get('low'), paper.get('high'))} |"
+        )
     for row in document["calibration"]["rows"]:
         after = "" if row["ece_after"] is None else f" → {_fmt(row['ece_after'])} at T = {row['temperature']:.3g}"
-        lines.append(f"| {row['task']} ECE (T = 1{' → fitted' if after else ''}) | {_fmt(row['ece_before'])}{after} | | not reported | |")
+        lines.append(
+            f"| {row['task']} ECE (T = 1{' → fitted' if after else ''}) | {_fmt(row['ece_before'])}{after} |"
+            " | not reported | |"
+        )
     return "\n".join(lines)
 
 
@@ -108,8 +143,10 @@ def calibrate(
     typer.echo("| model | T | NLL before → after | ECE before → after | validation heads | version |")
     typer.echo("|---|---|---|---|---|---|")
     for task, r in results.items():
-        typer.echo(f"| {task} | {r['temperature']:.4f} | {r['nll_before']:.4f} → {r['nll_after']:.4f} | "
-                   f"{r['ece_before']:.4f} → {r['ece_after']:.4f} | {r['samples']} | {r.get('version', '(not written)')} |")
+        typer.echo(
+            f"| {task} | {r['temperature']:.4f} | {r['nll_before']:.4f} → {r['nll_after']:.4f} | "
+            f"{r['ece_before']:.4f} → {r['ece_after']:.4f} | {r['samples']} | {r.get('version', '(not written)')} |"
+        )
     for r in results.values():
         if "warning" in r:
             console.print(f"[yellow]warning:[/] {r['warning']}")

@@ -29,7 +29,6 @@ from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load
 from avn.dataset.images import Radiograph, read_radiograph
 from avn.metrics import box_iou
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
-
 from gateway.backends import CLASSIFIER_MODELS, Detections, ModelBackend, ModelInfo
 from gateway.pipeline import choose_heads, classify_heads, crop_heads, detect_heads, interpret_heads, radiograph_view
 from gateway.results import DEFAULT_NOTE_THRESHOLD, DiagnoseOptions, Diagnosis, FemoralHead, ModelVersion, StepTimings
@@ -94,7 +93,10 @@ class Collected:
 
 
 async def diagnose_pixels(
-    backend: ModelBackend, radiograph: Radiograph, models: dict[str, ModelInfo], crop_scale: float = SERVING_SCALE,
+    backend: ModelBackend,
+    radiograph: Radiograph,
+    models: dict[str, ModelInfo],
+    crop_scale: float = SERVING_SCALE,
     note_threshold: float = DEFAULT_NOTE_THRESHOLD,
 ) -> tuple[Detections, Diagnosis | None]:
     """The detector's raw answer and the pipeline's diagnosis (without CAM PNGs) of one radiograph."""
@@ -121,7 +123,9 @@ async def diagnose_pixels(
     return detections, diagnosis
 
 
-def match_heads(truth_boxes: np.ndarray, heads: Sequence[FemoralHead], min_iou: float = MATCH_IOU) -> list[tuple[int, int]]:
+def match_heads(
+    truth_boxes: np.ndarray, heads: Sequence[FemoralHead], min_iou: float = MATCH_IOU
+) -> list[tuple[int, int]]:
     """One-to-one (truth, predicted) pairs with IoU > ``min_iou``, largest overlaps first."""
     if len(truth_boxes) == 0 or not heads:
         return []
@@ -151,7 +155,10 @@ def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
 
 
 async def collect_async(
-    backend: ModelBackend, data_dir: Path, split: str, on_radiograph: Callable[[int, int], None] | None = None,
+    backend: ModelBackend,
+    data_dir: Path,
+    split: str,
+    on_radiograph: Callable[[int, int], None] | None = None,
     crop_scale: float = SERVING_SCALE,
 ) -> Collected:
     """Every radiograph of ``split`` through the pipeline; reading the next file overlaps inference."""
@@ -179,7 +186,9 @@ async def collect_async(
     return Collected(split, results, head_table(results), ordered_models, time.perf_counter() - started)
 
 
-def collect(backend: ModelBackend, data_dir: Path, split: str, on_radiograph: Callable[[int, int], None] | None = None) -> Collected:
+def collect(
+    backend: ModelBackend, data_dir: Path, split: str, on_radiograph: Callable[[int, int], None] | None = None
+) -> Collected:
     return asyncio.run(collect_async(backend, data_dir, split, on_radiograph))
 
 
@@ -196,11 +205,15 @@ def head_table(results: Sequence[RadiographResult]) -> HeadTable:
         view_truth=np.array([VIEWS.index(result.image.view) for result, _, _ in rows], dtype=int),
         side_truth=np.array([SIDES.index(truth.side) for _, truth, _ in rows], dtype=int),
         stage_truth=np.array([STAGES.index(truth.stage) for _, truth, _ in rows], dtype=int),
-        notes_truth=np.array([[note in truth.notes for note in NOTES] for _, truth, _ in rows], dtype=int).reshape(n, len(NOTES)),
+        notes_truth=np.array([[note in truth.notes for note in NOTES] for _, truth, _ in rows], dtype=int).reshape(
+            n, len(NOTES)
+        ),
         view_probs=probabilities([[p.probability for p in head.view_probabilities] for _, _, head in rows], len(VIEWS)),
         side_probs=probabilities([_side_row(head) for _, _, head in rows], len(SIDES)),
         side_served=np.array([SIDES.index(head.side) for _, _, head in rows], dtype=int),
-        stage_probs=probabilities([[p.probability for p in head.stage_probabilities] for _, _, head in rows], len(STAGES)),
+        stage_probs=probabilities(
+            [[p.probability for p in head.stage_probabilities] for _, _, head in rows], len(STAGES)
+        ),
         notes_raw=probabilities([_notes_row(head, raw=True) for _, _, head in rows], len(NOTES)),
         notes_fused=probabilities([_notes_row(head, raw=False) for _, _, head in rows], len(NOTES)),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from avn.evaluation.temperature import CALIBRATION_KEY, WEIGHTS_VERSION_KEY, cal
 from avn.models.checkpoint import ModelCard, read_card
 from avn.models.classifier import CLASSIFIER_TASKS
 from avn.training.runner import MODEL_FILE, dataset_fingerprint
-
 from gateway.backends import MODELS
 from gateway.inprocess import InProcessBackend
 
@@ -81,8 +80,12 @@ def evaluate(request: EvaluationRequest, backend: InProcessBackend | None = None
     started = time.perf_counter()
     backend = backend or load_backend(request)
     cards = backend.cards()
-    collected = collect(backend, request.data_dir, request.split,
-                        lambda done, total: request.report_progress("radiographs through the pipeline", done, total))
+    collected = collect(
+        backend,
+        request.data_dir,
+        request.split,
+        lambda done, total: request.report_progress("radiographs through the pipeline", done, total),
+    )
     if len(collected.heads) == 0:
         raise NothingToEvaluate(
             f"the pipeline matched none of the {collected.truth_heads} femoral heads of split {request.split!r} "
@@ -108,11 +111,15 @@ def evaluate(request: EvaluationRequest, backend: InProcessBackend | None = None
     calibration["notes"] = calibration_notes
     uncertainty = uncertainty_deciles(collected.heads)
     confusion = {**tables["table_iv"]["confusion"], **tables["table_v"]["confusion"]}
-    figures = [roc_figure(collected.heads), confusion_figure(confusion), uncertainty_figure(uncertainty),
-               reliability_figure(calibration)]
+    figures = [
+        roc_figure(collected.heads),
+        confusion_figure(confusion),
+        uncertainty_figure(uncertainty),
+        reliability_figure(calibration),
+    ]
     document = {
         "title": "AVN-net T-set evaluation",
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": request.command,
         "data": data_section(request, collected),
         "models": model_section(request, cards),
@@ -137,13 +144,15 @@ def evaluate(request: EvaluationRequest, backend: InProcessBackend | None = None
             "total_seconds": round(time.perf_counter() - started, 2),
         },
         "paper_note": "Columns marked 'paper' are the AVN-net paper's results on its hospital's real radiographs "
-                      "(T-set: 50 subjects, 179 radiographs, 279 heads); ours come from the data set named above.",
+        "(T-set: 50 subjects, 179 radiographs, 279 heads); ours come from the data set named above.",
         **request.extra,
     }
     return document, figures
 
 
-def temperatures(request: EvaluationRequest, cards: dict[str, ModelCard]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def temperatures(
+    request: EvaluationRequest, cards: dict[str, ModelCard]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Per classifier, the temperature to report 'after' with and where it came from.
 
     A temperature in the model card (from ``avn calibrate``) is used as served. Otherwise, with a run,
@@ -153,14 +162,19 @@ def temperatures(request: EvaluationRequest, cards: dict[str, ModelCard]) -> tup
     for task in CLASSIFIER_TASKS:
         calibration = cards[task].extra.get(CALIBRATION_KEY)
         if calibration:
-            fitted[task] = {"temperature": cards[task].temperature, "samples": calibration.get("samples"),
-                            "source": f"model card (avn calibrate, fold {calibration.get('fold')})"}
+            fitted[task] = {
+                "temperature": cards[task].temperature,
+                "samples": calibration.get("samples"),
+                "source": f"model card (avn calibrate, fold {calibration.get('fold')})",
+            }
     missing = [task for task in CLASSIFIER_TASKS if task not in fitted]
     if not missing:
         return fitted, notes
     if request.run is None:
-        notes.append(f"{', '.join(missing)}: no temperature in the model card and no --run to fit one on; "
-                     "run `avn calibrate --run RUN --data DIR` or add --run")
+        notes.append(
+            f"{', '.join(missing)}: no temperature in the model card and no --run to fit one on; "
+            "run `avn calibrate --run RUN --data DIR` or add --run"
+        )
         return fitted, notes
     mismatched = [task for task in missing if request.store and not same_weights(cards[task], request.run, task)]
     if mismatched:
@@ -170,15 +184,22 @@ def temperatures(request: EvaluationRequest, cards: dict[str, ModelCard]) -> tup
             return fitted, notes
     train_data = request.train_data or request.data_dir
     try:
-        results = calibrate_run(request.run, train_data, missing, write=request.store_temperature,
-                                on_image=_counter(request, "validation crops for temperature scaling"))
+        results = calibrate_run(
+            request.run,
+            train_data,
+            missing,
+            write=request.store_temperature,
+            on_image=_counter(request, "validation crops for temperature scaling"),
+        )
     except (RunInfoError, FileNotFoundError) as error:
         notes.append(f"temperature not fitted: {error}")
         return fitted, notes
     for task, result in results.items():
         if "warning" in result:
             notes.append(result["warning"])
-        stored = f"; stored in {request.run}/{task}/model.pt as version {result['version']}" if "version" in result else ""
+        stored = (
+            f"; stored in {request.run}/{task}/model.pt as version {result['version']}" if "version" in result else ""
+        )
         fitted[task] = {**result, "source": f"fitted by this evaluation on validation fold {result['fold']}{stored}"}
     return fitted, notes
 
@@ -189,7 +210,9 @@ def same_weights(card: ModelCard, run: Path, task: str) -> bool:
     if not path.is_file():
         return False
     run_card = read_card(path)
-    return run_card.extra.get(WEIGHTS_VERSION_KEY, run_card.version) == card.extra.get(WEIGHTS_VERSION_KEY, card.version)
+    return run_card.extra.get(WEIGHTS_VERSION_KEY, run_card.version) == card.extra.get(
+        WEIGHTS_VERSION_KEY, card.version
+    )
 
 
 def _counter(request: EvaluationRequest, stage: str) -> Callable[[], None]:

@@ -41,7 +41,9 @@ class Report:
     def paragraph(self, text: str, css_class: str = "note") -> None:
         self.parts.append(f'<p class="{css_class}">{html.escape(text)}</p>')
 
-    def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], caption: str = "", css_class: str = "") -> None:
+    def table(
+        self, headers: Sequence[str], rows: Iterable[Sequence[object]], caption: str = "", css_class: str = ""
+    ) -> None:
         self.parts.append(html_table(headers, rows, caption, css_class))
 
     def figure(self, png: bytes, caption: str, alt: str = "") -> None:

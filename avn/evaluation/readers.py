@@ -34,7 +34,12 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_curve
 
 from avn.evaluation.bootstrap import (
-    DEFAULT_RESAMPLES, bootstrap_ci, f1_rows, macro_f1_rows, sensitivity_rows, specificity_rows,
+    DEFAULT_RESAMPLES,
+    bootstrap_ci,
+    f1_rows,
+    macro_f1_rows,
+    sensitivity_rows,
+    specificity_rows,
 )
 from avn.evaluation.html import Report, figure_png, format_ci, format_p, pyplot
 from avn.evaluation.significance import PAIRED_METHOD, UNPAIRED_METHOD, paired_bootstrap, unpaired_bootstrap
@@ -97,7 +102,9 @@ def load_study(truth_path: Path, reader_paths: Sequence[Path], model_path: Path 
             grouped.setdefault((row.reader, row.assisted), []).append(row)
     if not grouped:
         raise ReaderFormatError("no reader files given")
-    reads = [_read_set(reader, mode, rows, truth) for (reader, mode), rows in sorted(grouped.items(), key=_reader_order)]
+    reads = [
+        _read_set(reader, mode, rows, truth) for (reader, mode), rows in sorted(grouped.items(), key=_reader_order)
+    ]
     model = None
     if model_path is not None:
         model_rows = read_model(model_path)
@@ -107,7 +114,8 @@ def load_study(truth_path: Path, reader_paths: Sequence[Path], model_path: Path 
         missing = sorted(needed - set(model))
         if missing:
             raise ReaderFormatError(
-                f"{model_path}: no answer for {len(missing)} head(s) that readers read, e.g. {missing[0][0]}/{missing[0][1]}"
+                f"{model_path}: no answer for {len(missing)} head(s) that readers read,"
+                f" e.g. {missing[0][0]}/{missing[0][1]}"
             )
     return Study(truth, reads, model)
 
@@ -131,7 +139,12 @@ def _read_set(reader: str, mode: str, rows: list[ReaderRow], truth: dict[Head, i
         if row.seconds is not None:
             seconds[row.case_id] = max(seconds.get(row.case_id, 0.0), row.seconds)
     return ReadSet(
-        reader, mode, heads, np.array([truth[h] for h in heads]), np.array([STAGES.index(row.stage) for row in rows]), seconds,
+        reader,
+        mode,
+        heads,
+        np.array([truth[h] for h in heads]),
+        np.array([STAGES.index(row.stage) for row in rows]),
+        seconds,
     )
 
 
@@ -140,8 +153,12 @@ def model_read_set(study: Study, heads: Sequence[Head], mode: str) -> ReadSet:
     if study.model is None:
         raise ValueError("the study has no model file")
     return ReadSet(
-        MODEL, mode, tuple(heads), np.array([study.truth[h] for h in heads]),
-        np.array([STAGES.index(study.model[h].stage) for h in heads]), {},
+        MODEL,
+        mode,
+        tuple(heads),
+        np.array([study.truth[h] for h in heads]),
+        np.array([STAGES.index(study.model[h].stage) for h in heads]),
+        {},
     )
 
 
@@ -184,7 +201,11 @@ def _task_metrics(read: ReadSet, task: str, resamples: int, seed: int) -> dict[s
             is_truth, is_predicted = truth == k, predicted == k
             per_class[TASK_CLASSES[task][k]] = {
                 name: bootstrap_ci(rows, is_truth, is_predicted, resamples=resamples, seed=seed).to_dict()
-                for name, rows in (("sensitivity", sensitivity_rows), ("specificity", specificity_rows), ("f1", f1_rows))
+                for name, rows in (
+                    ("sensitivity", sensitivity_rows),
+                    ("specificity", specificity_rows),
+                    ("f1", f1_rows),
+                )
             }
         return {
             "f1": bootstrap_ci(f1_statistic(task), truth, predicted, resamples=resamples, seed=seed).to_dict(),
@@ -199,8 +220,12 @@ def compare_paired(read_a: ReadSet, read_b: ReadSet, resamples: int, seed: int) 
     predicted_b = read_b.predicted[index]
     return {
         task: paired_bootstrap(
-            f1_statistic(task), task_labels(read_a.truth, task), task_labels(read_a.predicted, task),
-            task_labels(predicted_b, task), resamples, seed,
+            f1_statistic(task),
+            task_labels(read_a.truth, task),
+            task_labels(read_a.predicted, task),
+            task_labels(predicted_b, task),
+            resamples,
+            seed,
         ).to_dict()
         for task in TASKS
     }
@@ -209,8 +234,13 @@ def compare_paired(read_a: ReadSet, read_b: ReadSet, resamples: int, seed: int) 
 def compare_unpaired(read_a: ReadSet, read_b: ReadSet, resamples: int, seed: int) -> dict[str, Any]:
     return {
         task: unpaired_bootstrap(
-            f1_statistic(task), task_labels(read_a.truth, task), task_labels(read_a.predicted, task),
-            task_labels(read_b.truth, task), task_labels(read_b.predicted, task), resamples, seed,
+            f1_statistic(task),
+            task_labels(read_a.truth, task),
+            task_labels(read_a.predicted, task),
+            task_labels(read_b.truth, task),
+            task_labels(read_b.predicted, task),
+            resamples,
+            seed,
         ).to_dict()
         for task in TASKS
     }
@@ -219,11 +249,11 @@ def compare_unpaired(read_a: ReadSet, read_b: ReadSet, resamples: int, seed: int
 def kappa_table(reads: Sequence[ReadSet], truth: dict[Head, int]) -> dict[str, Any]:
     """Cohen's kappa of staging for every pair of raters (and the ground truth) on shared heads."""
     raters = {TRUTH: dict(truth)}
-    raters.update({read.rater: dict(zip(read.heads, read.predicted.tolist())) for read in reads})
+    raters.update({read.rater: dict(zip(read.heads, read.predicted.tolist(), strict=False)) for read in reads})
     names = list(raters)
     pairs = []
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             shared = [head for head in raters[first] if head in raters[second]]
             value = None
             if shared:
@@ -247,7 +277,9 @@ def reading_time(read: ReadSet) -> dict[str, Any]:
     if values.size == 0:
         return {"radiographs": 0, "mean": None, "median": None, "sd": None}
     return {
-        "radiographs": int(values.size), "mean": float(values.mean()), "median": float(np.median(values)),
+        "radiographs": int(values.size),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
         "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
     }
 
@@ -270,20 +302,33 @@ def analyse(study: Study, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> 
         "readers": readers,
         "modes": [m for m in MODES if any(read.mode == m for read in study.reads)],
         "heads": {"truth": len(study.truth), "read": len({h for read in study.reads for h in read.heads})},
-        "read_sets": [], "model": {}, "reader_vs_model": [], "assistance": [], "kappa": {},
-        "confusion_matrices": [], "reading_time": [],
+        "read_sets": [],
+        "model": {},
+        "reader_vs_model": [],
+        "assistance": [],
+        "kappa": {},
+        "confusion_matrices": [],
+        "reading_time": [],
     }
     for read in study.reads:
-        document["read_sets"].append({"reader": read.rater, "mode": read.mode, "metrics": rater_metrics(read, resamples, seed)})
-        document["confusion_matrices"].append({"rater": read.rater, "mode": read.mode, "matrix": staging_confusion(read)})
+        document["read_sets"].append(
+            {"reader": read.rater, "mode": read.mode, "metrics": rater_metrics(read, resamples, seed)}
+        )
+        document["confusion_matrices"].append(
+            {"rater": read.rater, "mode": read.mode, "matrix": staging_confusion(read)}
+        )
         document["reading_time"].append({"reader": read.rater, "mode": read.mode, **reading_time(read)})
         if study.model is not None:
             model = model_read_set(study, read.heads, read.mode)
-            document["reader_vs_model"].append({
-                "reader": read.rater, "mode": read.mode, "heads": len(read.heads),
-                "model_metrics": rater_metrics(model, resamples, seed),
-                "model_minus_reader": compare_paired(model, read, resamples, seed),
-            })
+            document["reader_vs_model"].append(
+                {
+                    "reader": read.rater,
+                    "mode": read.mode,
+                    "heads": len(read.heads),
+                    "model_metrics": rater_metrics(model, resamples, seed),
+                    "model_minus_reader": compare_paired(model, read, resamples, seed),
+                }
+            )
     for mode in document["modes"]:
         mode_reads = [read for read in study.reads if read.mode == mode]
         raters = list(mode_reads)
@@ -318,7 +363,9 @@ def paper_reference() -> dict[str, Any]:
         "note": PAPER_NOTE,
         "table_vii": PAPER_READERS_E1,
         "table_viii": PAPER_READERS_ASSISTED,
-        "table_x": {mode: [{"a": a, "b": b, "kappa": k} for (a, b), k in pairs.items()] for mode, pairs in PAPER_KAPPA.items()},
+        "table_x": {
+            mode: [{"a": a, "b": b, "kappa": k} for (a, b), k in pairs.items()] for mode, pairs in PAPER_KAPPA.items()
+        },
     }
 
 
@@ -344,17 +391,26 @@ def write_report(document: dict[str, Any], study: Study, out: Path, title: str =
     _assistance_table(report, document)
     _kappa_tables(report, document)
     figures = {
-        "confusion": ("confusion_matrices.png", _confusion_figure(document),
-                      "Figure: staging confusion matrices of every reader and the model (rows G = ground truth, columns "
-                      "P = prediction; Ab absence, S2–S4 stages II–IV; counts of femoral heads), as the paper's figure 5."),
-        "time": ("reading_time.png", _time_figure(document, study),
-                 "Figure: reading time per radiograph (seconds) of each reader without and with the system; boxes "
-                 "show quartiles, dots single radiographs, diamonds the paper's means (Table VIII)."),
+        "confusion": (
+            "confusion_matrices.png",
+            _confusion_figure(document),
+            "Figure: staging confusion matrices of every reader and the model (rows G = ground truth, columns "
+            "P = prediction; Ab absence, S2–S4 stages II–IV; counts of femoral heads), as the paper's figure 5.",
+        ),
+        "time": (
+            "reading_time.png",
+            _time_figure(document, study),
+            "Figure: reading time per radiograph (seconds) of each reader without and with the system; boxes "
+            "show quartiles, dots single radiographs, diamonds the paper's means (Table VIII).",
+        ),
     }
     if study.model is not None:
-        figures["roc"] = ("roc.png", _roc_figure(document, study),
-                          "Figure: ROC curves of the model (one vs rest) with each reader's operating point "
-                          "(sensitivity, 1 − specificity), per mode, as the paper's figure 3.")
+        figures["roc"] = (
+            "roc.png",
+            _roc_figure(document, study),
+            "Figure: ROC curves of the model (one vs rest) with each reader's operating point "
+            "(sensitivity, 1 − specificity), per mode, as the paper's figure 3.",
+        )
     for key, (name, fig, caption) in figures.items():
         files[key] = out / name
         report.figure(figure_png(fig, files[key]), caption)
@@ -384,26 +440,32 @@ def _reader_tables(report: Report, document: dict[str, Any]) -> None:
                 p_row += [format_p(vs_model[(s["reader"], mode)]["model_minus_reader"][task]["p_value"]) for s in sets]
                 rows.append(p_row)
         report.heading(f"Readers {MODE_TITLES[mode]}: F1 and p-values", level=3)
-        report.table(headers, rows, caption="Ours. p: paired bootstrap, two-sided, model minus reader on the reader's heads.")
+        report.table(
+            headers, rows, caption="Ours. p: paired bootstrap, two-sided, model minus reader on the reader's heads."
+        )
         report.heading(f"Readers {MODE_TITLES[mode]}: sensitivity and specificity per class", level=3)
         report.table(*_sens_spec_rows(document, mode, sets), caption="Ours: point estimate (95% bootstrap CI).")
     paper = document["paper"]["table_vii"]
     names = list(next(iter(paper.values())))
     report.table(
-        ["task", *names], [[TASK_TITLES[t], *(f"{v[0]:.4f} ({v[1]:.4f}–{v[2]:.4f}) {v[3]}" for v in paper[t].values())] for t in TASKS],
+        ["task", *names],
+        [[TASK_TITLES[t], *(f"{v[0]:.4f} ({v[1]:.4f}–{v[2]:.4f}) {v[3]}" for v in paper[t].values())] for t in TASKS],
         caption=f"Table VII, {PAPER_NOTE}: F1 (95% CI) on E1 and the paper's t-test p against AVN-net; "
-                "R1, R2 residents, S1, S2 attending surgeons.", css_class="paper",
+        "R1, R2 residents, S1, S2 attending surgeons.",
+        css_class="paper",
     )
 
 
 def _sens_spec_rows(document: dict[str, Any], mode: str, sets: list[dict]) -> tuple[list[str], list[list[str]]]:
-    columns = ([("model", document["model"][mode]["metrics"])] if mode in document["model"] else [])
+    columns = [("model", document["model"][mode]["metrics"])] if mode in document["model"] else []
     columns += [(s["reader"], s["metrics"]) for s in sets]
     rows = []
     for task in TASKS:
         for label, _ in columns[0][1][task]["per_class"].items():
             for metric in ("sensitivity", "specificity"):
-                rows.append([f"{task}: {label}", metric, *(_ci_text(m[task]["per_class"][label][metric]) for _, m in columns)])
+                rows.append(
+                    [f"{task}: {label}", metric, *(_ci_text(m[task]["per_class"][label][metric]) for _, m in columns)]
+                )
     return ["task: class", "metric", *(name for name, _ in columns)], rows
 
 
@@ -414,32 +476,59 @@ def _assistance_table(report: Report, document: dict[str, Any]) -> None:
     rows = []
     for reader in document["readers"]:
         comparison = next((a for a in document["assistance"] if a["reader"] == reader), None)
-        rows.append([
-            reader,
-            _ci_text(f1.get((reader, "no"))), _ci_text(f1.get((reader, "yes"))),
-            format_p(comparison["with_minus_without"]["staging"]["p_value"]) if comparison else "–",
-            ("paired" if comparison["paired"] else "unpaired") if comparison else "–",
-            _seconds_text(times.get((reader, "no"))), _seconds_text(times.get((reader, "yes"))),
-        ])
-    headers = ["reader", "staging F1 without (95% CI)", "staging F1 with (95% CI)", "p (with vs without)", "test",
-               "s/radiograph without", "s/radiograph with"]
+        rows.append(
+            [
+                reader,
+                _ci_text(f1.get((reader, "no"))),
+                _ci_text(f1.get((reader, "yes"))),
+                format_p(comparison["with_minus_without"]["staging"]["p_value"]) if comparison else "–",
+                ("paired" if comparison["paired"] else "unpaired") if comparison else "–",
+                _seconds_text(times.get((reader, "no"))),
+                _seconds_text(times.get((reader, "yes"))),
+            ]
+        )
+    headers = [
+        "reader",
+        "staging F1 without (95% CI)",
+        "staging F1 with (95% CI)",
+        "p (with vs without)",
+        "test",
+        "s/radiograph without",
+        "s/radiograph with",
+    ]
     report.table(headers, rows, caption="Ours: time = mean seconds per radiograph (radiographs timed).")
     paper = document["paper"]["table_viii"]
     report.table(
         headers[:4] + headers[5:],
-        [[r, _paper_ci(v["without"]), _paper_ci(v["with"]), v["p"], f"{v['seconds'][0]:.1f}", f"{v['seconds'][1]:.1f}"] for r, v in paper.items()],
-        caption=f"Table VIII, {PAPER_NOTE}: without on E1, with on E2; the paper's t-test p.", css_class="paper",
+        [
+            [
+                r,
+                _paper_ci(v["without"]),
+                _paper_ci(v["with"]),
+                v["p"],
+                f"{v['seconds'][0]:.1f}",
+                f"{v['seconds'][1]:.1f}",
+            ]
+            for r, v in paper.items()
+        ],
+        caption=f"Table VIII, {PAPER_NOTE}: without on E1, with on E2; the paper's t-test p.",
+        css_class="paper",
     )
 
 
 def _kappa_tables(report: Report, document: dict[str, Any]) -> None:
     report.heading("Agreement: Cohen's kappa of staging (Table X)")
     for mode, table in document["kappa"].items():
-        report.table(*_kappa_matrix(table["raters"], table["pairs"]),
-                     caption=f"Ours, {MODE_TITLES[mode]}: unweighted Cohen's kappa on the heads both raters read; GT = ground truth.")
+        report.table(
+            *_kappa_matrix(table["raters"], table["pairs"]),
+            caption=f"Ours, {MODE_TITLES[mode]}: unweighted Cohen's kappa on the heads both raters read;"
+            " GT = ground truth.",
+        )
     for mode, pairs in document["paper"]["table_x"].items():
         raters = [TRUTH] + sorted({p[k] for p in pairs for k in ("a", "b")} - {TRUTH})
-        report.table(*_kappa_matrix(raters, pairs), caption=f"Table X, {PAPER_NOTE}, {mode} AVN-net.", css_class="paper")
+        report.table(
+            *_kappa_matrix(raters, pairs), caption=f"Table X, {PAPER_NOTE}, {mode} AVN-net.", css_class="paper"
+        )
 
 
 def _kappa_matrix(raters: list[str], pairs: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -478,18 +567,26 @@ def _confusion_figure(document: dict[str, Any]):
     rows = -(-len(entries) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows), squeeze=False)
     labels = [SHORT_STAGE[s] for s in STAGES]
-    for ax, entry in zip(axes.ravel(), entries):
+    for ax, entry in zip(axes.ravel(), entries, strict=False):
         matrix = np.array(entry["matrix"])
         ax.imshow(matrix, cmap="Blues")
         for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > matrix.max() / 2 else "black",
+                fontsize=9,
+            )
         ax.set_xticks(range(len(labels)), [f"P-{label}" for label in labels], fontsize=8)
         ax.set_yticks(range(len(labels)), [f"G-{label}" for label in labels], fontsize=8)
         where = "heads read " if entry["rater"] == MODEL else ""
         ax.set_title(f"{entry['rater']}, {where}{MODE_TITLES[entry['mode']]}", fontsize=9)
         ax.set_xlabel("prediction (heads)", fontsize=8)
         ax.set_ylabel("ground truth (heads)", fontsize=8)
-    for ax in axes.ravel()[len(entries):]:
+    for ax in axes.ravel()[len(entries) :]:
         ax.axis("off")
     fig.suptitle("Staging confusion matrices (counts of femoral heads)")
     fig.tight_layout()
@@ -506,8 +603,14 @@ def _time_figure(document: dict[str, Any], study: Study):
         for offset, mode in ((-0.18, "no"), (0.18, "yes")):
             values = samples.get((reader, mode), [])
             if values:
-                ax.boxplot([values], positions=[i + offset], widths=0.3, showfliers=False,
-                           patch_artist=True, boxprops={"facecolor": colours[mode], "alpha": 0.5})
+                ax.boxplot(
+                    [values],
+                    positions=[i + offset],
+                    widths=0.3,
+                    showfliers=False,
+                    patch_artist=True,
+                    boxprops={"facecolor": colours[mode], "alpha": 0.5},
+                )
                 jitter = np.random.default_rng(i).uniform(-0.08, 0.08, len(values))
                 ax.plot(i + offset + jitter, values, ".", color=colours[mode], alpha=0.6, markersize=3)
             elif times.get((reader, mode), {}).get("mean") is not None:
@@ -537,7 +640,7 @@ def _roc_figure(document: dict[str, Any], study: Study):
         heads = _union_heads(reads)
         truth = np.array([study.truth[h] for h in heads])
         probabilities = np.array([study.model[h].probabilities() for h in heads])
-        for col, (task, label, k) in enumerate(panels):
+        for col, (_task, label, k) in enumerate(panels):
             ax = axes[row, col]
             positive = truth != 0 if k is None else truth == k
             score = 1.0 - probabilities[:, 0] if k is None else probabilities[:, k]
@@ -548,7 +651,12 @@ def _roc_figure(document: dict[str, Any], study: Study):
                 is_pos = read.truth != 0 if k is None else read.truth == k
                 said = read.predicted != 0 if k is None else read.predicted == k
                 if is_pos.any() and (~is_pos).any():
-                    ax.plot(1 - (~said & ~is_pos).sum() / (~is_pos).sum(), (said & is_pos).sum() / is_pos.sum(), "o", label=read.rater)
+                    ax.plot(
+                        1 - (~said & ~is_pos).sum() / (~is_pos).sum(),
+                        (said & is_pos).sum() / is_pos.sum(),
+                        "o",
+                        label=read.rater,
+                    )
             ax.plot([0, 1], [0, 1], ":", color="#aaa")
             ax.set_title(f"{'presence' if k is None else 'stage ' + label}, {MODE_TITLES[mode]}", fontsize=9)
             ax.set_xlabel("1 − specificity (fraction)", fontsize=8)
@@ -558,4 +666,3 @@ def _roc_figure(document: dict[str, Any], study: Study):
     fig.suptitle("ROC of the model (one vs rest) with the readers' operating points")
     fig.tight_layout()
     return fig
-

@@ -16,16 +16,29 @@ console = Console(stderr=True)
 
 
 def readers(
-    extra_readers: list[Path] = typer.Argument(None, metavar="[READER_CSV]...", help="More reader CSV files (after --readers)."),
+    extra_readers: list[Path] = typer.Argument(
+        None, metavar="[READER_CSV]...", help="More reader CSV files (after --readers)."
+    ),
     truth: Path = typer.Option(None, "--truth", help="Ground truth CSV: case_id,side,stage."),
-    reader_files: list[Path] = typer.Option(None, "--readers", help="Reader CSV: reader,case_id,side,stage,seconds,assisted (repeatable)."),
+    reader_files: list[Path] = typer.Option(
+        None, "--readers", help="Reader CSV: reader,case_id,side,stage,seconds,assisted (repeatable)."
+    ),
     model: Path = typer.Option(None, "--model", help="Model CSV: case_id,side,stage,p_absence,p_II,p_III,p_IV."),
     out: Path = typer.Option(..., "--out", help="Output folder: report.html, report.json, PNG figures."),
-    simulate: bool = typer.Option(False, "--simulate", help="Write a simulated study (E1 unassisted, E2 assisted) into OUT and analyse it."),
-    data: Path = typer.Option(None, "--data", help="--simulate: data set whose E1/E2 splits give the heads (default: the paper-sized phantom cohort, planned, not rendered)."),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Write a simulated study (E1 unassisted, E2 assisted) into OUT and analyse it."
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="--simulate: data set whose E1/E2 splits give the heads"
+        " (default: the paper-sized phantom cohort, planned, not rendered).",
+    ),
     skill: str = typer.Option("0.6,0.6,0.8,0.85", help="--simulate: reader skills in (0, 1], comma-separated."),
     names: str = typer.Option("R1,R2,S1,S2", help="--simulate: reader names, comma-separated."),
-    model_accuracy: float = typer.Option(0.85, min=0.0, max=1.0, help="--simulate: the simulated model's staging accuracy."),
+    model_accuracy: float = typer.Option(
+        0.85, min=0.0, max=1.0, help="--simulate: the simulated model's staging accuracy."
+    ),
     bootstrap: int = typer.Option(10_000, min=100, help="Bootstrap resamples for CIs and p-values."),
     seed: int = typer.Option(0, help="Seed of the simulation and of the bootstrap."),
 ) -> None:
@@ -54,7 +67,9 @@ def readers(
     console.print(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - started:.1f} s")
 
 
-def _simulate(out: Path, data: Path | None, skill: str, names: str, accuracy: float, seed: int) -> tuple[Path, list[Path], Path]:
+def _simulate(
+    out: Path, data: Path | None, skill: str, names: str, accuracy: float, seed: int
+) -> tuple[Path, list[Path], Path]:
     from avn.evaluation.simulate_readers import heads_from_cohort, heads_from_dataset, parse_readers, simulate_study
 
     try:
@@ -68,16 +83,22 @@ def _simulate(out: Path, data: Path | None, skill: str, names: str, accuracy: fl
         except ValueError as error:
             console.print(f"[red]error:[/] {error}")
             raise typer.Exit(1) from error
-    console.print(f"simulated {len(simulated)} readers on {len(heads['E1'])} E1 and {len(heads['E2'])} E2 heads: "
-                  f"{study.truth}, {study.model}, {', '.join(p.name for p in study.readers)}")
+    console.print(
+        f"simulated {len(simulated)} readers on {len(heads['E1'])} E1 and {len(heads['E2'])} E2 heads: "
+        f"{study.truth}, {study.model}, {', '.join(p.name for p in study.readers)}"
+    )
     return study.truth, study.readers, study.model
 
 
 def _print_summary(document: dict) -> None:
     for entry in document["read_sets"]:
         f1 = entry["metrics"]["staging"]["f1"]
-        typer.echo(f"{entry['reader']:>10} assisted={entry['mode']:<3} staging F1 {f1['estimate']:.4f} "
-                   f"({f1['low']:.4f}-{f1['high']:.4f}) on {entry['metrics']['heads']} heads")
+        typer.echo(
+            f"{entry['reader']:>10} assisted={entry['mode']:<3} staging F1 {f1['estimate']:.4f} "
+            f"({f1['low']:.4f}-{f1['high']:.4f}) on {entry['metrics']['heads']} heads"
+        )
     for mode, model in document["model"].items():
         f1 = model["metrics"]["staging"]["f1"]
-        typer.echo(f"{'model':>10} assisted={mode:<3} staging F1 {f1['estimate']:.4f} ({f1['low']:.4f}-{f1['high']:.4f})")
+        typer.echo(
+            f"{'model':>10} assisted={mode:<3} staging F1 {f1['estimate']:.4f} ({f1['low']:.4f}-{f1['high']:.4f})"
+        )

@@ -116,7 +116,9 @@ async def check_files(pipeline, folder: Path, manifest: Manifest) -> list[FileOu
 
     outcomes = []
     for entry in manifest.files:
-        request = DiagnoseRequest(ImagePayload((folder / entry.file).read_bytes()), DiagnoseOptions(include_overlay=False))
+        request = DiagnoseRequest(
+            ImagePayload((folder / entry.file).read_bytes()), DiagnoseOptions(include_overlay=False)
+        )
         try:
             result = await pipeline.diagnose(request)
         except GatewayError as error:
@@ -146,7 +148,9 @@ def judge_error(entry: RealFile, error_type: str, message: str) -> FileOutcome:
 def judge_heads(entry: RealFile, heads: list[dict]) -> FileOutcome:
     """A file the pipeline answered with heads: right for a hip when every annotated head is found."""
     if entry.is_negative:
-        return FileOutcome(entry.file, entry.kind, False, "heads", heads, message="a stage was reported on a non-hip radiograph")
+        return FileOutcome(
+            entry.file, entry.kind, False, "heads", heads, message="a stage was reported on a non-hip radiograph"
+        )
     truth = np.array([head.box for head in entry.heads], dtype=np.float64)
     found = np.array([head["box"] for head in heads], dtype=np.float64).reshape(-1, 4)
     best = box_iou(truth, found).max(axis=1) if len(found) else np.zeros(len(truth))

@@ -71,74 +71,118 @@ def _meta_table(document: dict[str, Any]) -> str:
     rows = [
         ("generated (UTC)", document["generated"]),
         ("command", document.get("command") or ""),
-        ("data set", f"{data['dir']} — split {data['split']}: {data['subjects']} subjects, {data['radiographs']} "
-                     f"radiographs ({data['radiographs_AP']} AP, {data['radiographs_FL']} FL), {data['truth_heads']} "
-                     f"femoral heads, {data['matched_heads']} matched by the pipeline"),
+        (
+            "data set",
+            f"{data['dir']} — split {data['split']}: {data['subjects']} subjects, {data['radiographs']} "
+            f"radiographs ({data['radiographs_AP']} AP, {data['radiographs_FL']} FL), {data['truth_heads']} "
+            f"femoral heads, {data['matched_heads']} matched by the pipeline",
+        ),
         ("data set fingerprint (SHA-256)", data["fingerprint"]),
-        ("models", f"{models['source']} {models['path']}"
-                   + (f"; training run {models['run']}" if models.get("run") and models["source"] == "store" else "")),
-        *[(f"model {name}", f"{card['version']} ({card['architecture']}, input {card['input_size']} px, T = {card['temperature']:.4g})")
-          for name, card in models["cards"].items()],
-        ("confidence intervals", f"{intervals['method']}: {intervals['resamples']} resamples, seed {intervals['seed']}, "
-                                 f"level {intervals['level']:.0%}" + (f"; over CV repeats for {', '.join(intervals['repeated_cv_tasks'])}"
-                                                                      if intervals["repeated_cv_tasks"] else "")),
-        ("run time", f"pipeline {timing['pipeline_seconds']} s ({timing['radiographs_per_second']} radiographs/s), "
-                     f"intervals {timing['interval_seconds']} s, total {timing['total_seconds']} s"),
+        (
+            "models",
+            f"{models['source']} {models['path']}"
+            + (f"; training run {models['run']}" if models.get("run") and models["source"] == "store" else ""),
+        ),
+        *[
+            (
+                f"model {name}",
+                f"{card['version']} ({card['architecture']}, input {card['input_size']} px,"
+                f" T = {card['temperature']:.4g})",
+            )
+            for name, card in models["cards"].items()
+        ],
+        (
+            "confidence intervals",
+            f"{intervals['method']}: {intervals['resamples']} resamples, seed {intervals['seed']}, "
+            f"level {intervals['level']:.0%}"
+            + (
+                f"; over CV repeats for {', '.join(intervals['repeated_cv_tasks'])}"
+                if intervals["repeated_cv_tasks"]
+                else ""
+            ),
+        ),
+        (
+            "run time",
+            f"pipeline {timing['pipeline_seconds']} s ({timing['radiographs_per_second']} radiographs/s), "
+            f"intervals {timing['interval_seconds']} s, total {timing['total_seconds']} s",
+        ),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Run</h2><table class='meta'>{body}</table>"
 
 
 def _figure_table(table: dict[str, Any]) -> str:
-    head = ("<tr><th>figure</th><th>ours</th><th>95% CI</th><th>CI method</th><th>n</th>"
-            "<th class='paper'>paper, real radiographs</th><th class='paper'>paper 95% CI</th></tr>")
+    head = (
+        "<tr><th>figure</th><th>ours</th><th>95% CI</th><th>CI method</th><th>n</th>"
+        "<th class='paper'>paper, real radiographs</th><th class='paper'>paper 95% CI</th></tr>"
+    )
     body = []
     for row in table["rows"]:
         paper = row.get("paper") or {}
         body.append(
             f"<tr><td>{_e(row['label'])}</td><td>{_num(row['estimate'])}</td><td>{_ci(row['low'], row['high'])}</td>"
             f"<td>{_e(row.get('ci_method') or '')}</td><td>{_e(row.get('n') if row.get('n') is not None else '')}</td>"
-            f"<td class='paper'>{_num(paper.get('value'))}</td><td class='paper'>{_ci(paper.get('low'), paper.get('high'))}</td></tr>"
+            f"<td class='paper'>{_num(paper.get('value'))}</td>"
+            f"<td class='paper'>{_ci(paper.get('low'), paper.get('high'))}</td></tr>"
         )
-    return (f"<h2 id='{_e(table['id'])}'>{_e(table['title'])}</h2><table>{head}{''.join(body)}"
-            f"<caption>{_e(table['caption'])}</caption></table>")
+    return (
+        f"<h2 id='{_e(table['id'])}'>{_e(table['title'])}</h2><table>{head}{''.join(body)}"
+        f"<caption>{_e(table['caption'])}</caption></table>"
+    )
 
 
 def _calibration_table(section: dict[str, Any]) -> str:
-    head = ("<tr><th>classifier</th><th>T served</th><th>T fitted</th><th>source of T</th><th>validation heads</th>"
-            "<th>ECE before (T = 1)</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>answers</th>"
-            "<th class='paper'>paper, real radiographs</th></tr>")
+    head = (
+        "<tr><th>classifier</th><th>T served</th><th>T fitted</th><th>source of T</th><th>validation heads</th>"
+        "<th>ECE before (T = 1)</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>answers</th>"
+        "<th class='paper'>paper, real radiographs</th></tr>"
+    )
     body = "".join(
         f"<tr><td>{_e(r['task'])}</td><td>{_num(r['temperature_served'])}</td><td>{_num(r['temperature'])}</td>"
-        f"<td>{_e(r['temperature_source'])}</td><td>{_e(r['validation_heads'] if r['validation_heads'] is not None else '')}</td>"
+        f"<td>{_e(r['temperature_source'])}</td>"
+        f"<td>{_e(r['validation_heads'] if r['validation_heads'] is not None else '')}</td>"
         f"<td>{_num(r['ece_before'])}</td><td>{_num(r['ece_after'])}</td><td>{_num(r['nll_before'])}</td>"
         f"<td>{_num(r['nll_after'])}</td><td>{r['answers']}</td><td class='paper'>not reported</td></tr>"
         for r in section["rows"]
     )
     notes = "".join(f"<p class='note'>{_e(note)}</p>" for note in section.get("notes", []))
-    return (f"<h2 id='calibration'>{_e(section['title'])}</h2><table>{head}{body}"
-            f"<caption>{_e(section['caption'])}</caption></table>{notes}")
+    return (
+        f"<h2 id='calibration'>{_e(section['title'])}</h2><table>{head}{body}"
+        f"<caption>{_e(section['caption'])}</caption></table>{notes}"
+    )
 
 
 def _uncertainty_table(section: dict[str, Any]) -> str:
     edges = section["edges"]
-    head = "<tr><th>probability decile</th>" + "".join(f"<th>{edges[i]:.1f}–{edges[i + 1]:.1f}</th>" for i in range(10)) + "</tr>"
+    head = (
+        "<tr><th>probability decile</th>"
+        + "".join(f"<th>{edges[i]:.1f}–{edges[i + 1]:.1f}</th>" for i in range(10))
+        + "</tr>"
+    )
     rows = "".join(
         f"<tr><td>{label} ({count} answers), %</td>" + "".join(f"<td>{value:.1f}</td>" for value in values) + "</tr>"
-        for label, count, values in (("correct", section["correct_count"], section["correct_percent"]),
-                                     ("incorrect", section["incorrect_count"], section["incorrect_percent"]))
+        for label, count, values in (
+            ("correct", section["correct_count"], section["correct_percent"]),
+            ("incorrect", section["incorrect_count"], section["incorrect_percent"]),
+        )
     )
-    extremes = (f"Share of answers below 0.1 or at/above 0.9: correct {_num(section['correct_extreme_share'])}, "
-                f"incorrect {_num(section['incorrect_extreme_share'])}.")
-    return (f"<h2 id='uncertainty'>{_e(section['title'])}</h2><table>{head}{rows}"
-            f"<caption>{_e(section['caption'])} {_e(extremes)}</caption></table>"
-            f"<p><span class='paper'>Paper, real radiographs:</span> {_e(section['paper'])}</p>")
+    extremes = (
+        f"Share of answers below 0.1 or at/above 0.9: correct {_num(section['correct_extreme_share'])}, "
+        f"incorrect {_num(section['incorrect_extreme_share'])}."
+    )
+    return (
+        f"<h2 id='uncertainty'>{_e(section['title'])}</h2><table>{head}{rows}"
+        f"<caption>{_e(section['caption'])} {_e(extremes)}</caption></table>"
+        f"<p><span class='paper'>Paper, real radiographs:</span> {_e(section['paper'])}</p>"
+    )
 
 
 def _figure(figure: Figure) -> str:
     data = base64.b64encode(figure.png).decode("ascii")
-    return (f"<figure id='{_e(figure.name)}'><img alt='{_e(figure.title)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption><b>{_e(figure.title)}</b> ({_e(figure.name)}). {_e(figure.caption)}</figcaption></figure>")
+    return (
+        f"<figure id='{_e(figure.name)}'><img alt='{_e(figure.title)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption><b>{_e(figure.title)}</b> ({_e(figure.name)}). {_e(figure.caption)}</figcaption></figure>"
+    )
 
 
 def _e(value: Any) -> str:

@@ -115,4 +115,3 @@ def interval_over_folds(values: list[float | None], level: float = 0.95) -> dict
         "p2.5": float(np.percentile(defined, 2.5)),
         "p97.5": float(np.percentile(defined, 97.5)),
     }
-

@@ -99,6 +99,10 @@ def _comparison(observed: float, differences: np.ndarray, method: str, resamples
     low, high = (float(v) for v in np.percentile(defined, [tail, 100.0 - tail])) if defined.size else (None, None)
     return Comparison(
         difference=None if np.isnan(observed) else observed,
-        low=low, high=high, p_value=two_sided_p(differences), method=method,
-        resamples=resamples, defined_resamples=int(defined.size),
+        low=low,
+        high=high,
+        p_value=two_sided_p(differences),
+        method=method,
+        resamples=resamples,
+        defined_resamples=int(defined.size),
     )

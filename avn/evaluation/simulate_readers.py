@@ -31,12 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from avn.readers_format import (
-    MODEL_COLUMNS, READER_COLUMNS, TRUTH_COLUMNS, ModelRow, ReaderRow, TruthRow, write_rows,
+    MODEL_COLUMNS,
+    READER_COLUMNS,
+    TRUTH_COLUMNS,
+    ModelRow,
+    ReaderRow,
+    TruthRow,
+    write_rows,
 )
 from avn.vocabulary import STAGES
 
-DEFAULT_NAMES = ("R1", "R2", "S1", "S2")
-DEFAULT_SKILLS = (0.6, 0.6, 0.8, 0.85)
 DEFAULT_MODEL_ACCURACY = 0.85
 PAPER_COHORT_SUBJECTS = 841  # the cohort's splits then hold Table I's E1 (100 subjects) and E2 (30)
 TIME_SIGMA = 0.35
@@ -146,11 +150,19 @@ def simulate_study(
     for case, side, stage in all_heads:
         predicted = model_stage[(case, side)]
         p = model_probabilities(predicted, STAGES.index(stage), rng)
-        model_rows.append(ModelRow(case_id=case, side=side, stage=STAGES[predicted],
-                                   **{f"p_{name}": round(float(v), 6) for name, v in zip(STAGES, p)}))
+        model_rows.append(
+            ModelRow(
+                case_id=case,
+                side=side,
+                stage=STAGES[predicted],
+                **{f"p_{name}": round(float(v), 6) for name, v in zip(STAGES, p, strict=True)},
+            )
+        )
     reader_paths = []
     for reader in readers:
-        rows = _reads(reader, heads["E1"], "no", model_stage, rng) + _reads(reader, heads["E2"], "yes", model_stage, rng)
+        rows = _reads(reader, heads["E1"], "no", model_stage, rng) + _reads(
+            reader, heads["E2"], "yes", model_stage, rng
+        )
         path = out / f"reader_{reader.name}.csv"
         write_rows(path, rows, READER_COLUMNS)
         reader_paths.append(path)
@@ -159,7 +171,9 @@ def simulate_study(
     return SimulatedStudy(out / "truth.csv", reader_paths, out / "model.csv")
 
 
-def _reads(reader: SimulatedReader, heads: list[Head], assisted: str, model_stage: dict, rng: np.random.Generator) -> list[ReaderRow]:
+def _reads(
+    reader: SimulatedReader, heads: list[Head], assisted: str, model_stage: dict, rng: np.random.Generator
+) -> list[ReaderRow]:
     factor = ASSISTED_TIME_FACTOR if assisted == "yes" else 1.0
     seconds: dict[str, float] = {}
     rows = []
@@ -171,7 +185,16 @@ def _reads(reader: SimulatedReader, heads: list[Head], assisted: str, model_stag
             read = model_stage[(case, side)]
         else:
             read = reader_stage(reader, STAGES.index(stage), rng)
-        rows.append(ReaderRow(reader=reader.name, case_id=case, side=side, stage=STAGES[read], seconds=seconds[case], assisted=assisted))
+        rows.append(
+            ReaderRow(
+                reader=reader.name,
+                case_id=case,
+                side=side,
+                stage=STAGES[read],
+                seconds=seconds[case],
+                assisted=assisted,
+            )
+        )
     return rows
 
 
@@ -184,4 +207,4 @@ def parse_readers(names: str, skills: str) -> list[SimulatedReader]:
     labels += [f"reader{i + 1}" for i in range(len(labels), len(values))]
     if len(set(labels[: len(values)])) != len(values):
         raise ValueError("reader names must be distinct")
-    return [SimulatedReader(name, skill) for name, skill in zip(labels, values)]
+    return [SimulatedReader(name, skill) for name, skill in zip(labels, values, strict=False)]

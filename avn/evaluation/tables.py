@@ -39,16 +39,29 @@ from avn.evaluation.calibration import (
 )
 from avn.evaluation.collect import Collected, HeadTable, RadiographResult
 from avn.evaluation.run_info import interval_over_folds
-from avn.metrics import DEFAULT_IOU_THRESHOLDS, binary_metrics, box_iou, detection_prf, match_greedily, multiclass_metrics, multilabel_metrics
+from avn.metrics import (
+    DEFAULT_IOU_THRESHOLDS,
+    binary_metrics,
+    box_iou,
+    detection_prf,
+    match_greedily,
+    multiclass_metrics,
+    multilabel_metrics,
+)
 from avn.vocabulary import COLLAPSE_CLASSES, NOTES, SIDES, STAGE_TO_COLLAPSE, STAGES, VIEWS, most_severe
-
 from gateway.pipeline import aggregate_sides
 from gateway.results import StudyRadiograph
 
 PaperValue = tuple[float, float | None, float | None] | None
 FoldFigure = Callable[[dict[str, Any]], Any]  # a fold document's T-set metrics → one number
-METRIC_NAMES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1", "precision": "precision",
-                "recall": "recall"}
+METRIC_NAMES = {
+    "auc": "AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+}
 COLLAPSE_INDEX = np.array([COLLAPSE_CLASSES.index(STAGE_TO_COLLAPSE[stage]) for stage in STAGES])
 
 
@@ -67,15 +80,22 @@ class IntervalSettings:
 # ---------------------------------------------------------------- rows and tables
 
 
-def make_row(key: str, label: str, estimate: float | None, interval: dict[str, Any] | None,
-             paper_value: PaperValue = None, n: int | None = None, **extra: Any) -> dict[str, Any]:
+def make_row(
+    key: str,
+    label: str,
+    estimate: float | None,
+    interval: dict[str, Any] | None,
+    paper_value: PaperValue = None,
+    n: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """One figure: ours with its interval, the paper's beside it (on real radiographs)."""
     row = {"key": key, "label": label, "estimate": estimate, "low": None, "high": None, "ci_method": None, "n": n}
     if interval:
         row.update(low=interval.get("low"), high=interval.get("high"), ci_method=interval.get("method"))
         if interval.get("fold_mean") is not None:
             row["fold_mean"] = interval["fold_mean"]
-    row["paper"] = None if paper_value is None else dict(zip(("value", "low", "high"), paper_value))
+    row["paper"] = None if paper_value is None else dict(zip(("value", "low", "high"), paper_value, strict=False))
     row.update(extra)
     return row
 
@@ -92,7 +112,9 @@ class Intervals:
             ci = bs.bootstrap_ci(statistic, *arrays, resamples=s.resamples, seed=s.seed, level=s.level)
         return {**ci.to_dict(), "method": "bootstrap"}
 
-    def bootstrap_mean_of(self, statistic: bs.RowStatistic, columns: Sequence[tuple[np.ndarray, ...]]) -> dict[str, Any]:
+    def bootstrap_mean_of(
+        self, statistic: bs.RowStatistic, columns: Sequence[tuple[np.ndarray, ...]]
+    ) -> dict[str, Any]:
         """CI of the mean over columns (e.g. the 8 notes) of a statistic, on shared resamples."""
         s = self.settings
         vectors = [bs.bootstrap_values(statistic, *arrays, resamples=s.resamples, seed=s.seed) for arrays in columns]
@@ -105,7 +127,9 @@ class Intervals:
         ci = bs.interval_from_values(values, estimate, resamples=s.resamples, seed=s.seed, level=s.level)
         return {**ci.to_dict(), "method": "bootstrap"}
 
-    def choose(self, task: str, fold_figure: FoldFigure | None, fallback: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def choose(
+        self, task: str, fold_figure: FoldFigure | None, fallback: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         """Repeated-CV interval when the run has repeats and the fold documents hold the figure."""
         doc = self.settings.fold_docs.get(task)
         if doc is None or fold_figure is None:
@@ -114,8 +138,14 @@ class Intervals:
         summary = interval_over_folds(values, self.settings.level)
         if summary["n"] < 2:
             return fallback()
-        return {"low": summary["low"], "high": summary["high"], "method": "repeats", "fold_mean": summary["mean"],
-                "folds": summary["n"], "fold_percentiles": [summary["p2.5"], summary["p97.5"]]}
+        return {
+            "low": summary["low"],
+            "high": summary["high"],
+            "method": "repeats",
+            "fold_mean": summary["mean"],
+            "folds": summary["n"],
+            "fold_percentiles": [summary["p2.5"], summary["p97.5"]],
+        }
 
 
 def _safe(figure: FoldFigure, test: dict[str, Any]) -> float | None:
@@ -129,7 +159,9 @@ def _safe(figure: FoldFigure, test: dict[str, Any]) -> float | None:
 # ---------------------------------------------------------------- Table II: detection
 
 
-def detection_counts(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[int, int, int]:
+def detection_counts(
+    boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, threshold: float
+) -> tuple[int, int, int]:
     """(tp, fp, fn) of one radiograph, predictions best-score first (the metrics core's matching)."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     iou = box_iou(np.asarray(boxes).reshape(-1, 4)[order], truth)
@@ -142,8 +174,10 @@ def _detector_answers(result: RadiographResult) -> tuple[np.ndarray, np.ndarray]
 
 def _pipeline_answers(result: RadiographResult) -> tuple[np.ndarray, np.ndarray]:
     heads = result.predicted_heads
-    return (np.array([h.box.as_tuple() for h in heads], dtype=np.float64).reshape(-1, 4),
-            np.array([h.score for h in heads], dtype=np.float64))
+    return (
+        np.array([h.box.as_tuple() for h in heads], dtype=np.float64).reshape(-1, 4),
+        np.array([h.score for h in heads], dtype=np.float64),
+    )
 
 
 def _ratio_statistic(numerator: str, denominator: Sequence[str]) -> bs.RowStatistic:
@@ -151,6 +185,7 @@ def _ratio_statistic(numerator: str, denominator: Sequence[str]) -> bs.RowStatis
         sums = {"tp": tp.sum(axis=1), "fp": fp.sum(axis=1), "fn": fn.sum(axis=1)}
         total = sum(sums[name] for name in denominator)
         return np.where(total > 0, sums[numerator] / np.maximum(total, 1), 0.0)
+
     return statistic
 
 
@@ -179,22 +214,37 @@ def detection_table(collected: Collected, intervals: Intervals) -> dict[str, Any
         truths = [result.truth_boxes for result in collected.radiographs]
         pooled = detection_prf(predictions, truths, DEFAULT_IOU_THRESHOLDS, score_threshold=-np.inf)
         for threshold in DEFAULT_IOU_THRESHOLDS:
-            counts = np.array([detection_counts(b, s, t, threshold) for (b, s), t in zip(predictions, truths)]).reshape(-1, 3)
+            counts = np.array(
+                [detection_counts(b, s, t, threshold) for (b, s), t in zip(predictions, truths, strict=True)]
+            ).reshape(-1, 3)
             figures = pooled[threshold]
             for metric, statistic in DETECTION_STATISTICS.items():
                 fold_figure = (lambda test, t=threshold, m=metric: test[str(t)][m]) if source == "detector" else None
-                interval = intervals.choose("detection", fold_figure, lambda st=statistic: intervals.bootstrap(st, *counts.T))
-                rows.append(make_row(
-                    f"detection.{source}.{metric}@{threshold}", f"{source}: {METRIC_NAMES[metric]} @ IoU {threshold}",
-                    figures[metric], interval, _paper_detection(source, threshold, metric), len(truths),
-                    source=source, iou=threshold, metric=metric, tp=figures["tp"], fp=figures["fp"], fn=figures["fn"],
-                ))
+                interval = intervals.choose(
+                    "detection", fold_figure, lambda st=statistic, c=counts: intervals.bootstrap(st, *c.T)
+                )
+                rows.append(
+                    make_row(
+                        f"detection.{source}.{metric}@{threshold}",
+                        f"{source}: {METRIC_NAMES[metric]} @ IoU {threshold}",
+                        figures[metric],
+                        interval,
+                        _paper_detection(source, threshold, metric),
+                        len(truths),
+                        source=source,
+                        iou=threshold,
+                        metric=metric,
+                        tp=figures["tp"],
+                        fp=figures["fp"],
+                        fn=figures["fn"],
+                    )
+                )
     return {
         "id": "table_ii",
         "title": "Table II — femoral-head detection at IoU thresholds",
         "caption": "A detection is a true positive when its IoU with a not yet matched truth box is > the threshold. "
-                   "'detector': every box the SSD returns above its validated score cut; 'pipeline': the heads the "
-                   "service keeps (best per image half). CIs resample radiographs.",
+        "'detector': every box the SSD returns above its validated score cut; 'pipeline': the heads the "
+        "service keeps (best per image half). CIs resample radiographs.",
         "rows": rows,
     }
 
@@ -216,6 +266,7 @@ def view_side_notes_table(heads: HeadTable, intervals: Intervals) -> dict[str, A
         ("side", heads.side_truth, heads.side_probs[:, 1], heads.side_served),
     ):
         positive = (VIEWS if task == "view" else SIDES)[1]
+
         # The fold documents score the side model alone; the served side also passes the
         # one-head-per-side rule, so its operating point is only bootstrapped.
         def at_point_figure(metric: str, task: str = task) -> FoldFigure | None:
@@ -225,17 +276,40 @@ def view_side_notes_table(heads: HeadTable, intervals: Intervals) -> dict[str, A
         at_point = binary_metrics(truth, predicted.astype(float))
         reference = paper.PAPER_TABLE_III[task]
         rows += [
-            make_row(f"{task}.auc", f"{task} AUC (positive: {positive})", auc,
-                     intervals.choose(task, lambda t: t["auc"], lambda: intervals.bootstrap(bs.auc_rows, truth, score)),
-                     reference["auc"], n),
-            make_row(f"{task}.sensitivity", f"{task} sensitivity", at_point["sensitivity"],
-                     intervals.choose(task, at_point_figure("sensitivity"),
-                                      lambda: intervals.bootstrap(bs.sensitivity_rows, truth, predicted)),
-                     reference["sensitivity"], n),
-            make_row(f"{task}.specificity", f"{task} specificity", at_point["specificity"],
-                     intervals.choose(task, at_point_figure("specificity"),
-                                      lambda: intervals.bootstrap(bs.specificity_rows, truth, predicted)),
-                     reference["specificity"], n),
+            make_row(
+                f"{task}.auc",
+                f"{task} AUC (positive: {positive})",
+                auc,
+                intervals.choose(
+                    task, lambda t: t["auc"], lambda t=truth, s=score: intervals.bootstrap(bs.auc_rows, t, s)
+                ),
+                reference["auc"],
+                n,
+            ),
+            make_row(
+                f"{task}.sensitivity",
+                f"{task} sensitivity",
+                at_point["sensitivity"],
+                intervals.choose(
+                    task,
+                    at_point_figure("sensitivity"),
+                    lambda t=truth, p=predicted: intervals.bootstrap(bs.sensitivity_rows, t, p),
+                ),
+                reference["sensitivity"],
+                n,
+            ),
+            make_row(
+                f"{task}.specificity",
+                f"{task} specificity",
+                at_point["specificity"],
+                intervals.choose(
+                    task,
+                    at_point_figure("specificity"),
+                    lambda t=truth, p=predicted: intervals.bootstrap(bs.specificity_rows, t, p),
+                ),
+                reference["specificity"],
+                n,
+            ),
         ]
     for variant, probabilities in (("fused", heads.notes_fused), ("raw", heads.notes_raw)):
         rows += notes_rows(variant, heads.notes_truth, probabilities, intervals)
@@ -243,23 +317,29 @@ def view_side_notes_table(heads: HeadTable, intervals: Intervals) -> dict[str, A
         "id": "table_iii",
         "title": "Table III — exam view, side and clinical notes",
         "caption": "Per femoral head matched to a truth head. View and side: binary, positive class FL and right; "
-                   "the side's sensitivity/specificity are of the served side (after the one-head-per-side rule). "
-                   "Notes: the mean over the 8 notes of each one's AUC, sensitivity and specificity (notes absent "
-                   "from the split are left out); 'fused' is the served probability (note × P(its stage)), 'raw' "
-                   "the notes model alone. A note passes at ≥ 0.5.",
+        "the side's sensitivity/specificity are of the served side (after the one-head-per-side rule). "
+        "Notes: the mean over the 8 notes of each one's AUC, sensitivity and specificity (notes absent "
+        "from the split are left out); 'fused' is the served probability (note × P(its stage)), 'raw' "
+        "the notes model alone. A note passes at ≥ 0.5.",
         "rows": rows,
     }
 
 
-def notes_rows(variant: str, truth: np.ndarray, probabilities: np.ndarray, intervals: Intervals) -> list[dict[str, Any]]:
+def notes_rows(
+    variant: str, truth: np.ndarray, probabilities: np.ndarray, intervals: Intervals
+) -> list[dict[str, Any]]:
     metrics = multilabel_metrics(truth, probabilities, NOTES)
     predicted = probabilities >= 0.5
     columns = range(len(NOTES))
     reference = paper.PAPER_TABLE_III["notes"] if variant == "fused" else None
     fold_figures: dict[str, FoldFigure | None] = {
         "auc": (lambda t: t["macro_auc"]) if variant == "raw" else None,
-        "sensitivity": (lambda t: _mean_defined(m["sensitivity"] for m in t["per_label"].values())) if variant == "raw" else None,
-        "specificity": (lambda t: _mean_defined(m["specificity"] for m in t["per_label"].values())) if variant == "raw" else None,
+        "sensitivity": (lambda t: _mean_defined(m["sensitivity"] for m in t["per_label"].values()))
+        if variant == "raw"
+        else None,
+        "specificity": (lambda t: _mean_defined(m["specificity"] for m in t["per_label"].values()))
+        if variant == "raw"
+        else None,
     }
     estimates = {
         "auc": metrics["macro_auc"],
@@ -273,9 +353,19 @@ def notes_rows(variant: str, truth: np.ndarray, probabilities: np.ndarray, inter
     }
     rows = []
     for metric, (statistic, arrays) in statistics.items():
-        interval = intervals.choose("notes", fold_figures[metric], lambda s=statistic, a=arrays: intervals.bootstrap_mean_of(s, a))
-        rows.append(make_row(f"notes.{variant}.{metric}", f"notes ({variant}): mean {METRIC_NAMES[metric]}", estimates[metric], interval,
-                             None if reference is None else reference[metric], len(truth)))
+        interval = intervals.choose(
+            "notes", fold_figures[metric], lambda s=statistic, a=arrays: intervals.bootstrap_mean_of(s, a)
+        )
+        rows.append(
+            make_row(
+                f"notes.{variant}.{metric}",
+                f"notes ({variant}): mean {METRIC_NAMES[metric]}",
+                estimates[metric],
+                interval,
+                None if reference is None else reference[metric],
+                len(truth),
+            )
+        )
     return rows
 
 
@@ -327,7 +417,9 @@ class DiagnosisArrays:
         return COLLAPSE_INDEX[self.stage_served]
 
 
-def served_multiclass(truth: np.ndarray, probs: np.ndarray, served: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+def served_multiclass(
+    truth: np.ndarray, probs: np.ndarray, served: np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
     """The metrics core's multi-class figures with AUCs from ``probs`` and everything at the operating
     point from the served class (a one-hot score makes the core's argmax the served answer)."""
     ranked = multiclass_metrics(truth, probs, labels)
@@ -338,41 +430,93 @@ def served_multiclass(truth: np.ndarray, probs: np.ndarray, served: np.ndarray, 
     return at_point
 
 
-def class_rows(prefix: str, metrics: dict[str, Any], truth: np.ndarray, probs: np.ndarray, served: np.ndarray,
-               intervals: Intervals, paper_of: Callable[[str, str], PaperValue], fold_path: Callable[[dict, str, str], Any] | None,
-               metrics_wanted: Sequence[str] = ("auc", "sensitivity", "specificity", "f1")) -> list[dict[str, Any]]:
+def class_rows(
+    prefix: str,
+    metrics: dict[str, Any],
+    truth: np.ndarray,
+    probs: np.ndarray,
+    served: np.ndarray,
+    intervals: Intervals,
+    paper_of: Callable[[str, str], PaperValue],
+    fold_path: Callable[[dict, str, str], Any] | None,
+    metrics_wanted: Sequence[str] = ("auc", "sensitivity", "specificity", "f1"),
+) -> list[dict[str, Any]]:
     """Per class (one-vs-rest): AUC, sensitivity, specificity, F1 with intervals."""
     rows = []
-    statistics = {"auc": bs.auc_rows, "sensitivity": bs.sensitivity_rows, "specificity": bs.specificity_rows, "f1": bs.f1_rows}
+    statistics = {
+        "auc": bs.auc_rows,
+        "sensitivity": bs.sensitivity_rows,
+        "specificity": bs.specificity_rows,
+        "f1": bs.f1_rows,
+    }
     for k, label in enumerate(metrics["labels"]):
         is_class, score, chosen = truth == k, probs[:, k], served == k
         for metric in metrics_wanted:
             arrays = (is_class, score) if metric == "auc" else (is_class, chosen)
             figure = (lambda t, lab=label, m=metric: fold_path(t, lab, m)) if fold_path else None
-            interval = intervals.choose("staging", figure, lambda s=statistics[metric], a=arrays: intervals.bootstrap(s, *a))
-            rows.append(make_row(f"{prefix}.{label}.{metric}", f"{prefix} {label}: {METRIC_NAMES[metric]}",
-                                 metrics["per_class"][label][metric],
-                                 interval, paper_of(label, metric), int(is_class.sum()), cls=label, metric=metric))
+            interval = intervals.choose(
+                "staging", figure, lambda s=statistics[metric], a=arrays: intervals.bootstrap(s, *a)
+            )
+            rows.append(
+                make_row(
+                    f"{prefix}.{label}.{metric}",
+                    f"{prefix} {label}: {METRIC_NAMES[metric]}",
+                    metrics["per_class"][label][metric],
+                    interval,
+                    paper_of(label, metric),
+                    int(is_class.sum()),
+                    cls=label,
+                    metric=metric,
+                )
+            )
     return rows
 
 
-def presence_collapse_table(heads: HeadTable, subject_rows: list[dict[str, Any]], intervals: Intervals) -> dict[str, Any]:
+def presence_collapse_table(
+    heads: HeadTable, subject_rows: list[dict[str, Any]], intervals: Intervals
+) -> dict[str, Any]:
     d = DiagnosisArrays.of(heads)
     n = len(heads)
     presence_auc = binary_metrics(d.presence_truth, d.presence_score)["auc"]
     at_point = binary_metrics(d.presence_truth, d.presence_served.astype(float))
     reference = paper.PAPER_TABLE_IV
     rows = [
-        make_row("presence.auc", "presence AUC per FH", presence_auc,
-                 intervals.choose("staging", lambda t: t["presence"]["auc"],
-                                  lambda: intervals.bootstrap(bs.auc_rows, d.presence_truth, d.presence_score)),
-                 reference[("presence", "auc")], n),
-        make_row("presence.sensitivity", "presence sensitivity per FH", at_point["sensitivity"],
-                 intervals.bootstrap(bs.sensitivity_rows, d.presence_truth, d.presence_served), reference[("presence", "sensitivity")], n),
-        make_row("presence.specificity", "presence specificity per FH", at_point["specificity"],
-                 intervals.bootstrap(bs.specificity_rows, d.presence_truth, d.presence_served), reference[("presence", "specificity")], n),
-        make_row("presence.f1", "presence F1 per FH", at_point["f1"],
-                 intervals.bootstrap(bs.f1_rows, d.presence_truth, d.presence_served), None, n),
+        make_row(
+            "presence.auc",
+            "presence AUC per FH",
+            presence_auc,
+            intervals.choose(
+                "staging",
+                lambda t: t["presence"]["auc"],
+                lambda: intervals.bootstrap(bs.auc_rows, d.presence_truth, d.presence_score),
+            ),
+            reference[("presence", "auc")],
+            n,
+        ),
+        make_row(
+            "presence.sensitivity",
+            "presence sensitivity per FH",
+            at_point["sensitivity"],
+            intervals.bootstrap(bs.sensitivity_rows, d.presence_truth, d.presence_served),
+            reference[("presence", "sensitivity")],
+            n,
+        ),
+        make_row(
+            "presence.specificity",
+            "presence specificity per FH",
+            at_point["specificity"],
+            intervals.bootstrap(bs.specificity_rows, d.presence_truth, d.presence_served),
+            reference[("presence", "specificity")],
+            n,
+        ),
+        make_row(
+            "presence.f1",
+            "presence F1 per FH",
+            at_point["f1"],
+            intervals.bootstrap(bs.f1_rows, d.presence_truth, d.presence_served),
+            None,
+            n,
+        ),
         *subject_rows,
     ]
     collapse = served_multiclass(d.collapse_truth, d.collapse_probs, d.collapse_served, COLLAPSE_CLASSES)
@@ -380,20 +524,33 @@ def presence_collapse_table(heads: HeadTable, subject_rows: list[dict[str, Any]]
     def paper_collapse(label: str, metric: str) -> PaperValue:
         return reference.get((label, metric))
 
-    rows += class_rows("collapse", collapse, d.collapse_truth, d.collapse_probs, d.collapse_served, intervals,
-                       paper_collapse, None)
-    rows.append(make_row("collapse.macro_f1", "collapse macro F1 (3 classes)", collapse["macro_f1"],
-                         intervals.bootstrap(lambda t, p: bs.macro_f1_rows(t, p, len(COLLAPSE_CLASSES)), d.collapse_truth, d.collapse_served),
-                         None, n))
+    rows += class_rows(
+        "collapse", collapse, d.collapse_truth, d.collapse_probs, d.collapse_served, intervals, paper_collapse, None
+    )
+    rows.append(
+        make_row(
+            "collapse.macro_f1",
+            "collapse macro F1 (3 classes)",
+            collapse["macro_f1"],
+            intervals.bootstrap(
+                lambda t, p: bs.macro_f1_rows(t, p, len(COLLAPSE_CLASSES)), d.collapse_truth, d.collapse_served
+            ),
+            None,
+            n,
+        )
+    )
     return {
         "id": "table_iv",
         "title": "Table IV — AVNFH detection (presence), subject level, pre-/post-collapse",
         "caption": "Presence = stage II–IV; its score is 1 − P(absence), its answer the presence of the served stage. "
-                   "Subject level: a subject is diseased when any hip is; the service's study aggregation (most "
-                   "severe stage per side over the subject's radiographs) over AP+FL, AP only or FL only; a missed "
-                   "head counts as not diagnosed. Collapse: absence / pre-collapse (II) / post-collapse (III+IV).",
+        "Subject level: a subject is diseased when any hip is; the service's study aggregation (most "
+        "severe stage per side over the subject's radiographs) over AP+FL, AP only or FL only; a missed "
+        "head counts as not diagnosed. Collapse: absence / pre-collapse (II) / post-collapse (III+IV).",
         "rows": rows,
-        "confusion": {"presence": at_point_confusion(d.presence_truth, d.presence_served, 2), "collapse": collapse["confusion_matrix"]},
+        "confusion": {
+            "presence": at_point_confusion(d.presence_truth, d.presence_served, 2),
+            "collapse": collapse["confusion_matrix"],
+        },
     }
 
 
@@ -410,20 +567,47 @@ def staging_table(heads: HeadTable, intervals: Intervals) -> dict[str, Any]:
     def paper_stage(label: str, metric: str) -> PaperValue:
         return paper.PAPER_TABLE_V[label].get(metric)
 
-    rows = class_rows("staging", staging, d.stage_truth, d.stage_probs, d.stage_served, intervals, paper_stage,
-                      lambda t, label, metric: t["staging"]["per_class"][label][metric])
-    rows.append(make_row(
-        "staging.macro_f1", "staging 4-class macro F1", staging["macro_f1"],
-        intervals.choose("staging", lambda t: t["staging"]["macro_f1"],
-                         lambda: intervals.bootstrap(lambda t, p: bs.macro_f1_rows(t, p, len(STAGES)), d.stage_truth, d.stage_served)),
-        paper.PAPER_STAGING_MACRO_F1, len(heads)))
-    rows.append(make_row("staging.accuracy", "staging 4-class accuracy", staging["accuracy"],
-                         intervals.bootstrap(bs.accuracy_rows, d.stage_truth, d.stage_served), None, len(heads)))
+    rows = class_rows(
+        "staging",
+        staging,
+        d.stage_truth,
+        d.stage_probs,
+        d.stage_served,
+        intervals,
+        paper_stage,
+        lambda t, label, metric: t["staging"]["per_class"][label][metric],
+    )
+    rows.append(
+        make_row(
+            "staging.macro_f1",
+            "staging 4-class macro F1",
+            staging["macro_f1"],
+            intervals.choose(
+                "staging",
+                lambda t: t["staging"]["macro_f1"],
+                lambda: intervals.bootstrap(
+                    lambda t, p: bs.macro_f1_rows(t, p, len(STAGES)), d.stage_truth, d.stage_served
+                ),
+            ),
+            paper.PAPER_STAGING_MACRO_F1,
+            len(heads),
+        )
+    )
+    rows.append(
+        make_row(
+            "staging.accuracy",
+            "staging 4-class accuracy",
+            staging["accuracy"],
+            intervals.bootstrap(bs.accuracy_rows, d.stage_truth, d.stage_served),
+            None,
+            len(heads),
+        )
+    )
     return {
         "id": "table_v",
         "title": "Table V — AVNFH staging (absence, II, III, IV)",
         "caption": "One-vs-rest per stage; sensitivity, specificity and F1 at the operating point (the served "
-                   "stage = argmax). Macro F1 beside Table VI's N = 5 figure.",
+        "stage = argmax). Macro F1 beside Table VI's N = 5 figure.",
         "rows": rows,
         "confusion": {"staging": staging["confusion_matrix"]},
     }
@@ -444,15 +628,29 @@ def subject_level(collected: Collected, intervals: Intervals) -> tuple[list[dict
         sensitivity = float(predicted[positives].mean()) if positives.any() else None
         specificity = float(1 - predicted[~positives].mean()) if (~positives).any() else None
         interval = intervals.bootstrap(bs.sensitivity_rows, truth, predicted) if positives.any() else None
-        rows.append(make_row(f"subject.{name}.sensitivity", f"sensitivity per subject, {name}", sensitivity, interval,
-                             paper.PAPER_TABLE_IV[("subject", name)], int(positives.sum()), views=list(views)))
-        details[name] = {"subjects": int(truth.size), "diseased": int(positives.sum()), "sensitivity": sensitivity,
-                         "specificity": specificity}
+        rows.append(
+            make_row(
+                f"subject.{name}.sensitivity",
+                f"sensitivity per subject, {name}",
+                sensitivity,
+                interval,
+                paper.PAPER_TABLE_IV[("subject", name)],
+                int(positives.sum()),
+                views=list(views),
+            )
+        )
+        details[name] = {
+            "subjects": int(truth.size),
+            "diseased": int(positives.sum()),
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+        }
     return rows, details
 
 
-def subject_answers(results: Sequence[RadiographResult], truth_stage: dict[str, list[str]], views: Sequence[str]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def subject_answers(
+    results: Sequence[RadiographResult], truth_stage: dict[str, list[str]], views: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(truth diseased, predicted diseased) per subject that has a radiograph of ``views``."""
     by_subject: dict[str, list[RadiographResult]] = {}
     for result in results:
@@ -479,8 +677,9 @@ CLASSIFIER_ARRAYS: dict[str, Callable[[HeadTable], tuple[np.ndarray, np.ndarray,
 }
 
 
-def calibration_section(heads: HeadTable, served_temperatures: dict[str, float], fitted: dict[str, dict[str, Any]],
-                        bins: int = DEFAULT_BINS) -> dict[str, Any]:
+def calibration_section(
+    heads: HeadTable, served_temperatures: dict[str, float], fitted: dict[str, dict[str, Any]], bins: int = DEFAULT_BINS
+) -> dict[str, Any]:
     """ECE and NLL on the evaluated split before (T = 1) and after temperature scaling, per classifier.
 
     ``fitted[task]`` holds the temperature fitted on validation data and where it came from (stored in
@@ -508,15 +707,17 @@ def calibration_section(heads: HeadTable, served_temperatures: dict[str, float],
         rows.append(row)
         reliability[task] = {
             "before": reliability_bins(*confidence_and_correct(before, truth, multi_label), bins=bins).to_dict(),
-            "after": reliability_bins(*confidence_and_correct(after, truth, multi_label), bins=bins).to_dict() if fit else None,
+            "after": reliability_bins(*confidence_and_correct(after, truth, multi_label), bins=bins).to_dict()
+            if fit
+            else None,
         }
     return {
         "id": "calibration",
         "title": "Calibration — ECE before and after temperature scaling",
         "caption": f"Expected calibration error over {bins} equal-width confidence bins on the evaluated split; "
-                   "'before' at T = 1 (the raw model), 'after' at the temperature fitted on the deployed model's "
-                   "validation fold (never on this split). Notes: the notes model's own probabilities, every "
-                   "(head, note) pair one answer, one temperature for all 8 notes. The paper reports no calibration.",
+        "'before' at T = 1 (the raw model), 'after' at the temperature fitted on the deployed model's "
+        "validation fold (never on this split). Notes: the notes model's own probabilities, every "
+        "(head, note) pair one answer, one temperature for all 8 notes. The paper reports no calibration.",
         "bins": bins,
         "rows": rows,
         "reliability": reliability,

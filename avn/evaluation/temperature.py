@@ -37,8 +37,9 @@ FEW_VALIDATION_HEADS = 30
 WEIGHTS_VERSION_KEY = "weights_version"  # under ModelCard.extra: the version before any temperature
 
 
-def validation_crops(run_dir: Path, data_dir: Path, tasks: Iterable[str], on_image: Callable[[], None] | None = None
-                     ) -> dict[str, tuple[str, CropSet]]:
+def validation_crops(
+    run_dir: Path, data_dir: Path, tasks: Iterable[str], on_image: Callable[[], None] | None = None
+) -> dict[str, tuple[str, CropSet]]:
     """Per task: (deployed fold, its validation crops at the serving scale and the model's input size).
 
     Refuses a data set other than the one the run was trained on (its fingerprint is in metrics.json).
@@ -49,8 +50,10 @@ def validation_crops(run_dir: Path, data_dir: Path, tasks: Iterable[str], on_ima
     for task in tasks:
         doc = read_task_metrics(run_dir, task)
         if doc.get("training_data_hash") != fingerprint:
-            raise RunInfoError(f"{run_dir}/{task} was trained on another data set than {data_dir}; "
-                               "its validation fold cannot be rebuilt from this one")
+            raise RunInfoError(
+                f"{run_dir}/{task} was trained on another data set than {data_dir}; "
+                "its validation fold cannot be rebuilt from this one"
+            )
         fold, subjects = deployed_validation_subjects(doc, dataset)
         wanted[task] = (fold, subjects, int(doc["input_size"]))
     crops: dict[tuple[int, tuple[str, ...]], CropSet] = {}
@@ -67,7 +70,9 @@ def validation_crops(run_dir: Path, data_dir: Path, tasks: Iterable[str], on_ima
 def logits_of(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Raw logits (no temperature) of a classifier on (N, S, S) crops, normalised as served."""
     model.eval()
-    out = [model(to_batch(crops[i:i + batch_size].astype(np.float32))).numpy() for i in range(0, len(crops), batch_size)]
+    out = [
+        model(to_batch(crops[i : i + batch_size].astype(np.float32))).numpy() for i in range(0, len(crops), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -82,15 +87,20 @@ def store_temperature(checkpoint: Path, fit: TemperatureFit, provenance: dict[st
     weights_version = str(card.extra.get(WEIGHTS_VERSION_KEY, card.version))
     version = f"{weights_version}-t{fit.temperature:.4f}"
     extra = {**card.extra, WEIGHTS_VERSION_KEY: weights_version, CALIBRATION_KEY: {**fit.to_dict(), **provenance}}
-    save_checkpoint(checkpoint, model, card.task, {
-        "version": version,
-        "training_data_hash": card.training_data_hash,
-        "metrics": card.metrics,
-        "created": card.created,
-        "input_size": card.input_size,
-        "temperature": fit.temperature,
-        "extra": extra,
-    })
+    save_checkpoint(
+        checkpoint,
+        model,
+        card.task,
+        {
+            "version": version,
+            "training_data_hash": card.training_data_hash,
+            "metrics": card.metrics,
+            "created": card.created,
+            "input_size": card.input_size,
+            "temperature": fit.temperature,
+            "extra": extra,
+        },
+    )
     return version
 
 
@@ -116,8 +126,9 @@ def calibrate_run(
         provenance = {"fold": fold, "fitted_on": "validation fold of the deployed model"}
         results[task] = {**fit.to_dict(), **provenance}
         if fit.samples < FEW_VALIDATION_HEADS:
-            results[task]["warning"] = (f"{task}: only {fit.samples} validation heads; the temperature "
-                                        f"{fit.temperature:.3g} is unreliable")
+            results[task]["warning"] = (
+                f"{task}: only {fit.samples} validation heads; the temperature {fit.temperature:.3g} is unreliable"
+            )
         if write:
             results[task]["version"] = store_temperature(checkpoint, fit, provenance)
     return results

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,9 @@ def _rebuild_model(card: ModelCard, config: Mapping[str, Any]) -> nn.Module:
 def _card_for(model: nn.Module, task: str, metadata: Mapping[str, Any]) -> ModelCard:
     unknown = set(metadata) - METADATA_KEYS
     if unknown:
-        raise CheckpointError(f"unknown metadata keys {sorted(unknown)}; allowed: {sorted(METADATA_KEYS)} (put the rest in 'extra')")
+        raise CheckpointError(
+            f"unknown metadata keys {sorted(unknown)}; allowed: {sorted(METADATA_KEYS)} (put the rest in 'extra')"
+        )
     missing = [key for key in REQUIRED_METADATA if not metadata.get(key)]
     if missing:
         raise CheckpointError(f"metadata lacks {missing}")
@@ -171,7 +173,7 @@ def _card_for(model: nn.Module, task: str, metadata: Mapping[str, Any]) -> Model
         version=str(metadata["version"]),
         training_data_hash=str(metadata["training_data_hash"]),
         metrics=_plain(metadata.get("metrics", {})),
-        created=str(metadata.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        created=str(metadata.get("created") or datetime.now(UTC).isoformat(timespec="seconds")),
         temperature=temperature,
         extra=_plain(metadata.get("extra", {})),
     )

@@ -25,7 +25,6 @@ CLASSIFIER_TASKS: dict[str, tuple[str, ...]] = {
 }
 MULTI_LABEL_TASKS: frozenset[str] = frozenset({"notes"})
 ARCHITECTURE = "resnet18"
-FEATURE_CHANNELS = 512  # channels of ResNet-18's last stage
 
 # The classifier head; everything else is the transferable trunk (SPEC: staging starts from view).
 _HEAD_PREFIX = "backbone.fc."

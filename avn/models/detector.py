@@ -11,9 +11,9 @@ radiograph's shape), placed at (0, 0) of an S×S black canvas and replicated to 
 Mapping back divides by the scale (per axis, so the rounding of the shorter side stays exact).
 The image content is normalised after the shrink by rank and local contrast
 (:func:`avn.intensity.detector_contrast`, the project's input normalisation), so any tone curve,
-window or bit depth reaches the network alike; the letterbox padding stays black. Scaling to [-1, 1] happens inside the torchvision model's
-transform (mean 0.5, std 0.5 for both backbones: ImageNet statistics mean nothing to weights
-trained from scratch).
+window or bit depth reaches the network alike; the letterbox padding stays black. Scaling to
+[-1, 1] happens inside the torchvision model's transform (mean 0.5, std 0.5 for both backbones:
+ImageNet statistics mean nothing to weights trained from scratch).
 """
 
 from __future__ import annotations
@@ -121,7 +121,12 @@ class FemoralHeadDetector(nn.Module):
     @property
     def config(self) -> dict[str, object]:
         """The arguments that rebuild this detector with :func:`build_detector`."""
-        return {"backbone": self.backbone_name, "top_k": self.top_k, "min_score": self.min_score, "nms_iou": self.nms_iou}
+        return {
+            "backbone": self.backbone_name,
+            "top_k": self.top_k,
+            "min_score": self.min_score,
+            "nms_iou": self.nms_iou,
+        }
 
     def prepare(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, LetterboxGeometry]:
         return prepare_detector_input(image, self.input_size)
@@ -135,7 +140,7 @@ class FemoralHeadDetector(nn.Module):
         prepared = [self.prepare(image) for image in images]
         device = next(self.model.parameters()).device
         outputs = self.model([tensor.to(device) for tensor, _ in prepared])
-        return [self._to_detection(output, geometry) for output, (_, geometry) in zip(outputs, prepared)]
+        return [self._to_detection(output, geometry) for output, (_, geometry) in zip(outputs, prepared, strict=True)]
 
     def _to_detection(self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry) -> Detection:
         is_head = output["labels"] == FH_CLASS

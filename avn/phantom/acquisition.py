@@ -87,10 +87,16 @@ class Acquisition:
     marker_height_mm: float
 
 
-def choose_acquisition(view: str, detector: str, rng: np.random.Generator, pelvis_width: float,
-                       crest_height: float, field_focus: tuple[float, float] | None,
-                       keep_boxes: list[tuple[float, float, float, float]],
-                       marker_side: str | None) -> Acquisition:
+def choose_acquisition(
+    view: str,
+    detector: str,
+    rng: np.random.Generator,
+    pelvis_width: float,
+    crest_height: float,
+    field_focus: tuple[float, float] | None,
+    keep_boxes: list[tuple[float, float, float, float]],
+    marker_side: str | None,
+) -> Acquisition:
     """Draw one exposure's settings.
 
     ``field_focus``: for a coned-down film, (x of the imaged head centre, lateral sign); None for a
@@ -126,17 +132,26 @@ def choose_acquisition(view: str, detector: str, rng: np.random.Generator, pelvi
     mx = ex0 + rng.uniform(12, 40) if letter == "R" else ex1 - rng.uniform(12, 40)
     my = ey0 + rng.uniform(14, 45) if rng.random() < 0.7 else ey1 - rng.uniform(14, 45)
     return Acquisition(
-        spacing_mm=spacing, field=field, size_px=(rows, cols),
+        spacing_mm=spacing,
+        field=field,
+        size_px=(rows, cols),
         bits_stored=int(rng.choice([12, 12, 14, 14, 15, 16])),
-        soft_gain=float(rng.uniform(0.10, 0.16)), compression=float(rng.uniform(0.25, 0.45)),
-        edge_gain=float(rng.uniform(0.2, 0.6)), contrast=float(rng.uniform(2.0, 4.0)),
-        gamma=float(rng.uniform(0.85, 1.2)), level=float(rng.uniform(-0.08, 0.08)),
+        soft_gain=float(rng.uniform(0.10, 0.16)),
+        compression=float(rng.uniform(0.25, 0.45)),
+        edge_gain=float(rng.uniform(0.2, 0.6)),
+        contrast=float(rng.uniform(2.0, 4.0)),
+        gamma=float(rng.uniform(0.85, 1.2)),
+        level=float(rng.uniform(-0.08, 0.08)),
         noise=float(rng.uniform(0.006, 0.014) * (1.4 if cr else 1.0)),
         blur_px=float(rng.uniform(0.6, 1.0) * (1.3 if cr else 1.0)),
-        heel=float(rng.uniform(-0.06, 0.06)), white=float(rng.uniform(0.8, 1.0)),
-        exposed=exposed, blade_angle_deg=float(rng.normal(0, 0.8)),
+        heel=float(rng.uniform(-0.06, 0.06)),
+        white=float(rng.uniform(0.8, 1.0)),
+        exposed=exposed,
+        blade_angle_deg=float(rng.normal(0, 0.8)),
         shutter="black" if rng.random() < 0.25 else "unexposed",
-        marker=letter, marker_xy=(float(mx), float(my)), marker_height_mm=mh,
+        marker=letter,
+        marker_xy=(float(mx), float(my)),
+        marker_height_mm=mh,
     )
 
 
@@ -178,8 +193,14 @@ def _collimation(field, keep_boxes, rng) -> tuple[float, float, float, float]:
 # --------------------------------------------------------------------------- soft tissue
 
 
-def soft_tissue(grid: Grid, outline_parts: list[np.ndarray], half_depth: float, fat_mm: float,
-                details: dict, rng: np.random.Generator) -> np.ndarray:
+def soft_tissue(
+    grid: Grid,
+    outline_parts: list[np.ndarray],
+    half_depth: float,
+    fat_mm: float,
+    details: dict,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Soft-tissue attenuation (unitless) on ``grid``.
 
     The body is the union of polygons (trunk, thighs); its path length follows an elliptic profile
@@ -227,7 +248,7 @@ def _fat_planes(grid: Grid, planes: list[np.ndarray]) -> np.ndarray:
 
 def _ellipses(grid: Grid, ells: list[tuple], strength: float) -> np.ndarray:
     img = np.zeros(grid.shape, np.float32)
-    for (cx, cy, ax, ay) in ells:
+    for cx, cy, ax, ay in ells:
         c = grid.to_px(np.array([[cx, cy]]))[0]
         cv2.ellipse(img, (int(c[0]), int(c[1])), (int(ax / grid.hx), int(ay / grid.hy)), 0, 0, 360, 1.0, -1)
     if not ells:
@@ -261,9 +282,10 @@ def _bowel_gas(grid: Grid, colon: list[tuple], rng: np.random.Generator) -> np.n
         for i in range(n - 1):
             if rng.random() < 0.08:  # a collapsed stretch without gas
                 continue
-            uv = np.round(grid.to_px(path[i:i + 2]) * 16 - 8).astype(np.int32)
-            cv2.polylines(img, [uv], False, gas_level, thickness=max(int(wmod[i] * px_mm), 1),
-                          lineType=cv2.LINE_AA, shift=4)
+            uv = np.round(grid.to_px(path[i : i + 2]) * 16 - 8).astype(np.int32)
+            cv2.polylines(
+                img, [uv], False, gas_level, thickness=max(int(wmod[i] * px_mm), 1), lineType=cv2.LINE_AA, shift=4
+            )
         # haustral folds across the lumen
         pos = float(rng.uniform(4, 12))
         while pos < s[-1]:
@@ -293,9 +315,10 @@ def _bowel_gas(grid: Grid, colon: list[tuple], rng: np.random.Generator) -> np.n
                 rad = max(int(rng.uniform(0.8, 2.8) * px_mm), 1)
                 cv2.circle(img, (int(u), int(v)), rad, float(rng.uniform(0.5, 1.0)), -1, lineType=cv2.LINE_AA)
             # faeces displace the gas column in that stretch
-            uv = np.round(grid.to_px(path[k0:k1 + 1]) * 16 - 8).astype(np.int32)
-            cv2.polylines(folds, [uv], False, 0.55, thickness=max(int(0.7 * width * px_mm), 1),
-                          lineType=cv2.LINE_AA, shift=4)
+            uv = np.round(grid.to_px(path[k0 : k1 + 1]) * 16 - 8).astype(np.int32)
+            cv2.polylines(
+                folds, [uv], False, 0.55, thickness=max(int(0.7 * width * px_mm), 1), lineType=cv2.LINE_AA, shift=4
+            )
     img -= folds * img
     img = cv2.GaussianBlur(img, (0, 0), 0.9 / grid.spacing)
     return 0.75 * img  # ~35 mm of gas instead of tissue in a distended segment
@@ -304,9 +327,17 @@ def _bowel_gas(grid: Grid, colon: list[tuple], rng: np.random.Generator) -> np.n
 # --------------------------------------------------------------------------- detection
 
 
-def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Grid, acq: Acquisition,
-           out_shape: tuple[int, int], out_spacing: float, rng: np.random.Generator,
-           variation: Variation = NEUTRAL) -> np.ndarray:
+def detect(
+    a_bone: np.ndarray,
+    a_soft: np.ndarray,
+    a_metal: np.ndarray,
+    grid: Grid,
+    acq: Acquisition,
+    out_shape: tuple[int, int],
+    out_spacing: float,
+    rng: np.random.Generator,
+    variation: Variation = NEUTRAL,
+) -> np.ndarray:
     """Attenuation maps (working grid) -> stored uint16 pixels (output grid), bone bright.
 
     ``variation`` (:mod:`avn.phantom.variation`) adds beam quality, scatter, a linear detector,
@@ -318,7 +349,11 @@ def detect(a_bone: np.ndarray, a_soft: np.ndarray, a_metal: np.ndarray, grid: Gr
     rows, cols = grid.shape
     exposed = _exposed_mask(grid, acq)
     total = a_bone + a_soft + a_metal
-    d = np.float32(variation.beam_contrast) * a_bone + np.float32(acq.soft_gain * variation.soft_tissue_gain) * a_soft + np.minimum(a_metal, np.float32(3.0))
+    d = (
+        np.float32(variation.beam_contrast) * a_bone
+        + np.float32(acq.soft_gain * variation.soft_tissue_gain) * a_soft
+        + np.minimum(a_metal, np.float32(3.0))
+    )
     d += np.float32(acq.heel) * (np.linspace(-0.5, 0.5, rows, dtype=np.float32)[:, None])
     # CR/DX processing: compress the large-scale range (thick vs thin body) and sharpen edges
     d -= np.float32(acq.compression) * _lowpass(d, 35.0 / grid.spacing)
@@ -450,6 +485,6 @@ def _burn_marker(img: np.ndarray, acq: Acquisition, grid: Grid, out_spacing: flo
     patch = np.zeros((h, w), np.uint8)
     cv2.putText(patch, acq.marker, (pad, pad + th), font, scale, 255, thick, cv2.LINE_AA)
     letter = patch.astype(np.float32) / 255.0
-    roi = img[y0:y0 + h, x0:x0 + w]
+    roi = img[y0 : y0 + h, x0 : x0 + w]
     roi += 0.06  # the holder
     np.maximum(roi, letter * 0.97, out=roi)

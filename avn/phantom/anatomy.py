@@ -189,8 +189,7 @@ def pelvic_rotation(pose: Pose) -> np.ndarray:
 class Projector:
     """Maps canonical-side 3D points (lateral = +x) to projected 2D mm for one side."""
 
-    def __init__(self, pose: Pose, side_sign: float, local: np.ndarray | None = None,
-                 origin: np.ndarray | None = None):
+    def __init__(self, pose: Pose, side_sign: float, local: np.ndarray | None = None, origin: np.ndarray | None = None):
         mirror = np.diag([side_sign, 1.0, 1.0])
         local = np.eye(3) if local is None else local
         origin = np.zeros(3) if origin is None else origin
@@ -206,8 +205,7 @@ class Projector:
     def __call__(self, pts: np.ndarray) -> np.ndarray:
         return self.world(pts)[:, :2] + self.shift
 
-    def tube(self, pts, radii, cortex, density=1.0, additive=False, role="", flat=1.0,
-             smooth: int = 1) -> Tube:
+    def tube(self, pts, radii, cortex, density=1.0, additive=False, role="", flat=1.0, smooth: int = 1) -> Tube:
         pts3 = np.atleast_2d(np.asarray(pts, float))
         if pts3.shape[1] == 2:
             pts3 = np.column_stack([pts3, np.zeros(len(pts3))])
@@ -217,7 +215,7 @@ class Projector:
             # already and would only cost segments); radii, cortex and density ride along
             cols = [pts3, np.broadcast_to(np.asarray(radii, float), (n,))[:, None]]
             per_point = [np.ndim(cortex) > 0, np.ndim(density) > 0]
-            cols += [np.asarray(x, float)[:, None] for x, on in zip((cortex, density), per_point) if on]
+            cols += [np.asarray(x, float)[:, None] for x, on in zip((cortex, density), per_point, strict=True) if on]
             sm = chaikin(np.hstack(cols), smooth)
             pts3, radii = sm[:, :3], sm[:, 3]
             k = 4
@@ -230,11 +228,18 @@ class Projector:
         seg2 = np.linalg.norm(np.diff(w[:, :2], axis=0), axis=1)
         # a tube tilted out of the film plane is crossed obliquely: longer chords (capped)
         stretch = np.clip(seg3 / np.maximum(seg2, 1e-6), 1.0, 2.2)
-        return Tube(w[:, :2] + self.shift, np.broadcast_to(np.asarray(radii, float), (len(w),)).copy(),
-                    cortex, density, stretch, additive, role, flat)
+        return Tube(
+            w[:, :2] + self.shift,
+            np.broadcast_to(np.asarray(radii, float), (len(w),)).copy(),
+            cortex,
+            density,
+            stretch,
+            additive,
+            role,
+            flat,
+        )
 
-    def slab(self, pts, half_thickness, cortex, density=1.0, flat=1.0, fossa=0.0, rim_mm=12.0,
-             smooth: int = 3) -> Slab:
+    def slab(self, pts, half_thickness, cortex, density=1.0, flat=1.0, fossa=0.0, rim_mm=12.0, smooth: int = 3) -> Slab:
         """A flat bone from a closed outline, its corners rounded (Chaikin) into a smooth contour."""
         pts3 = np.atleast_2d(np.asarray(pts, float))
         if pts3.shape[1] == 2:
@@ -357,16 +362,28 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     # Iliac wing: a thin plate, its crest and the thick columns around the acetabulum.
     roof = arc(c, big_r, rim, -35.0, 7)
     wing = [
-        (0.16 * 2 * pw2 + j(), -0.80 * hc, -60), (0.20 * 2 * pw2 + j(), -0.93 * hc + j(), -55),
-        (0.29 * 2 * pw2 + j(), -1.00 * hc + j(), -35), (0.39 * 2 * pw2 + j(), -0.96 * hc + j(), -5),
-        (pw2 - 4, -0.86 * hc, 10), (pw2, -0.76 * hc, 20), (pw2 - 2, -0.62 * hc, 35),
-        (pw2 - 7, -0.48 * hc, 50), (pw2 - 20, -0.41 * hc, 50), (pw2 - 23, -0.31 * hc, 45),
+        (0.16 * 2 * pw2 + j(), -0.80 * hc, -60),
+        (0.20 * 2 * pw2 + j(), -0.93 * hc + j(), -55),
+        (0.29 * 2 * pw2 + j(), -1.00 * hc + j(), -35),
+        (0.39 * 2 * pw2 + j(), -0.96 * hc + j(), -5),
+        (pw2 - 4, -0.86 * hc, 10),
+        (pw2, -0.76 * hc, 20),
+        (pw2 - 2, -0.62 * hc, 35),
+        (pw2 - 7, -0.48 * hc, 50),
+        (pw2 - 20, -0.41 * hc, 50),
+        (pw2 - 23, -0.31 * hc, 45),
         (hx + 0.62 * big_r + 6, -0.55 * big_r - 6, 25),
     ]
-    wing_pts = [p for p in wing] + [(x, y, 10) for x, y in roof] + [
-        (tdx + 5, -0.55 * r, 10), (inlet, -0.30 * hc, -10), (inlet - 5, -0.52 * hc, -30),
-        (0.17 * 2 * pw2, -0.68 * hc, -45),
-    ]
+    wing_pts = (
+        [p for p in wing]
+        + [(x, y, 10) for x, y in roof]
+        + [
+            (tdx + 5, -0.55 * r, 10),
+            (inlet, -0.30 * hc, -10),
+            (inlet - 5, -0.52 * hc, -30),
+            (0.17 * 2 * pw2, -0.68 * hc, -45),
+        ]
+    )
     wing_slab = proj.slab(wing_pts, 11.0, 1.3, density=1.0, flat=0.5, fossa=0.6, rim_mm=13.0)
     # the thin iliac fossa: a smooth oval in the upper wing, not a copy of the wing's outline
     f_c = proj(np.array([[0.60 * pw2, -0.72 * hc, -20.0]]))[0]
@@ -376,17 +393,35 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     crest_in = [(x - 1.5 * np.sign(x - 0.3 * pw2), y + 2.0, z) for x, y, z in crest]
     bone.tubes.append(proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7))
     # posterior (sciatic) buttress from the roof to the sacroiliac joint
-    bone.tubes.append(proj.tube(
-        with_depth([(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
-                   [-10, -30, -50]), [20.0, 17.0, 13.0], 1.6, flat=0.45))
+    bone.tubes.append(
+        proj.tube(
+            with_depth(
+                [(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
+                [-10, -30, -50],
+            ),
+            [20.0, 17.0, 13.0],
+            1.6,
+            flat=0.45,
+        )
+    )
     # the iliac trabecular pillar: weight passes from the sacroiliac joint through the sciatic
     # buttress to the acetabular roof along a band of oriented, denser trabeculae
-    bone.groups.append(proj.tube(
-        with_depth([(0.17 * 2 * pw2 + 8, -0.70 * hc), (0.5 * (hx + inlet) - 2, -0.42 * hc), (hx - 2, -big_r - 16)],
-                   [-45, -28, -8]), [11.0, 12.0, 8.0], 0.0, density=0.2, role="pillar"))
+    bone.groups.append(
+        proj.tube(
+            with_depth(
+                [(0.17 * 2 * pw2 + 8, -0.70 * hc), (0.5 * (hx + inlet) - 2, -0.42 * hc), (hx - 2, -big_r - 16)],
+                [-45, -28, -8],
+            ),
+            [11.0, 12.0, 8.0],
+            0.0,
+            density=0.2,
+            role="pillar",
+        )
+    )
     # anterior column above the roof up to the anterior inferior iliac spine
-    bone.tubes.append(proj.tube(
-        with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5))
+    bone.tubes.append(
+        proj.tube(with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5)
+    )
     # the acetabular cup itself (walls over the head, socket) is drawn by render._cut_socket
 
     # Obturator foramen framed by the superior pubic ramus, the pubic body, the inferior pubic and
@@ -411,45 +446,98 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         nx, ny = math.cos(ang) / a_f, math.sin(ang) / b_f
         nn = math.hypot(nx, ny)
         px, py = ex + rr * nx / nn, ey + rr * ny / nn
-        ring.append((fx + px * math.cos(tilt) - py * math.sin(tilt), fy + px * math.sin(tilt) + py * math.cos(tilt),
-                     15.0 - 35.0 * math.cos(ang)))
+        ring.append(
+            (
+                fx + px * math.cos(tilt) - py * math.sin(tilt),
+                fy + px * math.sin(tilt) + py * math.cos(tilt),
+                15.0 - 35.0 * math.cos(ang),
+            )
+        )
         radii.append(rr)
     bone.tubes.append(proj.tube(ring, radii, 1.4, density=0.9))
-    bone.tubes.append(proj.tube(  # superior ramus into the acetabulum
-        with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]), [7.0, 10.5], 1.4,
-                   flat=0.75))
-    bone.tubes.append(proj.tube(  # pubic body with its flat symphyseal face
-        with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
-        [r_pub - 0.5, r_pub, r_pub - 2.0], 1.4, density=0.9))
-    bone.tubes.append(proj.tube(  # ischial tuberosity: thick, rounded inferolaterally
-        with_depth([(tub[0] - 4, tub[1] - 10), (tub[0] + 1.5, tub[1] + 1.5)], -35), [12.0, 15.0], 1.8, density=0.95,
-        flat=0.85))
-    bone.tubes.append(proj.tube(  # ischial body / posterior column behind the head, down to the tuberosity
-        with_depth([(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
-                   [-25, -30, -35]), [15.0, 14.0, 12.0], 1.5, density=0.9, flat=0.8))
+    bone.tubes.append(
+        proj.tube(  # superior ramus into the acetabulum
+            with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]),
+            [7.0, 10.5],
+            1.4,
+            flat=0.75,
+        )
+    )
+    bone.tubes.append(
+        proj.tube(  # pubic body with its flat symphyseal face
+            with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
+            [r_pub - 0.5, r_pub, r_pub - 2.0],
+            1.4,
+            density=0.9,
+        )
+    )
+    bone.tubes.append(
+        proj.tube(  # ischial tuberosity: thick, rounded inferolaterally
+            with_depth([(tub[0] - 4, tub[1] - 10), (tub[0] + 1.5, tub[1] + 1.5)], -35),
+            [12.0, 15.0],
+            1.8,
+            density=0.95,
+            flat=0.85,
+        )
+    )
+    bone.tubes.append(
+        proj.tube(  # ischial body / posterior column behind the head, down to the tuberosity
+            with_depth(
+                [(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
+                [-25, -30, -35],
+            ),
+            [15.0, 14.0, 12.0],
+            1.5,
+            density=0.9,
+            flat=0.8,
+        )
+    )
     # ischial spine pointing into the true pelvis
     bone.tubes.append(proj.tube(with_depth([(tdx - 4, -0.15 * r), (tdx - 15, 0.15 * r)], -45), [3.5, 1.5], 1.2))
 
     # Edge-on cortical lines: iliopectineal, ilioischial, teardrop, sourcil, acetabular rims.
-    ilio_pect = with_depth([(0.16 * 2 * pw2 + 2, -0.72 * hc), (inlet - 2, -0.50 * hc), (inlet, -0.30 * hc),
-                            (tdx - 7, -0.05 * hc), (fx, sup_y - 7.5), (sym_x + 2, sup_y - 8.0)],
-                           [-45, -30, -10, 10, 45, 55])
+    ilio_pect = with_depth(
+        [
+            (0.16 * 2 * pw2 + 2, -0.72 * hc),
+            (inlet - 2, -0.50 * hc),
+            (inlet, -0.30 * hc),
+            (tdx - 7, -0.05 * hc),
+            (fx, sup_y - 7.5),
+            (sym_x + 2, sup_y - 8.0),
+        ],
+        [-45, -30, -10, 10, 45, 55],
+    )
     bone.lines.append(proj.tube(ilio_pect, [1.3, 1.5, 1.5, 1.4, 1.2, 1.0], 0.0, density=1.5, additive=True))
-    ilio_isch = with_depth([(inlet - 3, -0.42 * hc), (tdx - 4, -0.1 * r), (tdx - 2, 0.8 * r),
-                            (tub[0] - 10, tub[1] - 6)], -30)
+    ilio_isch = with_depth(
+        [(inlet - 3, -0.42 * hc), (tdx - 4, -0.1 * r), (tdx - 2, 0.8 * r), (tub[0] - 10, tub[1] - 6)], -30
+    )
     bone.lines.append(proj.tube(ilio_isch, [1.0, 1.1, 1.1, 0.9], 0.0, density=0.9, additive=True))
-    teardrop = with_depth([(tdx + 4.5, -0.65 * r), (tdx + 3.5, 0.1 * r), (tdx + 1.0, tdy - 1.0), (tdx - 1.5, tdy - 0.5),
-                           (tdx - 3.5, 0.05 * r), (tdx - 3.0, -0.5 * r)], 0)
+    teardrop = with_depth(
+        [
+            (tdx + 4.5, -0.65 * r),
+            (tdx + 3.5, 0.1 * r),
+            (tdx + 1.0, tdy - 1.0),
+            (tdx - 1.5, tdy - 0.5),
+            (tdx - 3.5, 0.05 * r),
+            (tdx - 3.0, -0.5 * r),
+        ],
+        0,
+    )
     bone.lines.append(proj.tube(teardrop, [1.2, 1.4, 1.6, 1.6, 1.3, 1.0], 0.0, density=1.5, additive=True))
-    anterior_rim = with_depth([arc(c, big_r, rim, rim, 1)[0], (hx - 0.15 * big_r, 0.3 * big_r),
-                               (hx - 0.55 * big_r, 0.85 * big_r)], 20)
-    posterior_rim = with_depth([arc(c, big_r, rim, rim, 1)[0], (hx + 0.6 * big_r, 0.35 * big_r),
-                                (hx + 0.25 * big_r, 1.0 * big_r)], -20)
+    anterior_rim = with_depth(
+        [arc(c, big_r, rim, rim, 1)[0], (hx - 0.15 * big_r, 0.3 * big_r), (hx - 0.55 * big_r, 0.85 * big_r)], 20
+    )
+    posterior_rim = with_depth(
+        [arc(c, big_r, rim, rim, 1)[0], (hx + 0.6 * big_r, 0.35 * big_r), (hx + 0.25 * big_r, 1.0 * big_r)], -20
+    )
     bone.lines.append(proj.tube(anterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.0, additive=True))
     bone.lines.append(proj.tube(posterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.2, additive=True))
     # symphyseal surface: a sclerotic line on the pubic body's medial face
-    bone.lines.append(proj.tube(with_depth([(3.3, fy - 0.7 * b_f), (3.0, fy + 0.6 * b_f)], 55),
-                                [1.0, 1.0], 0.0, density=1.0, additive=True))
+    bone.lines.append(
+        proj.tube(
+            with_depth([(3.3, fy - 0.7 * b_f), (3.0, fy + 0.6 * b_f)], 55), [1.0, 1.0], 0.0, density=1.0, additive=True
+        )
+    )
 
     landmarks = {
         "acetabulum_centre": proj(np.array([[hx, 0.0, 0.0]]))[0],
@@ -480,9 +568,19 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     sacrum = Bone("sacrum")
     # half outline: S1 body, the ala curving up and out to the top of the SI joint, the joint's
     # auricular curve down and in, then the tapering lower sacrum to the apex
-    half = [(22, s1 - 2), (0.09 * pw, s1 - 6), (0.14 * pw, s1 - 12), (0.178 * pw, s1 - 10),
-            (0.186 * pw, s1 + 6), (0.178 * pw, s1 + 26), (0.160 * pw, s1 + 46), (0.125 * pw, s1 + 62),
-            (0.075 * pw, s1 + 80), (0.035 * pw, s1 + 95), (0.0, s1 + 102)]
+    half = [
+        (22, s1 - 2),
+        (0.09 * pw, s1 - 6),
+        (0.14 * pw, s1 - 12),
+        (0.178 * pw, s1 - 10),
+        (0.186 * pw, s1 + 6),
+        (0.178 * pw, s1 + 26),
+        (0.160 * pw, s1 + 46),
+        (0.125 * pw, s1 + 62),
+        (0.075 * pw, s1 + 80),
+        (0.035 * pw, s1 + 95),
+        (0.0, s1 + 102),
+    ]
     outline = [(x, y) for x, y in half] + [(-x, y) for x, y in reversed(half[:-1])]
     sacrum.slabs.append(proj.slab(with_depth(outline, -70), 11.0, 1.0, density=0.75, fossa=0.25, rim_mm=10.0))
     # anterior sacral foramina in paired rows converging downwards, each with a sclerotic upper arc
@@ -513,8 +611,14 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     bones.append(sacrum)
 
     coccyx = Bone("coccyx")
-    coccyx.tubes.append(proj.tube(with_depth([(0, s1 + 104), (0.5, s1 + 112), (1.0, s1 + 119), (1, s1 + 124)], -80),
-                                  [5.5, 4.5, 3.8, 2.5], 1.0, density=0.8))
+    coccyx.tubes.append(
+        proj.tube(
+            with_depth([(0, s1 + 104), (0.5, s1 + 112), (1.0, s1 + 119), (1, s1 + 124)], -80),
+            [5.5, 4.5, 3.8, 2.5],
+            1.0,
+            density=0.8,
+        )
+    )
     bones.append(coccyx)
 
     width = 26.0 if anat.sex == "M" else 24.0
@@ -527,8 +631,7 @@ def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
     return bones
 
 
-def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, bottom: float,
-                    stout: float) -> list[Bone]:
+def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, bottom: float, stout: float) -> list[Bone]:
     """A lumbar vertebra in AP: the body (a waisted elliptic cylinder with endplates) and, as a
     separate bone behind it (so the two overlap additively), the neural arch: oval pedicle rings
     over the upper body, laminae, articular processes with the oblique facet joints at the disc
@@ -548,17 +651,35 @@ def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, botto
         px = sgn * (width - 10.0)
         ped = np.column_stack([px + 4.0 * np.cos(t), top + 9.0 + 6.0 * np.sin(t)])
         arch.lines.append(proj.tube(with_depth(ped, -30), 1.0, 0.0, 1.1, True, smooth=0))
-        arch.tubes.append(proj.tube(np.array([(px, top + 9.0, -22.0), (px, top + 9.0, -38.0)]), [3.6, 3.6],
-                                    0.8, density=0.5, smooth=0))  # the pedicle end-on
+        arch.tubes.append(
+            proj.tube(
+                np.array([(px, top + 9.0, -22.0), (px, top + 9.0, -38.0)]), [3.6, 3.6], 0.8, density=0.5, smooth=0
+            )
+        )  # the pedicle end-on
         # transverse process: L5's broad and sweeping up and out, L4's and L3's slenderer and longer
         reach = 44 + 8 * (1.0 - stout) + 4 * stout
-        tp = [(px + sgn * 2, top + 10), (sgn * (0.62 * reach + 8), top + 8 - 3 * stout),
-              (sgn * (reach + 6), top + 5 - 6 * stout)]
-        arch.tubes.append(proj.tube(with_depth(tp, -35), [7.0 * stout + 1.5, 4.0 * stout + 2.0, 2.2 * stout + 1.8],
-                                    0.9, density=0.6, flat=0.7))
+        tp = [
+            (px + sgn * 2, top + 10),
+            (sgn * (0.62 * reach + 8), top + 8 - 3 * stout),
+            (sgn * (reach + 6), top + 5 - 6 * stout),
+        ]
+        arch.tubes.append(
+            proj.tube(
+                with_depth(tp, -35),
+                [7.0 * stout + 1.5, 4.0 * stout + 2.0, 2.2 * stout + 1.8],
+                0.9,
+                density=0.6,
+                flat=0.7,
+            )
+        )
         # lamina: a thin plate from the pedicle down and in to the spinous process, over the lower body
-        lam = [(px + sgn * 1, top + 13), (sgn * 4, top + 17), (sgn * 3, bottom + 1), (sgn * (width - 15), bottom - 2),
-               (px + sgn * 2, bottom - 9)]
+        lam = [
+            (px + sgn * 1, top + 13),
+            (sgn * 4, top + 17),
+            (sgn * 3, bottom + 1),
+            (sgn * (width - 15), bottom - 2),
+            (px + sgn * 2, bottom - 9),
+        ]
         arch.slabs.append(proj.slab(with_depth(lam, -50), 2.2, 0.7, density=0.5, flat=1.0, smooth=2))
         # articular processes and the facet joint at the disc below: the inferior process of this
         # vertebra (medial) against the superior process of the next (lateral), a thin lucent cleft
@@ -569,20 +690,27 @@ def lumbar_vertebra(proj: Projector, level: str, width: float, top: float, botto
         sup_p = [(fx + sgn * 6.5, bottom + 9), (fx + sgn * 6.0, bottom + 3), (fx + sgn * 5.0, bottom - 2)]
         arch.tubes.append(proj.tube(with_depth(sup_p, -42), [3.4, 2.8, 1.6], 0.8, density=0.45, smooth=0))
         for off, dens in ((sgn * 2.3, 0.6), (sgn * 3.9, 0.6)):
-            arch.lines.append(proj.tube(with_depth([(fx + off + sgn * 0.6, bottom - 2), (fx + off - sgn * 0.6, bottom + 6)],
-                                                   -44), [0.55, 0.55], 0.0, dens, True, smooth=0))
+            arch.lines.append(
+                proj.tube(
+                    with_depth([(fx + off + sgn * 0.6, bottom - 2), (fx + off - sgn * 0.6, bottom + 6)], -44),
+                    [0.55, 0.55],
+                    0.0,
+                    dens,
+                    True,
+                    smooth=0,
+                )
+            )
     # spinous process end-on in the midline: a teardrop over the lower body, broad above, tapering down
-    arch.tubes.append(proj.tube(with_depth([(0, top + 14), (0, top + 19), (0, bottom + 6)], -70), [2.2, 4.0, 1.4],
-                                1.3, density=0.6, smooth=0))
+    arch.tubes.append(
+        proj.tube(
+            with_depth([(0, top + 14), (0, top + 19), (0, bottom + 6)], -70),
+            [2.2, 4.0, 1.4],
+            1.3,
+            density=0.6,
+            smooth=0,
+        )
+    )
     return [v, arch]
-
-
-def rounded_rect(cx, cy, hw, hh, rad) -> np.ndarray:
-    pts = []
-    for (sx, sy, a0) in ((1, 1, 0), (-1, 1, 90), (-1, -1, 180), (1, -1, 270)):
-        for a in np.radians(np.linspace(a0, a0 + 90, 5)):
-            pts.append((cx + sx * (hw - rad) + rad * math.cos(a), cy + sy * (hh - rad) + rad * math.sin(a)))
-    return np.asarray(pts)
 
 
 # --------------------------------------------------------------------------- the femur
@@ -629,8 +757,15 @@ def femur_axes(anat: SubjectAnatomy, side: str) -> dict[str, np.ndarray | float]
     lateral = np.array([math.cos(alpha), math.sin(alpha), 0.0])
     neck_len = (1.12 + rng.normal(0, 0.03)) * d
     base = -neck * neck_len
-    return {"D": d, "shaft": shaft, "neck": neck, "lateral": lateral, "base": base, "neck_len": neck_len,
-            "anterior": np.array([0.0, 0.0, 1.0])}
+    return {
+        "D": d,
+        "shaft": shaft,
+        "neck": neck,
+        "lateral": lateral,
+        "base": base,
+        "neck_len": neck_len,
+        "anterior": np.array([0.0, 0.0, 1.0]),
+    }
 
 
 def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = True) -> FemurModel:
@@ -651,13 +786,18 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     neck_s = [0.0, 0.95 * m.head_radius, 0.55 * nl, 0.82 * nl, 1.0 * nl]
     neck_r = [0.36 * d, 0.315 * d, 0.295 * d, 0.35 * d, 0.47 * d]
     neck_tubes = [
-        proj.tube([-nk * s_ for s_ in neck_s], neck_r, np.array([1.4, 1.6, 2.0, 2.4, 2.4]), density=0.75,
-                  flat=0.85, smooth=1),
+        proj.tube(
+            [-nk * s_ for s_ in neck_s], neck_r, np.array([1.4, 1.6, 2.0, 2.4, 2.4]), density=0.75, flat=0.85, smooth=1
+        ),
     ]
     # greater trochanter: a mass rising from the lateral shaft cortex (its lateral face continues the
     # shaft's) to a tip hooking medially at about the level of the head centre
-    gt_pts = [base + lat * 0.20 * d + sh * 0.45 * d - ant * 4, base + lat * 0.24 * d - sh * 0.15 * d - ant * 5,
-              base + lat * 0.21 * d - sh * 0.55 * d - ant * 6, base + lat * 0.11 * d - sh * 0.76 * d - ant * 7]
+    gt_pts = [
+        base + lat * 0.20 * d + sh * 0.45 * d - ant * 4,
+        base + lat * 0.24 * d - sh * 0.15 * d - ant * 5,
+        base + lat * 0.21 * d - sh * 0.55 * d - ant * 6,
+        base + lat * 0.11 * d - sh * 0.76 * d - ant * 7,
+    ]
     gt_top = gt_pts[-1]
     # lesser trochanter: a posteromedial prominence at the neck-shaft junction, rooted in the shaft
     # (more posterior than medial: half hidden behind the shaft in AP, prominent in frog-leg)
@@ -670,42 +810,88 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     tubes = neck_tubes + [
         # the trochanter is deeper (front to back) than wide: as dense as the intertrochanteric region
         proj.tube(gt_pts, [0.21 * d, 0.24 * d, 0.19 * d, 0.09 * d], 1.2, density=0.7, flat=1.45, smooth=1),
-        proj.tube([lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
-                  [0.27 * d, 0.17 * d, 0.09 * d], 1.3, density=0.7, flat=0.9, smooth=1),
+        proj.tube(
+            [lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
+            [0.27 * d, 0.17 * d, 0.09 * d],
+            1.3,
+            density=0.7,
+            flat=0.9,
+            smooth=1,
+        ),
         # metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow
-        proj.tube([shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d,
-                   shaft_end], [0.27 * d, 0.355 * d, 0.345 * d, 0.325 * d, 0.315 * d, 0.31 * d],
-                  np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
-                  density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]), smooth=0),
+        proj.tube(
+            [shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d, shaft_end],
+            [0.27 * d, 0.355 * d, 0.345 * d, 0.325 * d, 0.315 * d, 0.31 * d],
+            np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
+            density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]),
+            smooth=0,
+        ),
     ]
     bone.tubes.extend(tubes)
     # intertrochanteric crest (posterior, from the trochanter's tip to the lesser trochanter) and the
     # fainter intertrochanteric line (anterior)
-    bone.lines.append(proj.tube([base + lat * 0.14 * d - sh * 0.55 * d - ant * 12, base + lat * 0.10 * d - ant * 14,
-                                 base - lat * 0.02 * d + sh * 0.30 * d - ant * 12, lt_root + lt_dir * 0.2 * d],
-                                [1.3, 1.7, 1.6, 1.2], 0.0, density=0.75, additive=True))
-    bone.lines.append(proj.tube([base + lat * 0.20 * d - sh * 0.30 * d + ant * 12, base + lat * 0.02 * d + ant * 14,
-                                 base - lat * 0.12 * d + sh * 0.35 * d + ant * 12],
-                                [1.0, 1.2, 1.0], 0.0, density=0.45, additive=True))
+    bone.lines.append(
+        proj.tube(
+            [
+                base + lat * 0.14 * d - sh * 0.55 * d - ant * 12,
+                base + lat * 0.10 * d - ant * 14,
+                base - lat * 0.02 * d + sh * 0.30 * d - ant * 12,
+                lt_root + lt_dir * 0.2 * d,
+            ],
+            [1.3, 1.7, 1.6, 1.2],
+            0.0,
+            density=0.75,
+            additive=True,
+        )
+    )
+    bone.lines.append(
+        proj.tube(
+            [
+                base + lat * 0.20 * d - sh * 0.30 * d + ant * 12,
+                base + lat * 0.02 * d + ant * 14,
+                base - lat * 0.12 * d + sh * 0.35 * d + ant * 12,
+            ],
+            [1.0, 1.2, 1.0],
+            0.0,
+            density=0.45,
+            additive=True,
+        )
+    )
     # the calcar: thick cortex of the inferior neck curving into the medial shaft cortex
-    calcar = [-nk * 0.95 * m.head_radius + perp * (0.315 * d - 1.8), -nk * 0.55 * nl + perp * (0.295 * d - 2.0),
-              -nk * 0.85 * nl + perp * (0.37 * d - 2.6), base + sh * 0.15 * d - lat * (0.40 * d - 3.0),
-              base + sh * 0.40 * d - lat * (0.38 * d - 3.0)]
+    calcar = [
+        -nk * 0.95 * m.head_radius + perp * (0.315 * d - 1.8),
+        -nk * 0.55 * nl + perp * (0.295 * d - 2.0),
+        -nk * 0.85 * nl + perp * (0.37 * d - 2.6),
+        base + sh * 0.15 * d - lat * (0.40 * d - 3.0),
+        base + sh * 0.40 * d - lat * (0.38 * d - 3.0),
+    ]
     bone.lines.append(proj.tube(calcar, [0.9, 1.4, 1.9, 1.7, 0.6], 0.0, density=0.9, additive=True, smooth=1))
     # trabecular groups: principal compressive (dome -> calcar), principal tensile (arc to lateral cortex)
     head_sup = p([0.25, -0.97, 0.0]) * 0.78 * m.head_radius
     calcar_end = base + sh * 0.35 * d - lat * 0.33 * d
     groups = [
-        proj.tube([head_sup, -nk * 0.2 * d, calcar_end], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55,
-                  role="compressive"),
-        proj.tube([p([-0.55, 0.45, 0]) * 0.75 * m.head_radius, -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
-                   base + lat * 0.40 * d + sh * 0.30 * d], [0.07 * d, 0.08 * d, 0.06 * d], 0.0, density=0.45,
-                  role="tensile"),
+        proj.tube(
+            [head_sup, -nk * 0.2 * d, calcar_end], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55, role="compressive"
+        ),
+        proj.tube(
+            [
+                p([-0.55, 0.45, 0]) * 0.75 * m.head_radius,
+                -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
+                base + lat * 0.40 * d + sh * 0.30 * d,
+            ],
+            [0.07 * d, 0.08 * d, 0.06 * d],
+            0.0,
+            density=0.45,
+            role="tensile",
+        ),
     ]
     # the physeal scar: a faint sclerotic line across the head base
     scar_c = -nk * 0.45 * m.head_radius
-    scar = [scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius, scar_c,
-            scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius]
+    scar = [
+        scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius,
+        scar_c,
+        scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius,
+    ]
     if with_head:
         bone.lines.append(proj.tube(scar, [0.6, 0.8, 0.6], 0.0, density=0.8, additive=True))
         # Ward's triangle: the sparser cancellous bone between the compressive, tensile and
@@ -734,8 +920,14 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     shaft_angle = math.degrees(math.atan2(lateral_sign * sd[0], sd[1]))
     head_frame = pelvic_rotation(pose) @ np.diag([SIDE_SIGN[side], 1.0, 1.0]) @ leg
     return FemurModel(
-        side=side, bone=bone, groups=groups, head_centre=centre2, head_radius=m.head_radius,
-        head_frame=head_frame, landmarks=pts, shaft_angle_deg=shaft_angle,
+        side=side,
+        bone=bone,
+        groups=groups,
+        head_centre=centre2,
+        head_radius=m.head_radius,
+        head_frame=head_frame,
+        landmarks=pts,
+        shaft_angle_deg=shaft_angle,
         neck_length_mm=float(np.linalg.norm(pts["neck_base"] - centre2)),
         trochanter_distance_mm=float(np.linalg.norm(pts["greater_trochanter"] - centre2)),
         prosthesis=prosthesis,
@@ -749,8 +941,9 @@ def build_prosthesis(proj: Projector, ax: dict, m: SideMeasures) -> list[Bone]:
     ball_r = 14.0
     metal.tubes.append(proj.tube([np.zeros(3), -nk * 0.1], [ball_r, ball_r], 0.0))
     metal.tubes.append(proj.tube([-nk * 8, base + nk * 4], [6.0, 7.5], 0.0))
-    metal.tubes.append(proj.tube([base + nk * 6 + lat * 4, base + sh * 40 - lat * 2, base + sh * 130],
-                                 [9.5, 7.0, 4.0], 0.0))
+    metal.tubes.append(
+        proj.tube([base + nk * 6 + lat * 4, base + sh * 40 - lat * 2, base + sh * 130], [9.5, 7.0, 4.0], 0.0)
+    )
     # the cement mantle (barium-loaded PMMA) is about as dense as cortical bone
     cement = Bone("cement", material="cement")
     cement.tubes.append(proj.tube([base + sh * 5, base + sh * 138], [12.5, 7.5], 0.0))

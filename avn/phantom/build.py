@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from avn.dataset.format import Dataset, DatasetInfo, FemoralHeadAnnotation, ImageRecord, save_dataset
 from avn.phantom.cohort import plan_cohort
@@ -92,9 +92,7 @@ def _run_jobs(jobs: list, workers: int) -> Iterator[WrittenRadiograph]:
         yield from pool.imap(render_and_write, jobs, chunksize=1)
 
 
-def assemble_dataset(
-    options: PhantomOptions, written: list[WrittenRadiograph], split_of: dict[str, str]
-) -> Dataset:
+def assemble_dataset(options: PhantomOptions, written: list[WrittenRadiograph], split_of: dict[str, str]) -> Dataset:
     images, annotations = [], []
     for item in written:
         images.append(

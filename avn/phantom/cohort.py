@@ -59,10 +59,7 @@ def plan_cohort(subjects: int, seed: int) -> tuple[list[SubjectPlan], list[Radio
 
 def split_sizes(subjects: int) -> dict[str, int]:
     """Subjects per split: Table I's proportions scaled to ``subjects`` (T-set about 6%)."""
-    sizes = {
-        name: int(round(subjects * count / PAPER_MAIN_SUBJECTS))
-        for name, count in PAPER_SPLIT_SUBJECTS.items()
-    }
+    sizes = {name: int(round(subjects * count / PAPER_MAIN_SUBJECTS)) for name, count in PAPER_SPLIT_SUBJECTS.items()}
     if subjects >= 2:
         sizes["test"] = max(sizes["test"], 1)  # a T-set always exists once there is a choice
     while sum(sizes.values()) >= subjects:  # training keeps at least one subject
@@ -164,9 +161,7 @@ def plan_views(split: str, rng: np.random.Generator) -> list[str]:
     return ["AP"] * ap + ["FL"] * fl
 
 
-def plan_radiographs(
-    plan: SubjectPlan, first_image_id: int, rng: np.random.Generator
-) -> list[RadiographSpec]:
+def plan_radiographs(plan: SubjectPlan, first_image_id: int, rng: np.random.Generator) -> list[RadiographSpec]:
     specs = []
     for offset, view in enumerate(plan_views(plan.split, rng)):
         annotated_sides = list(SIDES)

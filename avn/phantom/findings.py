@@ -28,14 +28,21 @@ from avn.phantom.specs import HipSpec
 from avn.vocabulary import notes_of_stage
 
 FINDINGS: tuple[str, ...] = (
-    "sclerosis", "cyst", "crescent", "flattening", "collapse", "deformation",
-    "acetabular_deformation", "joint_space_narrowing", "osteophyte",
+    "sclerosis",
+    "cyst",
+    "crescent",
+    "flattening",
+    "collapse",
+    "deformation",
+    "acetabular_deformation",
+    "joint_space_narrowing",
+    "osteophyte",
 )
 
 # Which drawn finding yields which note; the notes themselves come from the vocabulary, in its order.
-_II_NOTE = dict(zip(("sclerosis", "cyst", "crescent"), notes_of_stage("II")))
+_II_NOTE = dict(zip(("sclerosis", "cyst", "crescent"), notes_of_stage("II"), strict=True))
 _III_FLAT, _III_DEFORM, _III_BOTH = notes_of_stage("III")
-_IV_NOTE = dict(zip(("acetabular_deformation", "joint_space_narrowing"), notes_of_stage("IV")))
+_IV_NOTE = dict(zip(("acetabular_deformation", "joint_space_narrowing"), notes_of_stage("IV"), strict=True))
 
 PROFILE_SAMPLES = 360  # head contour radius sampled per degree of the projected polar angle
 
@@ -134,20 +141,36 @@ def plan_findings(hip: HipSpec) -> LesionPlan:
     if "cyst" in drawn:
         plan.cysts = _cysts(rng, direction, k)
     if "crescent" in drawn:
-        plan.crescent = {"half_angle_deg": float(rng.uniform(22, 40)), "depth_mm": float(rng.uniform(1.4, 2.6)),
-                         "width_mm": 0.7 + 0.6 * s, "strength": k}
+        plan.crescent = {
+            "half_angle_deg": float(rng.uniform(22, 40)),
+            "depth_mm": float(rng.uniform(1.4, 2.6)),
+            "width_mm": 0.7 + 0.6 * s,
+            "strength": k,
+        }
     if "flattening" in drawn or "collapse" in drawn:
         depth = 1.0 + 4.0 * s + (1.5 if hip.stage == "IV" else 0.0)
-        plan.flattening = {"half_angle_deg": float(rng.uniform(20, 34)), "depth_mm": depth,
-                           "stepped": "collapse" in drawn, "step_side": float(rng.choice([-1.0, 1.0]))}
+        plan.flattening = {
+            "half_angle_deg": float(rng.uniform(20, 34)),
+            "depth_mm": depth,
+            "stepped": "collapse" in drawn,
+            "step_side": float(rng.choice([-1.0, 1.0])),
+        }
     if "deformation" in drawn:
         amp = (0.025 + 0.05 * s) * (1.6 if hip.stage == "IV" else 1.0)
-        plan.deformation = {"a2": amp, "a3": amp * float(rng.uniform(0.2, 0.5)),
-                            "p3": float(rng.uniform(0, 2 * math.pi)), "widen": amp * 0.6}
+        plan.deformation = {
+            "a2": amp,
+            "a3": amp * float(rng.uniform(0.2, 0.5)),
+            "p3": float(rng.uniform(0, 2 * math.pi)),
+            "widen": amp * 0.6,
+        }
     if "acetabular_deformation" in drawn:
-        plan.acetabulum = {"irregularity_mm": 0.6 + 1.4 * s, "phase": float(rng.uniform(0, 2 * math.pi)),
-                           "sclerosis": 1.3 + 1.2 * s, "cysts": int(rng.integers(0, 3)),
-                           "cyst_seed": int(rng.integers(1 << 30))}
+        plan.acetabulum = {
+            "irregularity_mm": 0.6 + 1.4 * s,
+            "phase": float(rng.uniform(0, 2 * math.pi)),
+            "sclerosis": 1.3 + 1.2 * s,
+            "cysts": int(rng.integers(0, 3)),
+            "cyst_seed": int(rng.integers(1 << 30)),
+        }
     if "joint_space_narrowing" in drawn:
         plan.joint_space_mm = float(1.8 - 1.3 * s + rng.uniform(-0.1, 0.05))
     if "osteophyte" in drawn:
@@ -175,9 +198,13 @@ def _osteoarthritis(plan: LesionPlan, rng: np.random.Generator) -> LesionPlan:
         return plan
     grade = float(rng.uniform(0.0, 1.0))
     plan.joint_space_mm = float(2.8 - 1.8 * grade + rng.uniform(-0.2, 0.2))
-    plan.acetabulum = {"irregularity_mm": 0.2 + 0.5 * grade, "phase": float(rng.uniform(0, 2 * math.pi)),
-                       "sclerosis": 0.8 + 1.4 * grade, "cysts": int(rng.integers(0, 3)),
-                       "cyst_seed": int(rng.integers(1 << 30))}
+    plan.acetabulum = {
+        "irregularity_mm": 0.2 + 0.5 * grade,
+        "phase": float(rng.uniform(0, 2 * math.pi)),
+        "sclerosis": 0.8 + 1.4 * grade,
+        "cysts": int(rng.integers(0, 3)),
+        "cyst_seed": int(rng.integers(1 << 30)),
+    }
     plan.osteophytes = [{"where": "acetabular_rim", "length_mm": 2.0 + 6.0 * grade}]
     if rng.random() < 0.7:
         plan.osteophytes.append({"where": "head_neck_inferior", "length_mm": 2.0 + 4.0 * grade})
@@ -219,15 +246,16 @@ def projected_direction(frame: np.ndarray, v: np.ndarray) -> tuple[float, float]
     return math.atan2(w[1], w[0]), float(math.hypot(w[0], w[1]))
 
 
-def head_profile(plan: LesionPlan | None, radius: float, frame: np.ndarray,
-                 fovea_dir: np.ndarray | None = None) -> np.ndarray:
+def head_profile(
+    plan: LesionPlan | None, radius: float, frame: np.ndarray, fovea_dir: np.ndarray | None = None
+) -> np.ndarray:
     """Radius (mm) of the projected head contour at each degree of image polar angle."""
     theta = np.radians(np.arange(PROFILE_SAMPLES, dtype=np.float64))
     rho = np.full(PROFILE_SAMPLES, radius)
     if fovea_dir is not None:  # the fovea capitis: a shallow notch where it meets the contour
         ang, inplane = projected_direction(frame, fovea_dir)
         dist = _angle_diff(theta, ang)
-        rho -= 1.6 * inplane ** 3 * np.exp(-((dist / math.radians(6.5)) ** 2))
+        rho -= 1.6 * inplane**3 * np.exp(-((dist / math.radians(6.5)) ** 2))
     if plan is None:
         return rho
     dome, inplane = projected_direction(frame, plan.direction)
@@ -244,7 +272,7 @@ def head_profile(plan: LesionPlan | None, radius: float, frame: np.ndarray,
         if f["stepped"]:
             # a depressed segment with a sharp step at one end and a ramp at the other
             side = f["step_side"] * rel
-            inside = (np.abs(rel) < half)
+            inside = np.abs(rel) < half
             ramp = np.clip((half - side) / (0.6 * half), 0, 1)
             rho -= np.where(inside, depth * ramp, 0.0)
         else:
@@ -257,8 +285,9 @@ def _angle_diff(a: np.ndarray, b: float) -> np.ndarray:
     return (a - b + np.pi) % (2 * np.pi) - np.pi
 
 
-def acetabular_profile(plan: LesionPlan | None, head_rho: np.ndarray, healthy_radius: float,
-                       healthy_space: float) -> np.ndarray:
+def acetabular_profile(
+    plan: LesionPlan | None, head_rho: np.ndarray, healthy_radius: float, healthy_space: float
+) -> np.ndarray:
     """Radius (mm, per degree) of the acetabular articular surface around the head centre.
 
     A healthy socket is spherical; in stage IV, and in an osteoarthritic hip without AVN, it
@@ -289,8 +318,15 @@ def joint_space(head_rho: np.ndarray, acet_rho: np.ndarray, roof_deg: tuple[floa
 # --------------------------------------------------------------------------- drawing
 
 
-def draw_lesions(plan: LesionPlan, centre: np.ndarray, radius: float, frame: np.ndarray,
-                 rho: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def draw_lesions(
+    plan: LesionPlan,
+    centre: np.ndarray,
+    radius: float,
+    frame: np.ndarray,
+    rho: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cancellous and cortical path changes (mm) of the plan's lesions on a pixel grid.
 
     ``xs`` (1, w) and ``ys`` (h, 1) are the pixel-centre coordinates in mm; ``rho`` is the drawn head
@@ -322,7 +358,7 @@ def draw_lesions(plan: LesionPlan, centre: np.ndarray, radius: float, frame: np.
         ang, _ = projected_direction(frame, plan.direction)
         along = dx * math.cos(ang) + dy * math.sin(ang)
         rel = np.abs(_angle_diff(np.radians(deg.astype(np.float64)), ang))
-        depth_band = np.exp(-(((rho[deg] - dist) - 3.0) / 2.5) ** 2) * (rel < math.radians(40)) * (along > 0)
+        depth_band = np.exp(-((((rho[deg] - dist) - 3.0) / 2.5) ** 2)) * (rel < math.radians(40)) * (along > 0)
         canc += (6.0 * (0.5 + plan.severity)) * depth_band.astype(np.float32)
     for cyst in plan.cysts:
         p = centre + (frame @ np.asarray(cyst.centre))[:2] * radius
@@ -347,8 +383,14 @@ def _sphere_chord(xs, ys, p, r) -> np.ndarray:
     return (2.0 * np.sqrt(np.maximum(r * r - d2, 0.0))).astype(np.float32)
 
 
-def osteophyte_spurs(plan: LesionPlan, head_centre: np.ndarray, rho: np.ndarray, lateral_sign: float,
-                     rim_point: np.ndarray, neck_dir2: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def osteophyte_spurs(
+    plan: LesionPlan,
+    head_centre: np.ndarray,
+    rho: np.ndarray,
+    lateral_sign: float,
+    rim_point: np.ndarray,
+    neck_dir2: np.ndarray,
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Bony spurs as (bone, polyline (n,2) mm, radii (n,)) for the femur or the hip bone."""
     spurs = []
     for o in plan.osteophytes:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from avn.phantom.render import render_radiograph
 from avn.phantom.specs import HipSpec, RadiographSpec, SubjectAnatomy
-from avn.phantom.variation import NEUTRAL
+from avn.phantom.variation import NEUTRAL, Variation
 from avn.vocabulary import STAGES
 
 TILE_W = 300  # pixels per overview tile
@@ -25,10 +25,19 @@ LABEL_H = 18
 
 
 def _anatomy(seed: int, sex: str) -> SubjectAnatomy:
-    return SubjectAnatomy(sex=sex, head_diameter_mm=48.0 if sex == "F" else 51.0, head_asymmetry_mm=0.4,
-                          neck_shaft_angle_deg=130.0, acetabular_inclination_deg=39.0, joint_space_mm=4.0,
-                          pelvis_width_mm=285.0 if sex == "F" else 300.0, inter_teardrop_mm=120.0,
-                          shaft_cortex_mm=5.5, soft_tissue=0.35, anatomy_seed=seed)
+    return SubjectAnatomy(
+        sex=sex,
+        head_diameter_mm=48.0 if sex == "F" else 51.0,
+        head_asymmetry_mm=0.4,
+        neck_shaft_angle_deg=130.0,
+        acetabular_inclination_deg=39.0,
+        joint_space_mm=4.0,
+        pelvis_width_mm=285.0 if sex == "F" else 300.0,
+        inter_teardrop_mm=120.0,
+        shaft_cortex_mm=5.5,
+        soft_tissue=0.35,
+        anatomy_seed=seed,
+    )
 
 
 def grid_specs(seed: int = 0) -> dict[str, dict[str, RadiographSpec]]:
@@ -36,11 +45,14 @@ def grid_specs(seed: int = 0) -> dict[str, dict[str, RadiographSpec]]:
     out: dict[str, dict[str, RadiographSpec]] = {}
     for i, stage in enumerate(STAGES):
         anat = _anatomy(seed * 100 + i, "F" if i % 2 == 0 else "M")
-        hips = (HipSpec("right", stage, 1.0, True, _textbook_seed(stage, seed * 1000 + 10 * i + 1)),
-                HipSpec("left", stage, 1.0, True, _textbook_seed(stage, seed * 1000 + 10 * i + 2)))
-        out[stage] = {view: RadiographSpec(100 * i + j, f"grid-{i}", view, anat, hips, None, "DX",
-                                           seed * 7919 + 31 * i + j)
-                      for j, view in enumerate(("AP", "FL"))}
+        hips = (
+            HipSpec("right", stage, 1.0, True, _textbook_seed(stage, seed * 1000 + 10 * i + 1)),
+            HipSpec("left", stage, 1.0, True, _textbook_seed(stage, seed * 1000 + 10 * i + 2)),
+        )
+        out[stage] = {
+            view: RadiographSpec(100 * i + j, f"grid-{i}", view, anat, hips, None, "DX", seed * 7919 + 31 * i + j)
+            for j, view in enumerate(("AP", "FL"))
+        }
     return out
 
 
@@ -51,7 +63,11 @@ def _textbook_seed(stage: str, start: int) -> int:
 
     if stage != "absence":
         return start
-    return next(s for s in range(start, start + 1000) if plan_findings(HipSpec("right", stage, 1.0, True, s)).joint_space_mm is None)
+    return next(
+        s
+        for s in range(start, start + 1000)
+        if plan_findings(HipSpec("right", stage, 1.0, True, s)).joint_space_mm is None
+    )
 
 
 def _to8(pixels: np.ndarray, bits: int) -> np.ndarray:
@@ -77,14 +93,17 @@ def make_grid(out_png: Path, seed: int = 0) -> Path:
         x, y, w, h = head.bbox
         half = 0.8 * max(w, h)
         cx, cy = x + w / 2, y + h / 2
-        box = (int(max(cx - half, 0)), int(max(cy - half, 0)), int(min(cx + half, ap.width)),
-               int(min(cy + half, ap.height)))
-        crop = _to8(ap.pixels[box[1]:box[3], box[0]:box[2]], ap.bits_stored)
+        box = (
+            int(max(cx - half, 0)),
+            int(max(cy - half, 0)),
+            int(min(cx + half, ap.width)),
+            int(min(cy + half, ap.height)),
+        )
+        crop = _to8(ap.pixels[box[1] : box[3], box[0] : box[2]], ap.bits_stored)
         tile = _tile(crop, CLOSE_W)
         draw = ImageDraw.Draw(tile)
         f = tile.width / crop.shape[1]
-        draw.rectangle([(x - box[0]) * f, (y - box[1]) * f, (x + w - box[0]) * f, (y + h - box[1]) * f],
-                       outline=255)
+        draw.rectangle([(x - box[0]) * f, (y - box[1]) * f, (x + w - box[0]) * f, (y + h - box[1]) * f], outline=255)
         label = ", ".join(head.notes) if head.notes else "normal head"
         draw.text((4, tile.height - 14), label[:48], fill=255, font=ImageFont.load_default())
         rows["head"].append(tile)
@@ -115,25 +134,34 @@ def make_grid(out_png: Path, seed: int = 0) -> Path:
 VARIATION_COLUMNS = 4
 
 
-def variation_tiles(seed: int = 0) -> list[tuple[str, RadiographSpec, "Variation | None"]]:
+def variation_tiles(seed: int = 0) -> list[tuple[str, RadiographSpec, Variation | None]]:
     """(title, spec, variation) of each tile: one randomisation factor at a time on one subject."""
     from dataclasses import replace
 
     from avn.phantom.variation import ForeignBody
 
     anat = _anatomy(seed * 100 + 7, "F")
-    hips = (HipSpec("right", "absence", 1.0, True, seed * 1000 + 71), HipSpec("left", "III", 1.0, True, seed * 1000 + 72))
+    hips = (
+        HipSpec("right", "absence", 1.0, True, seed * 1000 + 71),
+        HipSpec("left", "III", 1.0, True, seed * 1000 + 72),
+    )
     base = RadiographSpec(900, "grid-var", "AP", anat, hips, None, "DX", seed * 7919 + 900)
     coned = replace(base, image_id=901, hips=hips[1:], missing_reason="collimated", seed=base.seed + 1)
     prosthesis = replace(base, image_id=902, hips=hips[1:], missing_reason="prosthesis", seed=base.seed + 2)
     thin = replace(base, anatomy=replace(anat, soft_tissue=0.0))
     obese = replace(base, anatomy=replace(anat, soft_tissue=1.0))
     oa_hips = (HipSpec("right", "absence", 1.0, True, _osteoarthritic_seed()), hips[1])
-    metal = (ForeignBody("clip", ((-60.0, -40.0), (-52.0, -36.0)), 1.2), ForeignBody("clip", ((-40.0, -20.0), (-33.0, -28.0)), 1.2),
-             ForeignBody("screw", ((40.0, -70.0), (70.0, -40.0)), 5.0), ForeignBody("bead", ((20.0, 60.0),), 4.0))
-    leads = (ForeignBody("electrode", ((-90.0, -120.0),), 12.0),
-             ForeignBody("lead", ((-90.0, -120.0), (-40.0, -60.0), (10.0, 30.0), (40.0, 160.0)), 1.6),
-             ForeignBody("cable", ((-200.0, 40.0), (-60.0, 70.0), (80.0, 40.0), (220.0, 90.0)), 2.5))
+    metal = (
+        ForeignBody("clip", ((-60.0, -40.0), (-52.0, -36.0)), 1.2),
+        ForeignBody("clip", ((-40.0, -20.0), (-33.0, -28.0)), 1.2),
+        ForeignBody("screw", ((40.0, -70.0), (70.0, -40.0)), 5.0),
+        ForeignBody("bead", ((20.0, 60.0),), 4.0),
+    )
+    leads = (
+        ForeignBody("electrode", ((-90.0, -120.0),), 12.0),
+        ForeignBody("lead", ((-90.0, -120.0), (-40.0, -60.0), (10.0, 30.0), (40.0, 160.0)), 1.6),
+        ForeignBody("cable", ((-200.0, 40.0), (-60.0, 70.0), (80.0, 40.0), (220.0, 90.0)), 2.5),
+    )
     shield = (ForeignBody("shield", ((0.0, 95.0),), 80.0),)
     n = NEUTRAL
     return [
@@ -141,7 +169,11 @@ def variation_tiles(seed: int = 0) -> list[tuple[str, RadiographSpec, "Variation
         ("thin habitus", thin, n),
         ("obese habitus + scatter halo", obese, replace(n, scatter=0.6)),
         ("osteopenia, fine trabeculae", base, replace(n, bone_density=0.55, trabecular_scale_mm=0.35)),
-        ("dense bone, coarse trabeculae", base, replace(n, bone_density=1.15, trabecular_scale_mm=0.7, trabecular_contrast=0.36)),
+        (
+            "dense bone, coarse trabeculae",
+            base,
+            replace(n, bone_density=1.15, trabecular_scale_mm=0.7, trabecular_contrast=0.36),
+        ),
         ("high kV: low bone contrast", base, replace(n, beam_contrast=0.75)),
         ("linear (raw) detector output", base, replace(n, linear_output=True)),
         ("multi-scale unsharp masking", base, replace(n, unsharp=((1.5, 0.8), (10.0, 0.6)))),
@@ -164,7 +196,9 @@ def _osteoarthritic_seed() -> int:
     """A lesion seed whose hip without AVN is drawn with osteoarthritis (the confounder)."""
     from avn.phantom.findings import plan_findings
 
-    return next(seed for seed in range(1000) if plan_findings(HipSpec("right", "absence", 1.0, True, seed)).joint_space_mm)
+    return next(
+        seed for seed in range(1000) if plan_findings(HipSpec("right", "absence", 1.0, True, seed)).joint_space_mm
+    )
 
 
 def make_variation_grid(out_png: Path, seed: int = 0) -> Path:

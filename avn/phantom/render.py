@@ -24,8 +24,8 @@ import numpy as np
 from avn.phantom import acquisition as acq_mod
 from avn.phantom import anatomy, findings
 from avn.phantom.acquisition import Acquisition, Grid
-from avn.phantom.variation import Variation, choose_variation, draw_foreign_bodies
 from avn.phantom.specs import HipSpec, RadiographSpec, RenderedHead, RenderedRadiograph
+from avn.phantom.variation import Variation, choose_variation, draw_foreign_bodies
 
 WORK_SPACING_MM = 0.36
 MU_CORTEX = 0.045  # per mm of cortical bone beyond water
@@ -102,8 +102,15 @@ def build_scene(spec: RadiographSpec) -> Scene:
         focus = (float(hips[side].femur.head_centre[0]), anatomy.SIDE_SIGN[side])
     marker_side = next(iter(annotated)) if focus is not None else None
     acq = acq_mod.choose_acquisition(
-        spec.view, spec.detector, np.random.default_rng([spec.seed, 2]), anat.pelvis_width_mm,
-        m_left.crest_height, focus, keep, marker_side)
+        spec.view,
+        spec.detector,
+        np.random.default_rng([spec.seed, 2]),
+        anat.pelvis_width_mm,
+        m_left.crest_height,
+        focus,
+        keep,
+        marker_side,
+    )
     return Scene(spec, pose, geo, hips, acq)
 
 
@@ -271,7 +278,7 @@ def _slab_into(slab: anatomy.Slab, grid: Grid, win, outer, inner, canc):
     mask = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
     uv = grid.to_px(slab.polygon) - [sw[2] - pad, sw[0] - pad]
     cv2.fillPoly(mask, [np.round(uv * 16 - 8).astype(np.int32)], 255, lineType=cv2.LINE_8, shift=4)
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)[pad:pad + h, pad:pad + w]
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)[pad : pad + h, pad : pad + w]
     d = np.maximum(dist - 0.5, 0.0) * grid.spacing
     t = slab.half_thickness
     dc = np.minimum(d, t)
@@ -524,7 +531,7 @@ def _lines_into(lines: list[anatomy.Tube], grid: Grid, win, layers: Layers):
         h, w = lw[1] - lw[0], lw[3] - lw[2]
         acc = np.zeros((h, w), np.float32)
         _tube_into(line, grid, lw, None, None, acc, additive_scale=float(np.max(line.density)))
-        layers.cortical[lw[0]:lw[1], lw[2]:lw[3]] += acc
+        layers.cortical[lw[0] : lw[1], lw[2] : lw[3]] += acc
 
 
 def _trabecular_groups(groups: list[anatomy.Tube], grid: Grid, layers: Layers, rng: np.random.Generator):
@@ -538,7 +545,7 @@ def _trabecular_groups(groups: list[anatomy.Tube], grid: Grid, layers: Layers, r
         _tube_into(g, grid, gw, np.zeros_like(acc), np.zeros_like(acc), acc)
         axis = g.points[-1] - g.points[0]
         streak = _streaks((h, w), math.degrees(math.atan2(axis[1], axis[0])), grid.spacing, rng)
-        layers.cancellous[gw[0]:gw[1], gw[2]:gw[3]] += acc * streak
+        layers.cancellous[gw[0] : gw[1], gw[2] : gw[3]] += acc * streak
 
 
 def _streaks(shape, angle_deg, spacing, rng) -> np.ndarray:
@@ -561,10 +568,11 @@ def _lesions_into(h: HipScene, grid: Grid, head_hit, layers: Layers):
     if h.plan is None or h.plan.stage == "absence":
         return
     xs, ys = grid.coords(hw)
-    d_canc, d_cort = findings.draw_lesions(h.plan, h.femur.head_centre, h.femur.head_radius, h.femur.head_frame,
-                                           h.head_rho, xs, ys)
-    layers.cancellous[hw[0]:hw[1], hw[2]:hw[3]] += d_canc
-    layers.cortical[hw[0]:hw[1], hw[2]:hw[3]] += d_cort
+    d_canc, d_cort = findings.draw_lesions(
+        h.plan, h.femur.head_centre, h.femur.head_radius, h.femur.head_frame, h.head_rho, xs, ys
+    )
+    layers.cancellous[hw[0] : hw[1], hw[2] : hw[3]] += d_canc
+    layers.cortical[hw[0] : hw[1], hw[2] : hw[3]] += d_cort
 
 
 def _sourcil_into(h: HipScene, grid: Grid, layers: Layers):
@@ -601,8 +609,9 @@ def _osteophytes_into(scene: Scene, grid: Grid, layers: Layers):
         lm = scene.geometry.hemipelvis[side]
         neck = h.femur.landmarks["neck_base"] - h.femur.head_centre
         rim = lm["acetabulum_centre"] + (lm["lateral_rim"] - lm["acetabulum_centre"]) * 1.02
-        for _, pts, radii in findings.osteophyte_spurs(h.plan, h.femur.head_centre, h.head_rho,
-                                                       anatomy.SIDE_SIGN[side], rim, neck):
+        for _, pts, radii in findings.osteophyte_spurs(
+            h.plan, h.femur.head_centre, h.head_rho, anatomy.SIDE_SIGN[side], rim, neck
+        ):
             spur = anatomy.Tube(pts, radii, 0.8, density=0.8, stretch=np.ones(len(pts) - 1))
             win = _bone_window(anatomy.Bone("spur", tubes=[spur]), grid)
             if win is None:
@@ -610,8 +619,8 @@ def _osteophytes_into(scene: Scene, grid: Grid, layers: Layers):
             hh, ww = win[1] - win[0], win[3] - win[2]
             outer, inner, canc = (np.zeros((hh, ww), np.float32) for _ in range(3))
             _tube_into(spur, grid, win, outer, inner, canc)
-            layers.cortical[win[0]:win[1], win[2]:win[3]] += outer - inner
-            layers.cancellous[win[0]:win[1], win[2]:win[3]] += canc
+            layers.cortical[win[0] : win[1], win[2] : win[3]] += outer - inner
+            layers.cancellous[win[0] : win[1], win[2] : win[3]] += canc
 
 
 def trabecular_texture(shape, spacing, rng, lattice_mm: float = 0.45, contrast: float = 0.24) -> np.ndarray:
@@ -653,9 +662,13 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
         gt_x = abs(f.landmarks["greater_trochanter"][0]) if scene.spec.view == "AP" else abs(f.head_centre[0]) + 35
         fold = lm["ischial_tuberosity"][1] + (45 if scene.spec.view == "AP" else 110)
         inner_x = max(abs(f.landmarks["shaft_distal"][0]) - 25.0 - 30.0 * st, 8.0)
-        pts = [(crest_x + fat + 14, top), (crest_x + fat + 8, lm["crest_lateral"][1]),
-               (max(gt_x + 30 + fat, crest_x + fat + 12), 5.0), (gt_x + 22 + fat, fold),
-               (inner_x, y0 + h + 80)]  # perineum and the medial thighs down to the film's edge
+        pts = [
+            (crest_x + fat + 14, top),
+            (crest_x + fat + 8, lm["crest_lateral"][1]),
+            (max(gt_x + 30 + fat, crest_x + fat + 12), 5.0),
+            (gt_x + 22 + fat, fold),
+            (inner_x, y0 + h + 80),
+        ]  # perineum and the medial thighs down to the film's edge
         sink.extend((sgn * x, y) for x, y in pts)
         # thigh: a band along the projected femoral shaft
         a = f.landmarks["neck_base"]
@@ -680,8 +693,16 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
         s = anatomy.SIDE_SIGN[side]
         td = lm["teardrop"]
         planes.append(np.array([c + (s * 30, -58), c + (s * 47, -18), c + (s * 54, 25), c + (s * 50, 75)]))
-        planes.append(np.array([c + (s * -22, -50), c + (s * -32, -5), c + (s * -26, 45),
-                                scene.geometry.femurs[side].landmarks["lesser_trochanter"]]))
+        planes.append(
+            np.array(
+                [
+                    c + (s * -22, -50),
+                    c + (s * -32, -5),
+                    c + (s * -26, 45),
+                    scene.geometry.femurs[side].landmarks["lesser_trochanter"],
+                ]
+            )
+        )
         planes.append(np.array([td + (s * -11, -30), td + (s * -14, 10), td + (s * -9, 40)]))
     mid = 0.5 * (tdl + tdr)
     bladder = [(mid[0], mid[1] - 0.16 * hc, 40.0 + 8 * st, 28.0)]
@@ -690,11 +711,33 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
     # caecum / ascending colon in the right iliac fossa (the patient's right is image left, -x)
     mx = mid[0]
     colon = [
-        (np.array([(mx + 0.24 * pw, -0.68 * hc), (mx + 0.22 * pw, -0.56 * hc), (mx + 0.10 * pw, -0.50 * hc),
-                   (mx + 0.02 * pw, -0.62 * hc), (mx - 0.05 * pw, -0.48 * hc), (mx, -0.30 * hc),
-                   (mx + 0.01 * pw, -0.12 * hc)]), 24.0, 0.5),
-        (np.array([(mx - 0.24 * pw, -0.22 * hc), (mx - 0.26 * pw, -0.40 * hc), (mx - 0.25 * pw, -0.58 * hc),
-                   (mx - 0.23 * pw, -0.76 * hc)]), 40.0, 0.7),
+        (
+            np.array(
+                [
+                    (mx + 0.24 * pw, -0.68 * hc),
+                    (mx + 0.22 * pw, -0.56 * hc),
+                    (mx + 0.10 * pw, -0.50 * hc),
+                    (mx + 0.02 * pw, -0.62 * hc),
+                    (mx - 0.05 * pw, -0.48 * hc),
+                    (mx, -0.30 * hc),
+                    (mx + 0.01 * pw, -0.12 * hc),
+                ]
+            ),
+            24.0,
+            0.5,
+        ),
+        (
+            np.array(
+                [
+                    (mx - 0.24 * pw, -0.22 * hc),
+                    (mx - 0.26 * pw, -0.40 * hc),
+                    (mx - 0.25 * pw, -0.58 * hc),
+                    (mx - 0.23 * pw, -0.76 * hc),
+                ]
+            ),
+            40.0,
+            0.7,
+        ),
     ]
     # gluteal and thigh intermuscular fat planes: long gentle curves lateral to the wing and along
     # the thighs (gluteus medius/minimus, vastus lateralis, adductors)
@@ -704,14 +747,25 @@ def body_outline(scene: Scene) -> tuple[list[np.ndarray], float, float, dict]:
         s = anatomy.SIDE_SIGN[side]
         crest = lm["crest_lateral"]
         gt = f.landmarks["greater_trochanter"]
-        planes.append(np.array([crest + (s * 8, -25), crest + (s * 14, 30), 0.5 * (crest + gt) + (s * 22, 10),
-                                gt + (s * 14, -12), gt + (s * 12, 25)]))
+        planes.append(
+            np.array(
+                [
+                    crest + (s * 8, -25),
+                    crest + (s * 14, 30),
+                    0.5 * (crest + gt) + (s * 22, 10),
+                    gt + (s * 14, -12),
+                    gt + (s * 12, 25),
+                ]
+            )
+        )
         a_, b_ = f.landmarks["neck_base"], f.landmarks["shaft_distal"]
         dd = (b_ - a_) / np.linalg.norm(b_ - a_)
         nn = np.array([-dd[1], dd[0]])
         nn *= 1.0 if nn[0] * s > 0 else -1.0  # towards lateral
         for off, t0, t1 in ((30.0, 10.0, 300.0), (-34.0, 40.0, 300.0), (48.0, 60.0, 300.0)):
-            planes.append(np.array([a_ + dd * t + nn * (off + 4.0 * math.sin(t / 40.0)) for t in np.linspace(t0, t1, 6)]))
+            planes.append(
+                np.array([a_ + dd * t + nn * (off + 4.0 * math.sin(t / 40.0)) for t in np.linspace(t0, t1, 6)])
+            )
     return parts, half_depth, fat, {"fat_planes": planes, "bladder": bladder, "colon": colon}
 
 
@@ -746,11 +800,18 @@ def scene_variation(scene: Scene) -> Variation:
     heads = [_bbox_mm(h.head_contour()) for h in scene.hips.values() if h.head_rho is not None]
     teardrops = [scene.geometry.hemipelvis[side]["teardrop"] for side in ("right", "left")]
     midline = (float(np.mean([t[0] for t in teardrops])), float(np.mean([t[1] for t in teardrops])))
-    return choose_variation(np.random.default_rng([scene.spec.seed, 7]), scene.acquisition.field,
-                            scene.spec.anatomy.soft_tissue, heads, midline)
+    return choose_variation(
+        np.random.default_rng([scene.spec.seed, 7]),
+        scene.acquisition.field,
+        scene.spec.anatomy.soft_tissue,
+        heads,
+        midline,
+    )
 
 
-def render_radiograph(spec: RadiographSpec, scale: float = 1.0, variation: Variation | None = None) -> RenderedRadiograph:
+def render_radiograph(
+    spec: RadiographSpec, scale: float = 1.0, variation: Variation | None = None
+) -> RenderedRadiograph:
     """Pixels (uint16, bone bright) and ground truth of one radiograph.
 
     ``scale`` < 1 renders a proportionally smaller image (pixel spacing grows by 1/scale).
@@ -759,16 +820,22 @@ def render_radiograph(spec: RadiographSpec, scale: float = 1.0, variation: Varia
     scene, grid, layers, out_shape, out_spacing = render_layers(spec, scale)
     acq = scene.acquisition
     variation = variation or scene_variation(scene)
-    texture = trabecular_texture(grid.shape, grid.spacing, np.random.default_rng([spec.seed, 4]),
-                                 variation.trabecular_scale_mm, variation.trabecular_contrast)
+    texture = trabecular_texture(
+        grid.shape,
+        grid.spacing,
+        np.random.default_rng([spec.seed, 4]),
+        variation.trabecular_scale_mm,
+        variation.trabecular_contrast,
+    )
     a_bone = MU_CORTEX * variation.cortical_density * layers.cortical
     a_bone += (MU_CANCELLOUS * variation.bone_density * layers.cancellous) * texture
     a_bone += MU_CEMENT * layers.cement
     a_metal = MU_METAL * (layers.metal + draw_foreign_bodies(grid, variation.foreign_bodies))
     parts, half_depth, fat, details = body_outline(scene)
     a_soft = acq_mod.soft_tissue(grid, parts, half_depth, fat, details, np.random.default_rng([spec.seed, 5]))
-    pixels = acq_mod.detect(a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing,
-                            np.random.default_rng([spec.seed, 6]), variation)
+    pixels = acq_mod.detect(
+        a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing, np.random.default_rng([spec.seed, 6]), variation
+    )
     heads = []
     x0, y0 = acq.field[0], acq.field[1]
     for hip in spec.hips:
@@ -781,8 +848,16 @@ def render_radiograph(spec: RadiographSpec, scale: float = 1.0, variation: Varia
         u0, v0 = max(u0, 0.0), max(v0, 0.0)
         u1, v1 = min(u1, float(out_shape[1])), min(v1, float(out_shape[0]))
         plan = h.plan
-        heads.append(RenderedHead(
-            side=hip.side, stage=hip.stage, bbox=(float(u0), float(v0), float(u1 - u0), float(v1 - v0)),
-            notes=plan.notes if plan else (), findings=plan.findings if plan else (), typical=hip.typical))
-    return RenderedRadiograph(pixels=pixels, bits_stored=acq.bits_stored, pixel_spacing_mm=out_spacing,
-                              heads=heads, marker=acq.marker)
+        heads.append(
+            RenderedHead(
+                side=hip.side,
+                stage=hip.stage,
+                bbox=(float(u0), float(v0), float(u1 - u0), float(v1 - v0)),
+                notes=plan.notes if plan else (),
+                findings=plan.findings if plan else (),
+                typical=hip.typical,
+            )
+        )
+    return RenderedRadiograph(
+        pixels=pixels, bits_stored=acq.bits_stored, pixel_spacing_mm=out_spacing, heads=heads, marker=acq.marker
+    )

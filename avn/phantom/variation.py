@@ -20,9 +20,35 @@ import cv2
 import numpy as np
 
 # Attenuation of a foreign body per mm of path, relative to the phantom's metal (MU_METAL).
-FOREIGN_BODY_DENSITY = {"clip": 0.8, "screw": 1.0, "bead": 1.0, "electrode": 0.35, "lead": 0.5, "cable": 0.6, "shield": 1.0}
-TEXT_SNIPPETS = ("CR", "DX", "AP", "PELVIS", "HIP", "L", "R", "STANDING", "SUPINE", "PORTABLE", "85 kV", "20 mAs",
-                 "S:200", "L:1.8", "W:2048", "C:1024", "1:1", "GRID")
+FOREIGN_BODY_DENSITY = {
+    "clip": 0.8,
+    "screw": 1.0,
+    "bead": 1.0,
+    "electrode": 0.35,
+    "lead": 0.5,
+    "cable": 0.6,
+    "shield": 1.0,
+}
+TEXT_SNIPPETS = (
+    "CR",
+    "DX",
+    "AP",
+    "PELVIS",
+    "HIP",
+    "L",
+    "R",
+    "STANDING",
+    "SUPINE",
+    "PORTABLE",
+    "85 kV",
+    "20 mAs",
+    "S:200",
+    "L:1.8",
+    "W:2048",
+    "C:1024",
+    "1:1",
+    "GRID",
+)
 
 
 @dataclass(frozen=True)
@@ -54,18 +80,26 @@ class Variation:
 NEUTRAL = Variation(1.0, 1.0, 1.0, 0.45, 0.24, 1.0, 0.0, False, (), None, 0.0, None, (), 0, ())
 
 
-def choose_variation(rng: np.random.Generator, field_mm: tuple[float, float, float, float], habitus: float,
-                     heads_mm: list[tuple[float, float, float, float]], midline_mm: tuple[float, float]) -> Variation:
+def choose_variation(
+    rng: np.random.Generator,
+    field_mm: tuple[float, float, float, float],
+    habitus: float,
+    heads_mm: list[tuple[float, float, float, float]],
+    midline_mm: tuple[float, float],
+) -> Variation:
     """Draw one radiograph's factors. ``heads_mm``: head boxes a gonadal shield must stay clear of."""
     bone = float(rng.uniform(0.55, 1.15)) if rng.random() < 0.35 else float(rng.uniform(0.9, 1.1))
-    unsharp = tuple((float(rng.uniform(0.8, 12.0)), float(rng.uniform(0.1, 0.8)))
-                    for _ in range(int(rng.integers(0, 3))))
+    unsharp = tuple(
+        (float(rng.uniform(0.8, 12.0)), float(rng.uniform(0.1, 0.8))) for _ in range(int(rng.integers(0, 3)))
+    )
     grid = None
     if rng.random() < 0.3:
         grid = (float(rng.uniform(2.2, 5.0)), float(rng.uniform(0.004, 0.02)), bool(rng.random() < 0.8))
     text = ()
     if rng.random() < 0.5:
-        text = tuple(" ".join(rng.choice(TEXT_SNIPPETS, int(rng.integers(1, 4)))) for _ in range(int(rng.integers(1, 4))))
+        text = tuple(
+            " ".join(rng.choice(TEXT_SNIPPETS, int(rng.integers(1, 4)))) for _ in range(int(rng.integers(1, 4)))
+        )
     return Variation(
         bone_density=bone,
         cortical_density=float(rng.uniform(0.45, 1.1)) if rng.random() < 0.5 else 1.0,
@@ -207,7 +241,11 @@ def _burn_text(img: np.ndarray, lines: tuple[str, ...], corner: int, spacing_mm:
     for index, line in enumerate(lines):
         (tw, th), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         x = margin if corner in (0, 2) else cols - margin - tw
-        y = margin + th + index * int(1.6 * th) if corner in (0, 1) else rows - margin - (len(lines) - 1 - index) * int(1.6 * th)
+        y = (
+            margin + th + index * int(1.6 * th)
+            if corner in (0, 1)
+            else rows - margin - (len(lines) - 1 - index) * int(1.6 * th)
+        )
         if x < 0 or y - th < 0 or y >= rows:
             continue
         cv2.putText(mask, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 250, thick, cv2.LINE_AA)

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from avn.phantom.specs import RadiographSpec, RenderedRadiograph
 

@@ -233,7 +233,7 @@ def classifier_response(
 
 def _prediction(row: np.ndarray, labels: Sequence[str], multi_label: bool) -> str | list[str]:
     if multi_label:
-        return [label for label, probability in zip(labels, row) if probability > 0.5]
+        return [label for label, probability in zip(labels, row, strict=False) if probability > 0.5]
     return labels[int(np.argmax(row))]
 
 

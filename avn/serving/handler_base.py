@@ -57,7 +57,9 @@ class AvnHandler(BaseHandler):
         checkpoint = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
         self.model, self.card = load_checkpoint(checkpoint, map_location=self.device)
         if self.card.task != self.task:
-            raise ModelTaskMismatchError(f"{checkpoint} holds a {self.card.task!r} model, this handler serves {self.task!r}")
+            raise ModelTaskMismatchError(
+                f"{checkpoint} holds a {self.card.task!r} model, this handler serves {self.task!r}"
+            )
         self.model_name = self.manifest["model"].get("modelName", self.task)
         logger.info("loaded %s %s version %s on %s", self.task, self.card.architecture, self.card.version, self.device)
         self.initialized = True
@@ -78,7 +80,7 @@ class AvnHandler(BaseHandler):
             with torch.inference_mode():
                 answers = self.infer(list(decoded.values()))
             logger.info("%s: one forward pass over %d request(s) of a batch of %d", self.task, len(decoded), len(data))
-            for index, answer in zip(decoded, answers):
+            for index, answer in zip(decoded, answers, strict=False):
                 responses[index] = _compact_json(answer)
                 context.set_response_content_type(index, JSON_CONTENT_TYPE)
         context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
@@ -180,6 +182,5 @@ class DetectionHandler(AvnHandler):
         detections = model(requests)
         return [
             detection_response(self.model_name, self.card.version, image.shape, found.boxes, found.scores)
-            for image, found in zip(requests, detections)
+            for image, found in zip(requests, detections, strict=True)
         ]
-

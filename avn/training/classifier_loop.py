@@ -8,9 +8,10 @@ resumed run takes the same path as an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,13 +19,12 @@ from torch import nn
 
 from avn.crop import normalise
 from avn.models.classifier import HeadClassifier, build_classifier, init_from
-from avn.training.fold_state import run_epochs, training_device
 from avn.training.augment import augment_crop, flip_labels
+from avn.training.fold_state import run_epochs, training_device
 from avn.training.head_data import CropSet
 from avn.training.losses import FocalLoss, inverse_frequency_alpha
 from avn.training.profiles import Profile
 from avn.training.scoring import selection_score, task_metrics
-
 
 
 @dataclass
@@ -89,7 +89,9 @@ def fit_classifier(
         return selection_score(task, task_metrics(task, val.labels(task), predict(model, val.crops)))
 
     total_epochs = epochs if epochs is not None else profile.epochs[task]
-    state = run_epochs(model, optimiser, profile.plateau_patience, work_dir, total_epochs, train_epoch, validate, on_epoch)
+    state = run_epochs(
+        model, optimiser, profile.plateau_patience, work_dir, total_epochs, train_epoch, validate, on_epoch
+    )
     return FitResult(model.eval(), state.best_score, state.best_epoch, state.history)
 
 

@@ -11,18 +11,19 @@ boxes; their mean picks the best epoch, favouring tight boxes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
-from avn.metrics import detection_prf
 from avn.letterbox import shrink_to_letterbox
+from avn.metrics import detection_prf
 from avn.models.detector import (
     FH_CLASS,
     FemoralHeadDetector,
@@ -61,7 +62,7 @@ class DetectionSet:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def select_subjects(self, subjects) -> "DetectionSet":
+    def select_subjects(self, subjects) -> DetectionSet:
         wanted = set(subjects)
         keep = [i for i, s in enumerate(self.subject_ids) if s in wanted]
         return DetectionSet(
@@ -135,7 +136,9 @@ def augment_detection(
 
 
 @torch.no_grad()
-def detect_prepared(detector: FemoralHeadDetector, data: DetectionSet, batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+def detect_prepared(
+    detector: FemoralHeadDetector, data: DetectionSet, batch_size: int = 16
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(boxes in original pixels, scores) per radiograph of a prepared set."""
     detector.eval()
     results = []
@@ -153,7 +156,9 @@ def detect_prepared(detector: FemoralHeadDetector, data: DetectionSet, batch_siz
     return results
 
 
-def detection_metrics(detector: FemoralHeadDetector, data: DetectionSet, score_threshold: float = 0.5) -> dict[str, Any]:
+def detection_metrics(
+    detector: FemoralHeadDetector, data: DetectionSet, score_threshold: float = 0.5
+) -> dict[str, Any]:
     predictions = detect_prepared(detector, data)
     prf = detection_prf(predictions, data.original_boxes, IOU_THRESHOLDS, score_threshold=score_threshold)
     return {str(k): v for k, v in prf.items()}
@@ -194,7 +199,9 @@ def fit_detector(
     torch.manual_seed(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     detector = build_detector(backbone or profile.detector_backbone).to(training_device())
-    optimiser = torch.optim.Adam(detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay)
+    optimiser = torch.optim.Adam(
+        detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay
+    )
 
     def train_epoch(epoch: int) -> float:
         return _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step)
@@ -207,7 +214,9 @@ def fit_detector(
     return detector.eval(), state.best_score, state.best_epoch, state.history
 
 
-def _train_one_epoch(detector, data: DetectionSet, optimiser, profile: Profile, seed: int, epoch: int, on_step) -> float:
+def _train_one_epoch(
+    detector, data: DetectionSet, optimiser, profile: Profile, seed: int, epoch: int, on_step
+) -> float:
     detector.model.train()
     rng = np.random.default_rng([seed, epoch, 1])
     order = rng.permutation(len(data))

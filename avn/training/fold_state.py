@@ -8,9 +8,10 @@ the best weights, and saves the model, optimiser and scheduler states with the p
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,9 +92,7 @@ def run_epochs(
 
     ``train_epoch(epoch)`` returns the mean training loss; ``validate()`` the score to maximise.
     """
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="max", factor=0.5, patience=plateau_patience
-    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=plateau_patience)
     state = resume(work_dir, model, optimiser, scheduler)
     for epoch in range(len(state.history), total_epochs):
         loss = train_epoch(epoch)

@@ -6,10 +6,10 @@ one crop function (``avn.crop``), so training sees exactly what serving will sen
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class CropSet:
             per_head = np.array([names.index(_label_of(head, task)) for head in self.heads], dtype=np.int64)
         return per_head[self.head_index] if len(self.heads) else per_head
 
-    def select_subjects(self, subjects: Iterable[str]) -> "CropSet":
+    def select_subjects(self, subjects: Iterable[str]) -> CropSet:
         wanted = set(subjects)
         keep_heads = [i for i, head in enumerate(self.heads) if head.subject_id in wanted]
         remap = np.full(len(self.heads), -1, dtype=np.int64)
@@ -107,8 +107,14 @@ def build_crops(
         out = []
         for annotation in by_image.get(image.id, []):
             head = HeadRecord(
-                annotation.id, image.id, image.subject_id, image.view, annotation.side,
-                annotation.stage, tuple(annotation.notes), annotation.typical,
+                annotation.id,
+                image.id,
+                image.subject_id,
+                image.view,
+                annotation.side,
+                annotation.stage,
+                tuple(annotation.notes),
+                annotation.typical,
             )
             box = box_of(image, annotation)
             stack = np.stack([crop_square(pixels, box, s, input_size) for s in scales_of(head)])

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,9 @@ def prepare_context(
         profile.fold_limit if folds is None and repeats is None else None,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    return TrainingContext(data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter, logger)
+    return TrainingContext(
+        data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter, logger
+    )
 
 
 def train(tasks: list[str], context: TrainingContext) -> dict[str, dict[str, Any]]:
@@ -131,7 +134,9 @@ def head_crops(context: TrainingContext) -> tuple[CropSet, CropSet]:
         train_subjects, test_subjects = dataset.splits["train"], dataset.splits["test"]
         wanted = set(train_subjects) | set(test_subjects)
         # The pool reads the training radiographs, the held-out set those plus the T-set's.
-        images_total = sum((image.subject_id in wanted) + (image.subject_id in train_subjects) for image in dataset.images)
+        images_total = sum(
+            (image.subject_id in wanted) + (image.subject_id in train_subjects) for image in dataset.images
+        )
         progress = {"done": 0}
 
         def on_image() -> None:
@@ -139,9 +144,16 @@ def head_crops(context: TrainingContext) -> tuple[CropSet, CropSet]:
             context.report("cropping femoral heads", progress["done"], images_total)
 
         pool = build_crops(
-            context.data_dir, dataset, train_subjects, profile.input_size, training_scales(profile.resamples), on_image=on_image
+            context.data_dir,
+            dataset,
+            train_subjects,
+            profile.input_size,
+            training_scales(profile.resamples),
+            on_image=on_image,
         )
-        held = build_crops(context.data_dir, dataset, sorted(wanted), profile.input_size, serving_scale, on_image=on_image)
+        held = build_crops(
+            context.data_dir, dataset, sorted(wanted), profile.input_size, serving_scale, on_image=on_image
+        )
         context.crops = (pool, held)
     return context.crops
 
@@ -163,13 +175,22 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
         val_set = held.select_subjects(fold.val_subjects)
         per_epoch = max(1, -(-len(train_set) // profile.batch_size))
 
-        def on_step(figures: dict[str, float]) -> None:
+        def on_step(
+            figures: dict[str, float], *, label=f"{task} {fold.name}", steps=steps, total=per_epoch * epochs
+        ) -> None:
             steps["n"] += 1
-            context.report(f"{task} {fold.name}", steps["n"], per_epoch * epochs, **figures)
+            context.report(label, steps["n"], total, **figures)
 
         fit = fit_classifier(
-            task, train_set, val_set, profile, fold_dir, _fold_seed(context, fold), init_state, on_step,
-            on_epoch=lambda entry: context.log_epoch(f"{task} {fold.name}", entry),
+            task,
+            train_set,
+            val_set,
+            profile,
+            fold_dir,
+            _fold_seed(context, fold),
+            init_state,
+            on_step,
+            on_epoch=lambda entry, label=f"{task} {fold.name}": context.log_epoch(label, entry),
         )
         doc = {
             "fold": fold.name,
@@ -184,7 +205,11 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
     model = build_classifier(task)
-    model.load_state_dict(torch.load(context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(
+        torch.load(
+            context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True
+        )
+    )
     return _finish(task, context, model, fold_docs, best, input_size=profile.input_size)
 
 
@@ -214,13 +239,20 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         per_epoch = max(1, -(-len(train_set) // profile.detector_batch_size))
         steps = {"n": 0}
 
-        def on_step(figures: dict[str, float]) -> None:
+        def on_step(
+            figures: dict[str, float], *, label=f"detection {fold.name}", steps=steps, total=per_epoch * epochs
+        ) -> None:
             steps["n"] += 1
-            context.report(f"detection {fold.name}", steps["n"], per_epoch * epochs, **figures)
+            context.report(label, steps["n"], total, **figures)
 
         detector, score, best_epoch, _ = fit_detector(
-            train_set, val_set, profile, fold_dir, _fold_seed(context, fold), on_step=on_step,
-            on_epoch=lambda entry: context.log_epoch(f"detection {fold.name}", entry),
+            train_set,
+            val_set,
+            profile,
+            fold_dir,
+            _fold_seed(context, fold),
+            on_step=on_step,
+            on_epoch=lambda entry, label=f"detection {fold.name}": context.log_epoch(label, entry),
         )
         threshold = choose_score_threshold(detector, val_set)
         detector.configure_postprocessing(top_k=detector.top_k, min_score=threshold, nms_iou=detector.nms_iou)
@@ -238,11 +270,17 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         fold_docs.append(to_jsonable(doc))
     best = max(fold_docs, key=lambda d: d["val_score"])
     detector = build_detector(profile.detector_backbone, min_score=best["score_threshold"])
-    detector.load_state_dict(torch.load(context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True))
+    detector.load_state_dict(
+        torch.load(
+            context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True
+        )
+    )
     return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
 
 
-def _finish(task: str, context: TrainingContext, model, fold_docs: list[dict], best: dict, input_size: int) -> dict[str, Any]:
+def _finish(
+    task: str, context: TrainingContext, model, fold_docs: list[dict], best: dict, input_size: int
+) -> dict[str, Any]:
     version = f"{task}-{_weights_digest(model)[:12]}"
     doc = {
         "task": task,
@@ -260,8 +298,13 @@ def _finish(task: str, context: TrainingContext, model, fold_docs: list[dict], b
         context.run_dir / task / MODEL_FILE,
         model,
         task,
-        {"version": version, "training_data_hash": context.data_hash, "metrics": to_jsonable(best["test"]),
-         "input_size": input_size, "extra": {"profile": context.profile.name, "fold": best["fold"]}},
+        {
+            "version": version,
+            "training_data_hash": context.data_hash,
+            "metrics": to_jsonable(best["test"]),
+            "input_size": input_size,
+            "extra": {"profile": context.profile.name, "fold": best["fold"]},
+        },
     )
     return to_jsonable(doc)
 
@@ -311,7 +354,9 @@ def _finished_task(context: TrainingContext, task: str) -> dict[str, Any] | None
 def _view_trunk(context: TrainingContext) -> dict[str, torch.Tensor]:
     path = context.run_dir / "view" / MODEL_FILE
     if not path.exists():
-        raise TrainingError(f"staging starts from the trained view model, but {path} does not exist: train 'view' first")
+        raise TrainingError(
+            f"staging starts from the trained view model, but {path} does not exist: train 'view' first"
+        )
     model, _ = load_checkpoint(path)
     return model.state_dict()
 
