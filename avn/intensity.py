@@ -10,7 +10,7 @@ histogram on a hospital's radiograph.
 
 :func:`detector_contrast` (ranks, then contrast-limited local equalisation) prepares the
 detector's whole-radiograph input (:mod:`avn.models.detector`); :func:`standardised_ranks` the
-classifiers' crops (:func:`avn.crop.normalise`). Through those two, training, the TorchServe
+classifiers' crops (:func:`avn.pipeline.crop.normalise`). Through those two, training, the TorchServe
 handlers, the in-process backend and the evaluation all read the same numbers.
 """
 

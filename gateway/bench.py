@@ -29,9 +29,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from gateway.backends import Classification, Detections, ModelBackend, ModelInfo
+from avn.pipeline.backend import Classification, Detections, ModelBackend, ModelInfo
+from avn.pipeline.pipeline import Pipeline
 from gateway.grpc_server import MAX_MESSAGE_BYTES, BackgroundGrpcServer, pb
-from gateway.pipeline import Pipeline
 from gateway.proto import load
 
 STEPS = ("decode", "detect", "crop", "classify", "fuse", "output", "total")
@@ -197,8 +197,8 @@ def _timed_run(configuration: str, stub, payloads: Sequence[bytes], concurrency:
 @contextlib.contextmanager
 def torchserve_pipeline(store: Path, work_dir: Path, ready_timeout_s: float = 300.0) -> Iterator[Pipeline]:
     """A TorchServe started on ``store`` (loopback, free ports) and an uncached pipeline over it."""
+    from avn.pipeline.backend import MODELS  # noqa: PLC0415
     from avn.serving.torchserve import LOOPBACK, TorchServe  # noqa: PLC0415
-    from gateway.backends import MODELS  # noqa: PLC0415
     from gateway.torchserve_backend import TorchServeBackend  # noqa: PLC0415
 
     with TorchServe(store, work_dir, disable_token_auth=True, system_metrics=False) as server:
@@ -210,7 +210,7 @@ def torchserve_pipeline(store: Path, work_dir: Path, ready_timeout_s: float = 30
 
 
 def in_process_pipeline(store: Path, naive: bool = False, device: str = "cpu") -> Pipeline:
-    from gateway.inprocess import InProcessBackend  # noqa: PLC0415
+    from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415
 
     backend = InProcessBackend.from_folder(store, device)
     return Pipeline(OneHeadAtATime(backend) if naive else backend, cache=None)

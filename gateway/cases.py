@@ -24,9 +24,9 @@ from pathlib import Path
 
 from avn.dataset.format import Dataset, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph
-from gateway.errors import InvalidArgument, InvalidImage
-from gateway.pipeline import decode_payload
-from gateway.results import ImagePayload
+from avn.pipeline.decode import decode_payload
+from avn.pipeline.errors import InvalidArgument, InvalidImage
+from avn.pipeline.results import ImagePayload
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.errors import GatewayError
-from gateway.results import (
+from avn.pipeline.errors import DiagnosisError
+from avn.pipeline.results import (
     DEFAULT_NOTE_THRESHOLD,
     DiagnoseOptions,
     DiagnoseRequest,
@@ -72,8 +72,8 @@ def diagnose(
 
 
 async def _run(files: list[Path], models: Path, out: Path, study: bool, options: DiagnoseOptions, device: str) -> int:
-    from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the command runs
-    from gateway.pipeline import Pipeline  # noqa: PLC0415
+    from avn.pipeline.pipeline import Pipeline  # noqa: PLC0415
+    from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the command runs
 
     pipeline = Pipeline(InProcessBackend.from_folder(models, device), note_threshold=options.note_threshold)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ async def _run(files: list[Path], models: Path, out: Path, study: bool, options:
             for path, name in zip(files, names, strict=True):
                 try:
                     result = await pipeline.diagnose(DiagnoseRequest(_payload(path), options))
-                except GatewayError as error:
+                except DiagnosisError as error:
                     _add_failure(table, path, error)
                     failures += 1
                     continue
@@ -103,7 +103,7 @@ async def _run(files: list[Path], models: Path, out: Path, study: bool, options:
 async def _run_study(pipeline, files, names, out: Path, options: DiagnoseOptions, table: Table) -> int:
     try:
         result: StudyDiagnosis = await pipeline.diagnose_study(StudyRequest(tuple(_payload(p) for p in files), options))
-    except GatewayError as error:
+    except DiagnosisError as error:
         _add_failure(table, Path("study"), error)
         return len(files)
     for item in result.radiographs:
@@ -157,7 +157,7 @@ def _add_rows(table: Table, path: Path, result: Diagnosis) -> None:
         )
 
 
-def _add_failure(table: Table, path: Path, error: GatewayError) -> None:
+def _add_failure(table: Table, path: Path, error: DiagnosisError) -> None:
     table.add_row(path.name, "", "", f"[red]{type(error).__name__}: {error}[/]", "", "", "")
 
 
@@ -199,7 +199,7 @@ def serve(
     ready_timeout_s: float = typer.Option(300.0, "--ready-timeout", help="Seconds TorchServe may take to load."),
 ) -> None:
     """Serve diagnoses over gRPC and REST (TorchServe started on --store, or --embedded)."""
-    from gateway.backends import MODELS  # noqa: PLC0415
+    from avn.pipeline.backend import MODELS  # noqa: PLC0415
     from gateway.settings import Settings  # noqa: PLC0415
 
     if not store.is_dir() or not any(store.glob("*.mar")):

@@ -2,7 +2,7 @@
 
 Browsers cannot decode DICOM and squash 16-bit PNG to 8 bits before a page sees it, so the web app
 never decodes a radiograph itself: the gateway decodes it with the project's one decoder
-(:func:`gateway.pipeline.decode_payload` → :func:`avn.dataset.images.read_radiograph`) and sends
+(:func:`avn.pipeline.decode.decode_payload` → :func:`avn.dataset.images.read_radiograph`) and sends
 back this rendition. Window centre and width are fractions of the decoder's presentation range
 [0, 1] (bone bright, MONOCHROME1 already inverted), so one pair of sliders means the same for a
 12-bit CR, a 16-bit DX and an 8-bit JPEG. Windowing happens here, on the full-precision pixels.

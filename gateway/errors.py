@@ -1,10 +1,9 @@
-"""The gateway's typed errors and the ONE table that maps them to gRPC status codes and HTTP statuses.
+"""The ONE table that maps the pipeline's typed errors (:mod:`avn.pipeline.errors`) to gRPC status
+codes and HTTP statuses.
 
-Every failure a client can see is one of these classes, raised with a message that says what is
-wrong in words an integrator can act on. The gRPC servicer and the REST app both translate through
-:func:`status_of`, so a failure means the same thing on either protocol. Anything else that escapes
-the pipeline is a bug: :func:`as_gateway_error` turns it into :class:`Internal` without leaking
-internals to the client.
+The gRPC servicer and the REST app both translate through :func:`status_of`, so a failure means the
+same thing on either protocol. Anything else that escapes the pipeline is a bug:
+:func:`as_gateway_error` turns it into :class:`Internal` without leaking internals to the client.
 """
 
 from __future__ import annotations
@@ -13,45 +12,16 @@ from dataclasses import dataclass
 
 import grpc
 
-
-class GatewayError(Exception):
-    """Base of every error the gateway reports to a client; ``str(error)`` is the client message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidImage(GatewayError):
-    """The payload is not a readable radiograph (empty, garbage, truncated, no pixel data, wrong type)."""
-
-
-class InvalidArgument(GatewayError):
-    """A request field other than the image is invalid (unknown cam stage, threshold out of range…)."""
-
-
-class PayloadTooLarge(GatewayError):
-    """The payload, or the number of radiographs in a study, is over the service's limit."""
-
-
-class NoFemoralHead(GatewayError):
-    """A readable radiograph on which the detector found no femoral head."""
-
-
-class ModelUnavailable(GatewayError):
-    """A model is not loaded or its server does not answer; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = float(retry_after_s)
-
-
-class DeadlineExceeded(GatewayError):
-    """The request did not finish within its deadline."""
-
-
-class Internal(GatewayError):
-    """An unexpected failure inside the gateway (a bug); the message carries no internals."""
+from avn.pipeline.errors import (
+    DeadlineExceeded,
+    DiagnosisError,
+    Internal,
+    InvalidArgument,
+    InvalidImage,
+    ModelUnavailable,
+    NoFemoralHead,
+    PayloadTooLarge,
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +31,7 @@ class ErrorStatus:
 
 
 # The one mapping. REST and gRPC both read it; a new error class needs a row here.
-ERROR_STATUS: dict[type[GatewayError], ErrorStatus] = {
+ERROR_STATUS: dict[type[DiagnosisError], ErrorStatus] = {
     InvalidImage: ErrorStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidArgument: ErrorStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
     PayloadTooLarge: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
@@ -78,7 +48,7 @@ ERROR_TYPE_KEY = "avn-error-type"  # the class name, e.g. "InvalidImage"
 RETRY_AFTER_KEY = "retry-after"  # whole seconds (ModelUnavailable), as HTTP's Retry-After
 
 
-def status_of(error: GatewayError) -> ErrorStatus:
+def status_of(error: DiagnosisError) -> ErrorStatus:
     """The gRPC code and HTTP status of ``error`` (subclasses inherit their parent's row)."""
     for cls in type(error).__mro__:
         if cls in ERROR_STATUS:
@@ -86,14 +56,14 @@ def status_of(error: GatewayError) -> ErrorStatus:
     return ERROR_STATUS[Internal]
 
 
-def as_gateway_error(error: BaseException) -> GatewayError:
+def as_gateway_error(error: BaseException) -> DiagnosisError:
     """``error`` itself when typed, else an :class:`Internal` that hides the details."""
-    if isinstance(error, GatewayError):
+    if isinstance(error, DiagnosisError):
         return error
     return Internal("internal error in the diagnosis gateway; the request id identifies it in the logs")
 
 
-def error_metadata(error: GatewayError) -> tuple[tuple[str, str], ...]:
+def error_metadata(error: DiagnosisError) -> tuple[tuple[str, str], ...]:
     """Trailing metadata (gRPC) or headers (HTTP) that let clients act on ``error`` without parsing text."""
     pairs = [(ERROR_TYPE_KEY, type(error).__name__)]
     if isinstance(error, ModelUnavailable):

@@ -1,4 +1,4 @@
-"""The gRPC front door: the ``avn.v1.Diagnosis`` service over a :class:`~gateway.pipeline.Pipeline`.
+"""The gRPC front door: the ``avn.v1.Diagnosis`` service over a :class:`~avn.pipeline.pipeline.Pipeline`.
 
 Besides the service itself the server carries the standard ``grpc.health.v1`` health service
 (SERVING only while every model answers: a background task asks the pipeline every few seconds)
@@ -26,11 +26,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import proto
-from gateway.errors import as_gateway_error, error_metadata, status_of
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline, new_request_id
-from gateway.results import (
+from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, Pipeline, new_request_id
+from avn.pipeline.results import (
     DiagnoseOptions,
     DiagnoseRequest,
     Diagnosis,
@@ -41,6 +38,9 @@ from gateway.results import (
     StudyDiagnosis,
     StudyRequest,
 )
+from gateway import proto
+from gateway.errors import as_gateway_error, error_metadata, status_of
+from gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ pb = STUBS.messages
 SERVICE_NAME = proto.SERVICE_NAME
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the image bytes
-DEFAULT_DEADLINE_S = 30.0
 HEALTH_INTERVAL_S = 5.0
 REQUEST_ID_KEY = "x-request-id"
 PROTOCOL = "grpc"

@@ -77,7 +77,7 @@ class GatewayMetrics:
         self.latency.labels(protocol, operation).observe(seconds)
 
     def observe_diagnosis(self, diagnosis: Any) -> None:
-        """Step times and the cache flag of one :class:`gateway.results.Diagnosis`."""
+        """Step times and the cache flag of one :class:`avn.pipeline.results.Diagnosis`."""
         self.diagnoses.labels("hit" if diagnosis.cache_hit else "miss").inc()
         if diagnosis.cache_hit:
             return  # a hit ran no model step: its zeros would drag every step's distribution down

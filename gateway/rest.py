@@ -17,7 +17,7 @@
 =================  =========================================================================
 
 Options are query parameters of both POSTs: ``include_overlay``, ``cam_stage``, ``note_threshold``.
-Results are typed pydantic models mirroring :mod:`gateway.results` (PNG fields as base64), so the
+Results are typed pydantic models mirroring :mod:`avn.pipeline.results` (PNG fields as base64), so the
 OpenAPI document at ``/docs`` describes every field. Failures go through the one mapping of
 :mod:`gateway.errors`: the status it gives, the body ``{"error": {"code", "message",
 "request_id"}}`` (``code`` is the error type, e.g. ``InvalidImage``), ``Retry-After`` on 503. A body
@@ -43,10 +43,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from avn.pipeline.decode import decode_payload
+from avn.pipeline.pipeline import Pipeline, new_request_id
+from avn.pipeline.results import DiagnoseOptions, DiagnoseRequest, ImagePayload, StudyRequest, to_json_dict
 from gateway.cases import CaseBank
 from gateway.display import windowed_png
 from gateway.errors import (
-    GatewayError,
+    DiagnosisError,
     InvalidArgument,
     InvalidImage,
     PayloadTooLarge,
@@ -55,8 +58,6 @@ from gateway.errors import (
     status_of,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline, decode_payload, new_request_id
-from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload, StudyRequest, to_json_dict
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ PipelineSource = Pipeline | Callable[[], Pipeline | Awaitable[Pipeline]]
 
 
 class _Strict(BaseModel):
-    # extra="forbid": a field added to gateway.results but not here fails loudly, not silently.
+    # extra="forbid": a field added to avn.pipeline.results but not here fails loudly, not silently.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -721,8 +722,8 @@ def _part_media_type(upload: UploadFile) -> str:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(GatewayError)
-    async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
+    @app.exception_handler(DiagnosisError)
+    async def gateway_error(request: Request, error: DiagnosisError) -> JSONResponse:
         return error_response(request, error)
 
     @app.exception_handler(RequestValidationError)

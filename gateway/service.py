@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.backends import ModelBackend
+from avn.pipeline.backend import ModelBackend
+from avn.pipeline.pipeline import Pipeline
 from gateway.cache import build_cache
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def build_backend(settings: Settings) -> ModelBackend:
     """The model backend ``AVN_BACKEND`` names."""
     if settings.backend == "embedded":
-        from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — loads torch models
+        from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — loads torch models
 
         return InProcessBackend.from_folder(settings.model_store)
     from gateway.torchserve_backend import TorchServeBackend  # noqa: PLC0415

@@ -13,8 +13,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from avn.pipeline.decode import DEFAULT_MAX_IMAGE_BYTES
+from avn.pipeline.pipeline import DEFAULT_DEADLINE_S
+from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD
+
 ENV_PREFIX = "AVN_"
-MEBIBYTE = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -50,18 +53,22 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC port.")
     rest_host: str = Field("127.0.0.1", description="Address the REST server binds (`0.0.0.0` in a container).")
     rest_port: int = Field(8000, ge=1, le=65535, description="REST port.")
-    # Under the gRPC message limit (64 MiB) so that the gateway, not the transport, names the problem.
     max_payload_bytes: int = Field(
-        48 * MEBIBYTE, gt=0, description="Largest radiograph accepted, bytes; larger ones get 413 / RESOURCE_EXHAUSTED."
+        DEFAULT_MAX_IMAGE_BYTES,
+        gt=0,
+        description="Largest radiograph accepted, bytes; larger ones get 413 / RESOURCE_EXHAUSTED.",
     )
     deadline_s: float = Field(
-        30.0,
+        DEFAULT_DEADLINE_S,
         gt=0,
         description="Deadline of one request, seconds (REST; gRPC: caps the client's deadline). "
         "Past it: 504 / DEADLINE_EXCEEDED.",
     )
     note_threshold: float = Field(
-        0.5, ge=0, le=1, description="A fused note probability at or above this is reported as present."
+        DEFAULT_NOTE_THRESHOLD,
+        ge=0,
+        le=1,
+        description="A fused note probability at or above this is reported as present.",
     )
 
     # ---- cache

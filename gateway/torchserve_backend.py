@@ -32,10 +32,17 @@ import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from avn.pipeline.errors import (
+    DeadlineExceeded,
+    DiagnosisError,
+    Internal,
+    InvalidImage,
+    ModelUnavailable,
+    PayloadTooLarge,
+)
 from avn.serving.codec import encode_npy
 from avn.serving.torchserve import MAX_MESSAGE_BYTES
-from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
-from gateway.errors import DeadlineExceeded, GatewayError, Internal, InvalidImage, ModelUnavailable, PayloadTooLarge
 from gateway.torchserve_stubs import TorchServeStubs, load_stubs
 
 logger = logging.getLogger(__name__)
@@ -60,7 +67,7 @@ NOT_SERVABLE_MARKERS = ("model not found", "no worker", "not ready", "worker die
 
 
 class TorchServeBackend:
-    """:class:`gateway.backends.ModelBackend` over a TorchServe's gRPC APIs.
+    """:class:`avn.pipeline.backend.ModelBackend` over a TorchServe's gRPC APIs.
 
     ``inference_target`` / ``management_target`` are ``host:port`` of its gRPC inference and
     management ports. With TorchServe's token authorisation on, give the tokens (``*_key``) or
@@ -140,7 +147,7 @@ class TorchServeBackend:
         """TorchServe's own health check (``Ping``): True when it reports itself healthy."""
         try:
             answer = await self._call(self._inference.Ping, empty_pb2.Empty(), INFERENCE, "ping")
-        except GatewayError:
+        except DiagnosisError:
             return False
         return "healthy" in answer.health.lower()
 
@@ -195,7 +202,7 @@ class TorchServeBackend:
         except grpc.RpcError as error:
             raise self._translated(error, model, timeout_s) from None
 
-    def _translated(self, error: grpc.RpcError, model: str, timeout_s: float) -> GatewayError:
+    def _translated(self, error: grpc.RpcError, model: str, timeout_s: float) -> DiagnosisError:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (error.details() if isinstance(error, grpc.Call) else str(error)) or ""
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -274,7 +281,7 @@ def _image_body(image: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-def _rejection(model: str, answer: Mapping[str, Any]) -> GatewayError:
+def _rejection(model: str, answer: Mapping[str, Any]) -> DiagnosisError:
     """A handler's 400 answer. TorchServe's gRPC API delivers it as a normal answer with status OK."""
     message = str(answer.get("message", "rejected"))
     if model == DETECTION:
@@ -394,7 +401,7 @@ async def scale_when_ready(backend: TorchServeBackend, workers: Mapping[str, int
         try:
             await backend.models()
             break
-        except GatewayError as error:
+        except DiagnosisError as error:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"TorchServe not ready after {wait_s:g} s: {error}") from error
             await asyncio.sleep(2.0)

@@ -3,7 +3,7 @@
 Runs the gateway's pipeline in-process with the models of a store over the T-set of a phantom data
 set and over the real check set, and prints a Markdown table: heads answered, the share flagged
 and why, and the quartiles of the two confidence measures (detector score; view/side certainty,
-the maximum-softmax out-of-distribution score of gateway/confidence.py).
+the maximum-softmax out-of-distribution score of avn/pipeline/confidence.py).
 
     python scripts/measure_confidence.py --store model_store --data data/phantom-quick
 """
@@ -18,11 +18,11 @@ import numpy as np
 
 from avn.dataset.format import load_dataset
 from avn.evaluation.realcheck import DEFAULT_CHECK_SET, load_manifest
-from gateway.confidence import classifier_certainty
-from gateway.errors import GatewayError
-from gateway.inprocess import InProcessBackend
-from gateway.pipeline import Pipeline
-from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload
+from avn.pipeline.confidence import classifier_certainty
+from avn.pipeline.errors import DiagnosisError
+from avn.pipeline.pipeline import Pipeline
+from avn.pipeline.results import DiagnoseOptions, DiagnoseRequest, ImagePayload
+from avn.serving.inprocess import InProcessBackend
 
 
 async def heads_of(pipeline: Pipeline, files: list[Path]) -> list[tuple[float, float, tuple[str, ...]]]:
@@ -31,7 +31,7 @@ async def heads_of(pipeline: Pipeline, files: list[Path]) -> list[tuple[float, f
     for path in files:
         try:
             result = await pipeline.diagnose(DiagnoseRequest(ImagePayload(path.read_bytes()), DiagnoseOptions()))
-        except GatewayError:
+        except DiagnosisError:
             continue
         for head in result.heads:
             view = np.array([item.probability for item in head.view_probabilities])

@@ -30,9 +30,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from web_support import DESKTOP, chromium, close_chromium, live_gateway, wait_for  # noqa: E402
 
 from avn.dataset.format import load_dataset  # noqa: E402
+from avn.pipeline.pipeline import Pipeline  # noqa: E402
+from avn.serving.inprocess import InProcessBackend  # noqa: E402
 from gateway.cases import CaseBank  # noqa: E402
-from gateway.inprocess import InProcessBackend  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.rest import create_app  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from avn.cli import app
 from avn.phantom.build import PhantomOptions, build_phantom
+from avn.pipeline.pipeline import Pipeline
+from avn.serving.inprocess import InProcessBackend
 from avn.serving.torchserve import LOOPBACK, TorchServe
 from gateway.bench import STEPS, OneHeadAtATime, in_process_pipeline, measure, radiograph_payloads, ratios_to_baseline
-from gateway.inprocess import InProcessBackend
-from gateway.pipeline import Pipeline
 from gateway.torchserve_backend import TorchServeBackend
 
 pytestmark = pytest.mark.slow

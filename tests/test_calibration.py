@@ -31,8 +31,8 @@ from avn.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_card,
 from avn.models.classifier import build_classifier
 from avn.serving.codec import CropsRequest
 from avn.serving.handler_base import ClassifierHandler
+from avn.serving.inprocess import InProcessBackend, load_archive
 from avn.store import build_store
-from gateway.inprocess import InProcessBackend, load_archive
 
 # ---------------------------------------------------------------- ECE and reliability bins
 

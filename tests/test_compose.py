@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.backends import MODELS
+from avn.pipeline.backend import MODELS
 from gateway.settings import environment_variables
 from gateway.torchserve_backend import WORKERS_ENV_PREFIX
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avn.crop import INPUT_SIZE, crop_square, normalise, resample_scales
+from avn.pipeline.crop import INPUT_SIZE, crop_square, normalise, resample_scales
 
 
 def coordinate_image(height=400, width=500):

@@ -43,13 +43,13 @@ from avn.metrics import detection_prf
 from avn.models.checkpoint import read_card
 from avn.models.classifier import CLASSIFIER_TASKS
 from avn.phantom.build import PhantomOptions, build_phantom
+from avn.pipeline.backend import Detections
+from avn.pipeline.results import Box, DiagnoseOptions, Diagnosis, FemoralHead, LabelProbability, StepTimings, View
+from avn.serving.inprocess import InProcessBackend
 from avn.store import build_store
 from avn.training.folds import subject_folds
 from avn.training.runner import dataset_fingerprint
 from avn.vocabulary import STAGES
-from gateway.backends import Detections
-from gateway.inprocess import InProcessBackend
-from gateway.results import Box, DiagnoseOptions, Diagnosis, FemoralHead, LabelProbability, StepTimings, View
 
 pytestmark = pytest.mark.slow
 SUBJECTS, SEED = 8, 3

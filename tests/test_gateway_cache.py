@@ -12,7 +12,7 @@ import pytest
 import redis
 from conftest import RedisServer
 
-from gateway.backends import ModelInfo
+from avn.pipeline.backend import ModelInfo
 from gateway.cache import REDIS_PREFIX, LRUCache, NullCache, RedisCache, build_cache, cache_key
 from gateway.settings import Settings
 

@@ -25,14 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
+from avn.pipeline.backend import MODELS
+from avn.pipeline.confidence import CONFIDENT_DETECTION_SCORE
+from avn.pipeline.pipeline import Pipeline
+from avn.serving.inprocess import InProcessBackend
 from avn.vocabulary import NOTE_STAGE, NOTES, SIDES, STAGES, VIEWS, collapse_of, most_severe, presence_of
-from gateway.backends import MODELS
 from gateway.cache import LRUCache
-from gateway.confidence import CONFIDENT_DETECTION_SCORE
 from gateway.grpc_server import BackgroundGrpcServer, pb
-from gateway.inprocess import InProcessBackend
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline
 from gateway.proto import PROTO_FILE, PROTO_ROOT, SERVICE_NAME, load
 
 STUBS = load()

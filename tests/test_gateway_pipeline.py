@@ -19,35 +19,21 @@ import pytest
 from gateway_support import phantom_dicom, phantom_radiograph
 from PIL import Image
 
-from avn.crop import SERVING_SCALE, crop_square
 from avn.phantom.writers import write_dicom
-from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
-from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
-from gateway.cache import LRUCache
-from gateway.confidence import (
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from avn.pipeline.confidence import (
     CONFIDENT_CLASSIFIER_PROBABILITY,
     CONFIDENT_DETECTION_SCORE,
     classifier_certainty,
     low_confidence_reasons,
 )
-from gateway.errors import (
-    ERROR_STATUS,
-    DeadlineExceeded,
-    GatewayError,
-    Internal,
-    InvalidArgument,
-    InvalidImage,
-    ModelUnavailable,
-    NoFemoralHead,
-    PayloadTooLarge,
-    as_gateway_error,
-    error_metadata,
-    status_of,
-)
-from gateway.fusion import fuse_note_probabilities, fused_notes
-from gateway.output import crop_window
-from gateway.pipeline import Pipeline, aggregate_sides, choose_heads, decode_payload, detect_heads, resolve_sides
-from gateway.results import (
+from avn.pipeline.crop import SERVING_SCALE, crop_square
+from avn.pipeline.decode import decode_payload
+from avn.pipeline.detect import choose_heads, detect_heads
+from avn.pipeline.fuse import fuse_note_probabilities, fused_notes, resolve_sides
+from avn.pipeline.pipeline import Pipeline
+from avn.pipeline.render import crop_window
+from avn.pipeline.results import (
     Box,
     DiagnoseOptions,
     DiagnoseRequest,
@@ -61,6 +47,23 @@ from gateway.results import (
     View,
     decode_diagnosis,
     encode_diagnosis,
+)
+from avn.pipeline.study import aggregate_sides
+from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
+from gateway.cache import LRUCache
+from gateway.errors import (
+    ERROR_STATUS,
+    DeadlineExceeded,
+    DiagnosisError,
+    Internal,
+    InvalidArgument,
+    InvalidImage,
+    ModelUnavailable,
+    NoFemoralHead,
+    PayloadTooLarge,
+    as_gateway_error,
+    error_metadata,
+    status_of,
 )
 
 # The scripted detector answers in the coordinates of the image it gets: a detector input larger
@@ -582,7 +585,7 @@ def test_every_error_maps_to_one_grpc_code_and_one_http_status() -> None:
         DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
         Internal: (grpc.StatusCode.INTERNAL, 500),
     }
-    assert set(ERROR_STATUS) == set(expected) == set(GatewayError.__subclasses__())
+    assert set(ERROR_STATUS) == set(expected) == set(DiagnosisError.__subclasses__())
     for cls, (code, http) in expected.items():
         status = status_of(cls("x"))
         assert (status.grpc_code, status.http_status) == (code, http)

@@ -34,12 +34,12 @@ from gateway_support import TINY_INPUT, VERSION, phantom_dicom, phantom_png, wri
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from avn.pipeline.backend import MODELS
+from avn.pipeline.pipeline import Pipeline
+from avn.serving.inprocess import InProcessBackend
 from avn.serving.torchserve import LOOPBACK, free_ports
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
-from gateway.backends import MODELS
 from gateway.grpc_server import BackgroundGrpcServer
-from gateway.inprocess import InProcessBackend
-from gateway.pipeline import Pipeline
 from gateway.proto import PROTO_FILE, PROTO_ROOT
 
 RPC_TIMEOUT_S = 60

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from gateway_support import phantom_png
 from PIL import Image
 
+from avn.pipeline.backend import MODELS
+from avn.pipeline.pipeline import Pipeline
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
-from gateway.backends import MODELS
 from gateway.cache import LRUCache, RedisCache
-from gateway.pipeline import Pipeline
 from gateway.rest import DiagnosisResponse, create_app
 from gateway.settings import Settings, environment_variables
 from gateway.torchserve_backend import TorchServeBackend

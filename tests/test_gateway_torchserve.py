@@ -16,9 +16,9 @@ import pytest
 from conftest import MODEL_VERSION
 
 from avn.models import CLASSIFIER_TASKS
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
 from avn.vocabulary import STAGES
-from gateway.backends import CLASSIFIER_MODELS, MODELS
 from gateway.errors import DeadlineExceeded, Internal, InvalidImage, ModelUnavailable
 from gateway.settings import Settings
 from gateway.stubgen import STAMP_NAME

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from avn.crop import normalise
 from avn.intensity import detector_contrast, equalise, standardised_ranks
 from avn.models.detector import prepare_detector_input
+from avn.pipeline.crop import normalise
 
 
 def test_equalise_ignores_any_increasing_tone_curve():

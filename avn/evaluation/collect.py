@@ -1,10 +1,8 @@
 """Run the serving pipeline over a data-set split and line its answers up with the ground truth.
 
-Every radiograph goes through the gateway's own steps — :func:`gateway.pipeline.choose_heads`,
-:func:`~gateway.pipeline.crop_heads`, :func:`~gateway.pipeline.classify_heads`,
-:func:`~gateway.pipeline.interpret_heads` (sides, stages, prior-fused notes) and
-:func:`~gateway.pipeline.radiograph_view` — on a :class:`gateway.backends.ModelBackend`, so a
-figure in the report is a figure of what the service answers. Only the output step (CAM PNGs,
+Every radiograph goes through the service's own steps, :meth:`avn.pipeline.pipeline.Pipeline.run_steps`
+(detect → choose heads → crop → classify → fuse), on a :class:`avn.pipeline.backend.ModelBackend`,
+so a figure in the report is a figure of what the service answers. Only the output step (CAM PNGs,
 overlay) and the cache are left out: they change no number.
 
 A predicted head is matched to the truth head it overlaps most when IoU > 0.5 (one-to-one,
@@ -24,14 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from avn.crop import SERVING_SCALE
 from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph, read_radiograph
 from avn.metrics import box_iou
+from avn.pipeline.backend import Detections, ModelBackend, ModelInfo
+from avn.pipeline.crop import SERVING_SCALE
+from avn.pipeline.errors import NoFemoralHead
+from avn.pipeline.pipeline import Pipeline, Steps
+from avn.pipeline.results import (
+    DEFAULT_NOTE_THRESHOLD,
+    DiagnoseOptions,
+    Diagnosis,
+    FemoralHead,
+)
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
-from gateway.backends import CLASSIFIER_MODELS, Detections, ModelBackend, ModelInfo
-from gateway.pipeline import choose_heads, classify_heads, crop_heads, detect_heads, interpret_heads, radiograph_view
-from gateway.results import DEFAULT_NOTE_THRESHOLD, DiagnoseOptions, Diagnosis, FemoralHead, ModelVersion, StepTimings
 
 MATCH_IOU = 0.5
 
@@ -92,35 +96,14 @@ class Collected:
 # ---------------------------------------------------------------- one radiograph through the pipeline
 
 
-async def diagnose_pixels(
-    backend: ModelBackend,
-    radiograph: Radiograph,
-    models: dict[str, ModelInfo],
-    crop_scale: float = SERVING_SCALE,
-    note_threshold: float = DEFAULT_NOTE_THRESHOLD,
-) -> tuple[Detections, Diagnosis | None]:
-    """The detector's raw answer and the pipeline's diagnosis (without CAM PNGs) of one radiograph."""
-    detections = await detect_heads(backend, radiograph.pixels, models["detection"].input_size)
-    candidates = choose_heads(detections, radiograph.width)
-    if not candidates:
-        return detections, None
-    input_sizes = {name: models[name].input_size for name in CLASSIFIER_MODELS}
-    crops = crop_heads(radiograph.pixels, candidates, input_sizes, crop_scale)
-    answers = await classify_heads(backend, crops, None)
-    options = DiagnoseOptions(note_threshold=note_threshold)
-    diagnosis = Diagnosis(
-        request_id="evaluation",
-        width=radiograph.width,
-        height=radiograph.height,
-        view=radiograph_view(answers.view),
-        heads=interpret_heads(candidates, answers, options, crop_scale),
-        overlay_png=None,
-        models=tuple(ModelVersion(info.name, info.version) for info in models.values()),
-        cache_hit=False,
-        timings=StepTimings(),
-        note_threshold=note_threshold,
-    )
-    return detections, diagnosis
+async def diagnose_pixels(pipeline: Pipeline, radiograph: Radiograph, models: dict[str, ModelInfo]) -> Steps:
+    """The detector's raw answer and the served diagnosis (without CAM PNGs) of one radiograph."""
+    try:
+        return await pipeline.run_steps(
+            radiograph, DiagnoseOptions(), render=False, models=models, request_id="evaluation"
+        )
+    except NoFemoralHead:  # a DICOM header naming a body part without a hip: nothing detected
+        return Steps(Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)), None)
 
 
 def match_heads(
@@ -166,6 +149,7 @@ async def collect_async(
     dataset = load_dataset(data_dir)
     images = split_images(dataset, split)
     models = {info.name: info for info in await backend.models()}
+    pipeline = Pipeline(backend, crop_scale=crop_scale, note_threshold=DEFAULT_NOTE_THRESHOLD)
     by_image: dict[int, list[FemoralHeadAnnotation]] = {}
     for annotation in dataset.annotations:
         by_image.setdefault(annotation.image_id, []).append(annotation)
@@ -176,7 +160,8 @@ async def collect_async(
             radiograph = await asyncio.wrap_future(pending)
             if index + 1 < len(images):  # decode the next file while the models run
                 pending = reader.submit(read_radiograph, Path(data_dir) / images[index + 1].file_name)
-            detections, diagnosis = await diagnose_pixels(backend, radiograph, models, crop_scale)
+            steps = await diagnose_pixels(pipeline, radiograph, models)
+            detections, diagnosis = steps.detections, steps.diagnosis
             result = RadiographResult(image, by_image.get(image.id, []), detections, diagnosis)
             result.matches = match_heads(result.truth_boxes, result.predicted_heads)
             results.append(result)

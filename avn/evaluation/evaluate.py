@@ -33,9 +33,9 @@ from avn.evaluation.tables import (
 from avn.evaluation.temperature import CALIBRATION_KEY, WEIGHTS_VERSION_KEY, calibrate_run
 from avn.models.checkpoint import ModelCard, read_card
 from avn.models.classifier import CLASSIFIER_TASKS
+from avn.pipeline.backend import MODELS
+from avn.serving.inprocess import InProcessBackend
 from avn.training.runner import MODEL_FILE, dataset_fingerprint
-from gateway.backends import MODELS
-from gateway.inprocess import InProcessBackend
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 

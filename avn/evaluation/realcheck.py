@@ -110,9 +110,9 @@ class FileOutcome:
 
 
 async def check_files(pipeline, folder: Path, manifest: Manifest) -> list[FileOutcome]:
-    """Run every file of the manifest through ``pipeline`` (a :class:`gateway.pipeline.Pipeline`)."""
-    from gateway.errors import GatewayError  # noqa: PLC0415 — the gateway imports torch-free avn parts only
-    from gateway.results import DiagnoseOptions, DiagnoseRequest, ImagePayload  # noqa: PLC0415
+    """Run every file of the manifest through ``pipeline`` (a :class:`avn.pipeline.pipeline.Pipeline`)."""
+    from avn.pipeline.errors import DiagnosisError  # noqa: PLC0415 — the gateway imports torch-free avn parts only
+    from avn.pipeline.results import DiagnoseOptions, DiagnoseRequest, ImagePayload  # noqa: PLC0415
 
     outcomes = []
     for entry in manifest.files:
@@ -121,7 +121,7 @@ async def check_files(pipeline, folder: Path, manifest: Manifest) -> list[FileOu
         )
         try:
             result = await pipeline.diagnose(request)
-        except GatewayError as error:
+        except DiagnosisError as error:
             outcomes.append(judge_error(entry, type(error).__name__, error.message))
             continue
         outcomes.append(judge_heads(entry, [_head_summary(head) for head in result.heads]))
@@ -161,8 +161,8 @@ def judge_heads(entry: RealFile, heads: list[dict]) -> FileOutcome:
 
 def run_check(store: Path, folder: Path, device: str = "cpu") -> list[FileOutcome]:
     """Load the models of ``store`` in-process and check every file of ``folder``."""
-    from gateway.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the check runs
-    from gateway.pipeline import Pipeline  # noqa: PLC0415
+    from avn.pipeline.pipeline import Pipeline  # noqa: PLC0415
+    from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the check runs
 
     manifest = load_manifest(folder)
 

@@ -48,9 +48,9 @@ from avn.metrics import (
     multiclass_metrics,
     multilabel_metrics,
 )
+from avn.pipeline.results import StudyRadiograph
+from avn.pipeline.study import aggregate_sides
 from avn.vocabulary import COLLAPSE_CLASSES, NOTES, SIDES, STAGE_TO_COLLAPSE, STAGES, VIEWS, most_severe
-from gateway.pipeline import aggregate_sides
-from gateway.results import StudyRadiograph
 
 PaperValue = tuple[float, float | None, float | None] | None
 FoldFigure = Callable[[dict[str, Any]], Any]  # a fold document's T-set metrics → one number

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from avn.crop import INPUT_SIZE
 from avn.models.classifier import ARCHITECTURE, CLASSIFIER_TASKS, HeadClassifier, build_classifier
 from avn.models.detector import DETECTOR_BACKBONES, FemoralHeadDetector, build_detector
+from avn.pipeline.crop import INPUT_SIZE
 
 DETECTION_TASK = "detection"
 TASKS: tuple[str, ...] = (DETECTION_TASK, *CLASSIFIER_TASKS)

@@ -39,7 +39,7 @@ class IncompatibleWeightsError(ValueError):
 
 
 class HeadClassifier(nn.Module):
-    """ResNet-18 over (B, 1, S, S) crops normalised by :func:`avn.crop.normalise`; returns logits."""
+    """ResNet-18 over (B, 1, S, S) crops normalised by :func:`avn.pipeline.crop.normalise`; returns logits."""
 
     def __init__(self, labels: Sequence[str], multi_label: bool = False, task: str | None = None) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ Independent of TorchServe, so that the gateway, the tests and any other server s
 same format. ``services/README.md`` documents it for integrators.
 
 Classifier requests carry un-normalised crops in [0, 1] (the server normalises each crop with
-:func:`avn.crop.normalise`, so every client gets identical preprocessing):
+:func:`avn.pipeline.crop.normalise`, so every client gets identical preprocessing):
 
 * raw ``.npy`` bytes (``np.save``) of float crops shaped (N, S, S) or (S, S); or
 * JSON ``{"crops": "<base64 of those .npy bytes>", "cam_stage": "III"}`` (``cam_stage`` optional,
@@ -27,12 +27,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from avn.pipeline.decode import MIN_IMAGE_SIDE, PNG_MAGIC
 from avn.vocabulary import STAGES
 
 NPY_MAGIC = b"\x93NUMPY"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_CROPS_PER_REQUEST = 64
-MIN_IMAGE_SIDE = 32
+
 MAX_IMAGE_PIXELS = 50_000_000  # above any radiograph detector (3000×3000 is 9 Mpx)
 RANGE_TOLERANCE = 1e-3  # float rounding in clients' rescaling, not a different convention
 JSON_FIELDS = frozenset({"crops", "cam_stage"})

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from avn.crop import normalise
 from avn.models.checkpoint import DETECTION_TASK, load_checkpoint
 from avn.models.classifier import HeadClassifier
 from avn.models.detector import FemoralHeadDetector
+from avn.pipeline.crop import normalise
 from avn.serving.codec import (
     CropsRequest,
     WireFormatError,

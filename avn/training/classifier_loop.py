@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from avn.crop import normalise
 from avn.models.classifier import HeadClassifier, build_classifier, init_from
+from avn.pipeline.crop import normalise
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.fold_state import run_epochs, training_device
 from avn.training.head_data import CropSet

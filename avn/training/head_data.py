@@ -1,7 +1,7 @@
 """Femoral-head crops and their labels for the four classifiers, built from a data-set folder.
 
 Each radiograph is decoded once and every head on it is cut at the profile's scales with the
-one crop function (``avn.crop``), so training sees exactly what serving will send.
+one crop function (``avn.pipeline.crop``), so training sees exactly what serving will send.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from avn.crop import SERVING_SCALE, crop_square, resample_scales
 from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord
 from avn.dataset.images import read_radiograph
 from avn.models.classifier import CLASSIFIER_TASKS, MULTI_LABEL_TASKS
+from avn.pipeline.crop import SERVING_SCALE, crop_square, resample_scales
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 // The clinical vocabulary the page shows, mirroring avn/vocabulary.py (labels) and
-// gateway/output.py (stage colours, the same as the gateway's overlay PNG). tests/test_web.py
+// avn/pipeline/render.py (stage colours, the same as the gateway's overlay PNG). tests/test_web.py
 // checks in the browser that these equal the Python definitions.
 
 export const STAGES = ["absence", "II", "III", "IV"];
@@ -9,7 +9,7 @@ export const SIDES = ["left", "right"];
 // right hip on the image's left.
 export const SIDES_IMAGE_ORDER = ["right", "left"];
 
-// RGB, as gateway.output.STAGE_COLOURS.
+// RGB, as avn.pipeline.render.STAGE_COLOURS.
 export const STAGE_COLOURS = {
   absence: [80, 200, 120],
   II: [255, 210, 0],

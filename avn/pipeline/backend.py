@@ -43,7 +43,7 @@ class Classification:
 
 
 class ModelBackend(Protocol):
-    """What the pipeline needs from the models. Implementations raise gateway.errors types."""
+    """What the pipeline needs from the models. Implementations raise avn.pipeline.errors types."""
 
     async def detect(self, image: np.ndarray) -> Detections:
         """Heads on a grey (H, W) float32 [0, 1] radiograph."""

@@ -118,7 +118,7 @@ class FemoralHead:
     cam_stage: str
     cam_box: Box  # the square crop the classifiers saw
     view_probabilities: tuple[LabelProbability, ...]
-    # True when the answer should go to a human (gateway/confidence.py); the reasons say why.
+    # True when the answer should go to a human (avn/pipeline/confidence.py); the reasons say why.
     low_confidence: bool = False
     low_confidence_reasons: tuple[str, ...] = ()
 

@@ -7,12 +7,13 @@ padded with black where it leaves the image, resized to the model's input size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from avn.intensity import standardised_ranks
+from avn.pipeline.detect import HeadCandidate
 
 INPUT_SIZE = 224
 SCALE_RANGE = (0.85, 1.05)  # the paper's resampling range of s
@@ -70,3 +71,14 @@ def normalise(crop: np.ndarray) -> np.ndarray:
     them carries diagnostic information, and a real radiograph's curve is one the phantom never had.
     """
     return standardised_ranks(crop)
+
+
+def crop_heads(
+    pixels: np.ndarray, candidates: Sequence[HeadCandidate], input_sizes: Mapping[str, int], scale: float
+) -> dict[str, np.ndarray]:
+    """Per model, the (N, S, S) crops of every head at that model's input size (shared by size)."""
+    by_size = {
+        size: np.stack([crop_square(pixels, candidate.box, scale, size) for candidate in candidates])
+        for size in set(input_sizes.values())
+    }
+    return {model: by_size[size] for model, size in input_sizes.items()}

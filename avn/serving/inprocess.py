@@ -8,7 +8,7 @@ while it computes, so the four classifiers of one radiograph really run side by 
 loop keeps serving other requests.
 
 A model missing from the folder does not stop the backend from starting: :meth:`models` and calls
-to that model raise :class:`~gateway.errors.ModelUnavailable`, so health and readiness report it.
+to that model raise :class:`~avn.pipeline.errors.ModelUnavailable`, so health and readiness report it.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from avn.crop import normalise
 from avn.models.checkpoint import ModelCard, load_checkpoint
 from avn.models.classifier import HeadClassifier
 from avn.models.detector import FemoralHeadDetector
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from avn.pipeline.crop import normalise
+from avn.pipeline.errors import Internal, ModelUnavailable
 from avn.store import CHECKPOINT_NAME
-from gateway.backends import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
-from gateway.errors import Internal, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class LoadedModel:
 
 
 class InProcessBackend:
-    """:class:`gateway.backends.ModelBackend` over models held in this process."""
+    """:class:`avn.pipeline.backend.ModelBackend` over models held in this process."""
 
     def __init__(self, models: Mapping[str, LoadedModel], device: str | torch.device = "cpu", source: str = "") -> None:
         unknown = sorted(set(models) - set(MODELS))

@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from avn.crop import SERVING_SCALE
-from gateway.results import Box, FemoralHead, View
+from avn.pipeline.crop import SERVING_SCALE
+from avn.pipeline.results import Box, FemoralHead, View
 
 STAGE_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB
     "absence": (80, 200, 120),
@@ -43,7 +43,7 @@ class HeadDrawing:
 
 
 def crop_window(box_xyxy: Sequence[float], scale: float = SERVING_SCALE) -> Box:
-    """The square :func:`avn.crop.crop_square` cuts for ``box_xyxy``, in image pixels.
+    """The square :func:`avn.pipeline.crop.crop_square` cuts for ``box_xyxy``, in image pixels.
 
     Same arithmetic as ``crop_square`` (tests pin the two together): the CAM covers exactly this
     square, so clients and the overlay can put it back where the classifiers looked.
@@ -143,3 +143,25 @@ def _encode_png(array: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return encoded.tobytes()
+
+
+def render_outputs(
+    pixels: np.ndarray,
+    heads: Sequence[FemoralHead],
+    cams: np.ndarray | None,
+    view: View,
+    include_overlay: bool,
+    cam_size: int,
+) -> tuple[tuple[FemoralHead, ...], bytes | None]:
+    """Heads with their CAM PNGs, and the overlay PNG when asked for."""
+    head_cams = [None if cams is None else np.asarray(cams[index]) for index in range(len(heads))]
+    heads = tuple(
+        replace(head, cam_png=b"" if cam is None else cam_png(cam, cam_size))
+        for head, cam in zip(heads, head_cams, strict=True)
+    )
+    overlay = None
+    if include_overlay:
+        overlay = overlay_png(
+            pixels, [HeadDrawing(head, cam) for head, cam in zip(heads, head_cams, strict=True)], view
+        )
+    return heads, overlay

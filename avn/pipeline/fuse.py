@@ -1,0 +1,169 @@
+"""Prior fusion (SPEC §2.3) and the classes derived from a stage (SPEC §1).
+
+Each note belongs to one stage (``NOTE_STAGE``). The notes model alone over-calls findings on heads
+the staging model considers healthy, so at inference a note's probability is multiplied by the
+staging model's probability of the note's stage::
+
+    fused(note) = P_notes(note) × P_staging(NOTE_STAGE[note])
+
+and a note passes when ``fused ≥ threshold`` (0.5 by default). Presence and collapse are derived
+from the predicted stage through the vocabulary; their probability is the staging mass of every
+stage that maps to the derived class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from avn.pipeline.backend import Classification
+from avn.pipeline.classify import HeadAnswers
+from avn.pipeline.confidence import classifier_certainty, low_confidence_reasons
+from avn.pipeline.detect import HeadCandidate
+from avn.pipeline.errors import Internal
+from avn.pipeline.render import crop_window
+from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD, Box, DiagnoseOptions, FemoralHead, LabelProbability, Note, View
+from avn.vocabulary import (
+    NOTE_STAGE,
+    STAGE_TO_COLLAPSE,
+    STAGE_TO_PRESENCE,
+    STAGES,
+    VIEWS,
+    collapse_of,
+    flip_side,
+    presence_of,
+)
+
+
+def fuse_note_probabilities(
+    note_probabilities: np.ndarray,
+    note_labels: Sequence[str],
+    stage_probabilities: np.ndarray,
+    stage_labels: Sequence[str],
+) -> np.ndarray:
+    """Fused probabilities (N, notes): each note's column times its stage's staging column."""
+    note_probabilities = np.asarray(note_probabilities, dtype=np.float64)
+    stage_probabilities = np.asarray(stage_probabilities, dtype=np.float64)
+    stage_column = {label: index for index, label in enumerate(stage_labels)}
+    prior = stage_probabilities[:, [stage_column[NOTE_STAGE[note]] for note in note_labels]]
+    return note_probabilities * prior
+
+
+def fused_notes(
+    raw_row: np.ndarray,
+    note_labels: Sequence[str],
+    stage_row: np.ndarray,
+    stage_labels: Sequence[str],
+    threshold: float = DEFAULT_NOTE_THRESHOLD,
+) -> tuple[Note, ...]:
+    """Every note of one head, fused and judged against ``threshold``, in the model's order."""
+    fused = fuse_note_probabilities(raw_row[np.newaxis], note_labels, stage_row[np.newaxis], stage_labels)[0]
+    return tuple(
+        Note(
+            note=note,
+            stage=NOTE_STAGE[note],
+            raw_probability=float(raw),
+            probability=float(value),
+            passed=bool(value >= threshold),
+        )
+        for note, raw, value in zip(note_labels, raw_row, fused, strict=False)
+    )
+
+
+def presence_with_probability(stage: str, stage_probabilities: Mapping[str, float]) -> tuple[str, float]:
+    """The presence class of ``stage`` and the staging mass of that class."""
+    presence = presence_of(stage)
+    return presence, _mass(presence, STAGE_TO_PRESENCE, stage_probabilities)
+
+
+def collapse_with_probability(stage: str, stage_probabilities: Mapping[str, float]) -> tuple[str, float]:
+    """The collapse class of ``stage`` and the staging mass of that class."""
+    collapse = collapse_of(stage)
+    return collapse, _mass(collapse, STAGE_TO_COLLAPSE, stage_probabilities)
+
+
+def _mass(derived: str, mapping: Mapping[str, str], stage_probabilities: Mapping[str, float]) -> float:
+    return float(sum(p for stage, p in stage_probabilities.items() if mapping[stage] == derived))
+
+
+def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
+    """(side, probability of that side, corrected) per head.
+
+    Two heads cannot be the same side: when the model says so, the more confident head keeps its
+    side and the other is flipped (its reported probability is then the model's, below 0.5).
+    """
+    probabilities = np.asarray(side.probabilities, dtype=np.float64)
+    column = {label: index for index, label in enumerate(side.labels)}
+    sides = [side.labels[int(np.argmax(row))] for row in probabilities]
+    corrected = [False] * len(sides)
+    if len(sides) == 2 and sides[0] == sides[1]:
+        confidence = probabilities.max(axis=1)
+        loser = 1 if confidence[0] >= confidence[1] else 0
+        sides[loser] = flip_side(sides[loser])
+        corrected[loser] = True
+    return [(s, float(row[column[s]]), c) for s, row, c in zip(sides, probabilities, corrected, strict=True)]
+
+
+def radiograph_view(view: Classification) -> View:
+    """The radiograph's view: the mean of its heads' view probabilities."""
+    mean = np.asarray(view.probabilities, dtype=np.float64).mean(axis=0)
+    probabilities = _in_order(view.labels, mean, VIEWS)
+    best = max(probabilities, key=lambda item: item.probability)
+    return View(view=best.label, probability=best.probability, probabilities=probabilities)
+
+
+def interpret_heads(
+    candidates: Sequence[HeadCandidate], answers: HeadAnswers, options: DiagnoseOptions, crop_scale: float
+) -> tuple[FemoralHead, ...]:
+    """Every head's result except its CAM PNG (the output step adds it)."""
+    sides = resolve_sides(answers.side)
+    staging, notes = answers.staging, answers.notes
+    heads = []
+    for index, candidate in enumerate(candidates):
+        stage_probabilities = _in_order(staging.labels, staging.probabilities[index], STAGES)
+        by_stage = {item.label: item.probability for item in stage_probabilities}
+        stage = max(by_stage, key=by_stage.get)
+        presence, presence_probability = presence_with_probability(stage, by_stage)
+        collapse, collapse_probability = collapse_with_probability(stage, by_stage)
+        side, side_probability, side_corrected = sides[index]
+        certainty = classifier_certainty(answers.view.probabilities[index], answers.side.probabilities[index])
+        reasons = low_confidence_reasons(candidate.score, certainty)
+        heads.append(
+            FemoralHead(
+                box=Box(*candidate.box),
+                score=candidate.score,
+                side=side,
+                side_probability=side_probability,
+                side_corrected=side_corrected,
+                stage_probabilities=stage_probabilities,
+                stage=stage,
+                stage_probability=by_stage[stage],
+                presence=presence,
+                presence_probability=presence_probability,
+                collapse=collapse,
+                collapse_probability=collapse_probability,
+                notes=fused_notes(
+                    notes.probabilities[index],
+                    notes.labels,
+                    staging.probabilities[index],
+                    staging.labels,
+                    options.note_threshold,
+                ),
+                cam_png=b"",
+                cam_stage=staging.cam_labels[index] if staging.cam_labels else (options.cam_stage or stage),
+                cam_box=crop_window(candidate.box, crop_scale),
+                view_probabilities=_in_order(answers.view.labels, answers.view.probabilities[index], VIEWS),
+                low_confidence=bool(reasons),
+                low_confidence_reasons=reasons,
+            )
+        )
+    return tuple(heads)
+
+
+def _in_order(labels: Sequence[str], row: np.ndarray, vocabulary: Sequence[str]) -> tuple[LabelProbability, ...]:
+    """A model's row as (label, probability) in vocabulary order, whatever order the model used."""
+    by_label = dict(zip(labels, (float(p) for p in row), strict=False))
+    if set(by_label) != set(vocabulary):
+        raise Internal(f"a model answered labels {tuple(labels)}, expected {tuple(vocabulary)}")
+    return tuple(LabelProbability(label, by_label[label]) for label in vocabulary)

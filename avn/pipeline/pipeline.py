@@ -1,0 +1,388 @@
+"""The diagnosis pipeline (SPEC §2, §5), one radiograph top to bottom:
+
+    decode → (cache) → detect → choose heads → crop → view ∥ side ∥ staging ∥ notes
+           → prior fusion → output → Diagnosis
+
+* decode: :func:`avn.dataset.images.read_radiograph`, the project's one decoder; any failure is an
+  :class:`~avn.pipeline.errors.InvalidImage` with the reason.
+* cache: key = SHA-256 of the decoded pixels + every model's version + the request options; a hit
+  skips everything after decode. The cache is optional and can never fail a request.
+* choose heads: at most one per image half (the best-scoring candidate in each), because a pelvic
+  radiograph shows at most one head per side; extra candidates are duplicates or false positives.
+  None found → :class:`~avn.pipeline.errors.NoFemoralHead`.
+* crop: :func:`avn.pipeline.crop.crop_square` at ``SERVING_SCALE``, at each model's own input size.
+* classify: the four classifiers are called concurrently, each once with both heads as one batch.
+* interpret: sides (one head per side: when both heads get the same side, the more confident keeps
+  it and the other is flipped), stages and derived classes, fused notes, the radiograph's view
+  (the mean of its heads' view probabilities).
+* output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`).
+
+:meth:`Pipeline.diagnose_study` runs this per radiograph of one subject and reports per side the
+most severe stage seen (``vocabulary.most_severe``). The model calls go through
+:class:`avn.pipeline.backend.ModelBackend`, so the pipeline does not know whether TorchServe or the
+in-process backend answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from avn.dataset.images import Radiograph
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Detections, ModelBackend, ModelInfo
+from avn.pipeline.caching import ResultCache
+from avn.pipeline.caching import cache_key as result_cache_key
+from avn.pipeline.classify import classify_heads
+from avn.pipeline.crop import SERVING_SCALE, crop_heads
+from avn.pipeline.decode import DEFAULT_MAX_IMAGE_BYTES, check_body_part, decode_payload
+from avn.pipeline.detect import choose_heads, detect_heads
+from avn.pipeline.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    InvalidImage,
+    ModelUnavailable,
+    NoFemoralHead,
+    PayloadTooLarge,
+)
+from avn.pipeline.fuse import (
+    interpret_heads,
+    radiograph_view,
+)
+from avn.pipeline.render import render_outputs
+from avn.pipeline.results import (
+    DEFAULT_NOTE_THRESHOLD,
+    DiagnoseOptions,
+    DiagnoseRequest,
+    Diagnosis,
+    ImagePayload,
+    ModelVersion,
+    StepTimings,
+    StudyDiagnosis,
+    StudyRequest,
+    decode_diagnosis,
+    encode_diagnosis,
+)
+from avn.pipeline.study import aggregate_sides, split_study_outcomes
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_STUDY_RADIOGRAPHS = 16
+DEFAULT_DEADLINE_S = 30.0  # of one request, unless the client or the settings say otherwise
+STUDY_CONCURRENCY = 4  # radiographs of a study in flight at once: bounds decoded-pixel memory
+
+READINESS_PROBE_TTL_S = 10.0
+PROBE_IMAGE_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What :meth:`Pipeline.run_steps` found: the detector's raw answer and the diagnosis (None: no head)."""
+
+    detections: Detections
+    diagnosis: Diagnosis | None
+
+
+class Pipeline:
+    """Decode, detect, crop, classify, fuse and draw: one radiograph or one subject's study."""
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        cache: ResultCache | None = None,
+        *,
+        crop_scale: float = SERVING_SCALE,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_study_radiographs: int = DEFAULT_MAX_STUDY_RADIOGRAPHS,
+        note_threshold: float = DEFAULT_NOTE_THRESHOLD,
+    ) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.crop_scale = crop_scale
+        self.max_image_bytes = max_image_bytes
+        self.max_study_radiographs = max_study_radiographs
+        self.note_threshold = note_threshold  # for requests that do not set their own
+        self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
+
+    # ------------------------------------------------------------ public operations
+
+    async def diagnose(
+        self, request: DiagnoseRequest, *, request_id: str | None = None, timeout_s: float | None = None
+    ) -> Diagnosis:
+        """The diagnosis of one radiograph; raises :mod:`avn.pipeline.errors` types only."""
+        request_id = request_id or new_request_id()
+        options = self._checked(request.options)
+        async with deadline(timeout_s):
+            return await self._diagnose(request.payload, options, request_id)
+
+    async def diagnose_study(
+        self, request: StudyRequest, *, request_id: str | None = None, timeout_s: float | None = None
+    ) -> StudyDiagnosis:
+        """Every radiograph of one subject, and per side the most severe stage across them.
+
+        A radiograph without a femoral head is listed in ``skipped``; an unreadable one fails the
+        whole study, naming its index (the client sent something wrong).
+        """
+        request_id = request_id or new_request_id()
+        options = self._checked(request.options)
+        count = len(request.payloads)
+        if count == 0:
+            raise InvalidArgument("a study needs at least one radiograph")
+        if count > self.max_study_radiographs:
+            raise PayloadTooLarge(f"a study holds at most {self.max_study_radiographs} radiographs, got {count}")
+        started = time.perf_counter()
+        async with deadline(timeout_s):
+            outcomes = await self._diagnose_each(request.payloads, options, request_id)
+        radiographs, skipped = split_study_outcomes(outcomes)
+        if not radiographs:
+            raise NoFemoralHead(f"no femoral head found on any of the {count} radiographs of the study")
+        return StudyDiagnosis(
+            request_id=request_id,
+            sides=aggregate_sides(radiographs),
+            radiographs=tuple(radiographs),
+            skipped=tuple(skipped),
+            models=radiographs[0].result.models,
+            total_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    async def models(self) -> list[ModelInfo]:
+        """Every model the pipeline needs, in :data:`avn.pipeline.backend.MODELS` order."""
+        by_name = await self._model_infos()
+        return [by_name[name] for name in MODELS]
+
+    async def ready(self) -> bool:
+        """True when every model is loaded and answers a tiny inference (health and readiness).
+
+        Loaded is not enough: a wedged worker still reports READY. A passing probe is trusted for
+        READINESS_PROBE_TTL_S so frequent health checks do not become a load of their own.
+        """
+        if time.monotonic() < self._ready_until:
+            return True
+        try:
+            await self._probe_models(await self._model_infos())
+        except Exception as error:  # a readiness probe reports, it never raises
+            logger.info("not ready: %s", error)
+            return False
+        self._ready_until = time.monotonic() + READINESS_PROBE_TTL_S
+        return True
+
+    async def _probe_models(self, models: Mapping[str, ModelInfo]) -> None:
+        """One blank image to the detector and one blank crop to each classifier, concurrently."""
+        blank = np.zeros((PROBE_IMAGE_SIDE, PROBE_IMAGE_SIDE), np.float32)
+        crops = {
+            name: np.zeros((1, models[name].input_size, models[name].input_size), np.float32)
+            for name in CLASSIFIER_MODELS
+        }
+        await asyncio.gather(
+            self.backend.detect(blank),
+            *(self.backend.classify(name, crop) for name, crop in crops.items()),
+        )
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    def _checked(self, options: DiagnoseOptions) -> DiagnoseOptions:
+        """``options`` with the service's note threshold where the client set none; invalid → error."""
+        if options.note_threshold is None:
+            options = replace(options, note_threshold=self.note_threshold)
+        check_options(options)
+        return options
+
+    # ------------------------------------------------------------ one radiograph
+
+    async def _diagnose(self, payload: ImagePayload, options: DiagnoseOptions, request_id: str) -> Diagnosis:
+        clock = StepClock()
+        with clock.step("decode"):
+            radiograph = await asyncio.to_thread(decode_payload, payload, self.max_image_bytes)
+        models = await self._model_infos()
+        key = await self._cache_key(radiograph, models, options)
+        cached = await self._cached(key)
+        if cached is not None:
+            return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
+
+        steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
+        if steps.diagnosis is None:
+            raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
+        await self._store(key, steps.diagnosis)
+        return steps.diagnosis
+
+    async def run_steps(
+        self,
+        radiograph: Radiograph,
+        options: DiagnoseOptions,
+        *,
+        render: bool = True,
+        models: Mapping[str, ModelInfo] | None = None,
+        clock: StepClock | None = None,
+        request_id: str = "",
+    ) -> Steps:
+        """detect → choose heads → crop → classify → fuse → render, on a decoded radiograph.
+
+        The one sequence of steps, for the gateway (which adds decoding, the cache and the
+        transports around it) and for the evaluation (``render=False``: CAM PNGs and the overlay
+        change no number). A DICOM header naming a body part without a hip raises
+        :class:`NoFemoralHead`; no head found gives ``Steps.diagnosis`` None.
+        """
+        clock = clock or StepClock()
+        models = models or await self._model_infos()
+        check_body_part(radiograph.body_part)
+        with clock.step("detect"):
+            detections = await detect_heads(self.backend, radiograph.pixels, models["detection"].input_size)
+        candidates = choose_heads(detections, radiograph.width)
+        if not candidates:
+            return Steps(detections, None)
+        with clock.step("crop"):
+            input_sizes = {name: models[name].input_size for name in CLASSIFIER_MODELS}
+            crops = crop_heads(radiograph.pixels, candidates, input_sizes, self.crop_scale)
+        with clock.step("classify"):
+            answers = await classify_heads(self.backend, crops, options.cam_stage)
+        with clock.step("fuse"):
+            heads = interpret_heads(candidates, answers, options, self.crop_scale)
+            view = radiograph_view(answers.view)
+        overlay = None
+        if render:
+            with clock.step("output"):
+                heads, overlay = await asyncio.to_thread(
+                    render_outputs,
+                    radiograph.pixels,
+                    heads,
+                    answers.staging.cams,
+                    view,
+                    options.include_overlay,
+                    models["staging"].input_size,
+                )
+        diagnosis = Diagnosis(
+            request_id=request_id,
+            width=radiograph.width,
+            height=radiograph.height,
+            view=view,
+            heads=heads,
+            overlay_png=overlay,
+            models=tuple(ModelVersion(info.name, info.version) for info in models.values()),
+            cache_hit=False,
+            timings=clock.timings(),
+            note_threshold=options.note_threshold,
+        )
+        return Steps(detections, diagnosis)
+
+    async def _diagnose_each(
+        self, payloads: Sequence[ImagePayload], options: DiagnoseOptions, request_id: str
+    ) -> list[Diagnosis | BaseException]:
+        gate = asyncio.Semaphore(STUDY_CONCURRENCY)
+
+        async def one(index: int, payload: ImagePayload) -> Diagnosis:
+            async with gate:
+                try:
+                    return await self._diagnose(payload, options, f"{request_id}/{index}")
+                except (InvalidImage, InvalidArgument, PayloadTooLarge) as error:
+                    raise type(error)(f"radiograph {index}: {error}") from error
+
+        outcomes = await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)), return_exceptions=True)
+        # Anything but "no head here" fails the study: the first such error is the answer.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, NoFemoralHead):
+                raise outcome
+        return outcomes
+
+    async def _model_infos(self) -> dict[str, ModelInfo]:
+        infos = {info.name: info for info in await self.backend.models()}
+        missing = [name for name in MODELS if name not in infos]
+        if missing:
+            raise ModelUnavailable(f"models not loaded: {', '.join(missing)}")
+        return {name: infos[name] for name in MODELS}
+
+    async def _cache_key(
+        self, radiograph: Radiograph, models: Mapping[str, ModelInfo], options: DiagnoseOptions
+    ) -> str | None:
+        if self.cache is None:
+            return None
+        # Hashing tens of megabytes of pixels takes a while: off the event loop.
+        return await asyncio.to_thread(
+            diagnosis_cache_key, radiograph.pixels, models.values(), options, self.crop_scale
+        )
+
+    async def _cached(self, key: str | None) -> Diagnosis | None:
+        if self.cache is None or key is None:
+            return None
+        try:
+            value = await self.cache.get(key)
+            return None if value is None else decode_diagnosis(value)
+        except Exception as error:  # the cache is an optimisation: a broken one means a miss
+            logger.warning("cache read failed, serving uncached: %s", error)
+            return None
+
+    async def _store(self, key: str | None, diagnosis: Diagnosis) -> None:
+        if self.cache is None or key is None:
+            return
+        try:
+            await self.cache.put(key, encode_diagnosis(diagnosis))
+        except Exception as error:
+            logger.warning("cache write failed: %s", error)
+
+
+def check_options(options: DiagnoseOptions) -> None:
+    problems = options.problems()
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def diagnosis_cache_key(
+    pixels: np.ndarray, models: Iterable[ModelInfo], options: DiagnoseOptions, crop_scale: float
+) -> str:
+    """The cache key (:func:`gateway.cache.cache_key`): decoded pixels, model versions, options.
+
+    Hashing decoded pixels (not the file) makes a DICOM and a PNG of the same image share results;
+    the crop scale is part of the options because it changes every classifier input.
+    """
+    return result_cache_key(pixels, list(models), {**asdict(options), "crop_scale": crop_scale})
+
+
+class StepClock:
+    """Wall time per pipeline step, in milliseconds."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+        self._spent: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spent[name] = self._spent.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+    def timings(self) -> StepTimings:
+        total = (time.perf_counter() - self._started) * 1000
+        return StepTimings(**{f"{name}_ms": round(ms, 3) for name, ms in self._spent.items()}, total_ms=round(total, 3))
+
+
+@contextlib.asynccontextmanager
+async def deadline(timeout_s: float | None) -> AsyncIterator[None]:
+    """Run the body within ``timeout_s`` seconds, else raise :class:`DeadlineExceeded`."""
+    if timeout_s is None:
+        yield
+        return
+    if timeout_s <= 0:
+        raise DeadlineExceeded("the request's deadline had passed before the diagnosis started")
+    scope = asyncio.timeout(timeout_s)
+    try:
+        async with scope:
+            yield
+    except TimeoutError:
+        if scope.expired():
+            raise DeadlineExceeded(f"the diagnosis did not finish within the deadline of {timeout_s:.3g} s") from None
+        raise
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
