@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 
 from avn.dataset.check import ERROR, WARNING, CheckReport, Problem, check_dataset
 from avn.dataset.cli import data_app
-from avn.dataset.format import ANNOTATIONS_FILE, FEMORAL_HEAD_CATEGORY, FORMAT_VERSION, load_dataset
+from avn.dataset.format import (
+    ANNOTATIONS_FILE,
+    FEMORAL_HEAD_CATEGORY,
+    FORMAT_VERSION,
+    FemoralHeadAnnotation,
+    ImageRecord,
+    load_dataset,
+)
 from avn.dataset.show import UnknownImageError, render_annotated
 from avn.vocabulary import NOTE_STAGE, SIDES, SPLITS, STAGES, VIEWS, notes_of_stage
 
@@ -283,6 +290,12 @@ DEFECTS = {
     "zero_pixel_spacing": (_set_image(1, pixel_spacing=[0.0, 0.15]), "pixel_spacing", "must be positive"),
     "negative_pixel_spacing": (_set_image(1, pixel_spacing=[0.15, -0.1]), "pixel_spacing", "must be positive"),
     "iscrowd": (_set_annotation(1, iscrowd=1), "iscrowd", "iscrowd must be 0"),
+    "short_pixel_spacing": (_set_image(1, pixel_spacing=[0.15]), "pixel_spacing", "expected a list of 2 numbers"),
+    "text_in_box": (_set_annotation(2, bbox=[130.0, "60", 40.0, 40.0]), "bbox", "expected a list of 4 numbers"),
+    "empty_subject_id": (_set_image(1, subject_id=" "), "subject_id", "subject_id is empty"),
+    "zero_width": (_set_image(1, width=0), "width", "width should be greater than 0"),
+    "not_an_image_record": (lambda d, f: d["images"].append(5), "images", "expected an object, got number 5"),
+    "no_femoral_head_category": (lambda d, f: d.update(categories=[]), "categories", "'femoral_head' is missing"),
 }
 
 
@@ -293,6 +306,25 @@ def test_defect_is_reported(dataset: Path, defect: str) -> None:
     _found(report, field, fragment)
     assert not report.ok
     assert report.counts is None
+
+
+def test_one_mistake_is_one_problem(dataset: Path) -> None:
+    # The image's view is wrong, not its id: its annotations still find it, its file is still listed.
+    report = _corrupt(dataset, _set_image(1, view="LAT", pixel_spacing=["a", "b"]))
+    assert [(p.item, p.field) for p in report.problems] == [("image 1", "view"), ("image 1", "pixel_spacing")]
+
+
+def test_repeated_note_is_a_warning(dataset: Path) -> None:
+    report = _corrupt(dataset, _set_annotation(1, notes=[notes_of_stage(II)[0]] * 2))
+    _found(report, "notes", "is listed 2 times", severity=WARNING)
+    assert report.ok
+
+
+def test_model_takes_labels_from_the_vocabulary() -> None:
+    annotation = FemoralHeadAnnotation.model_json_schema()["properties"]
+    assert ImageRecord.model_json_schema()["properties"]["view"]["enum"] == list(VIEWS)
+    assert (annotation["side"]["enum"], annotation["stage"]["enum"]) == (list(SIDES), list(STAGES))
+    assert annotation["notes"]["items"]["enum"] == list(NOTE_STAGE)
 
 
 def test_problem_names_file_and_item(dataset: Path) -> None:
