@@ -10,10 +10,16 @@ Conventions, stated once:
 - Every function returns plain Python (dict / list / float / int / str / None), ready for
   ``json.dumps``. Detection results are keyed by the IoU threshold as a float; ``json`` writes
   those keys as strings (``"0.5"``).
-- Detection: a prediction is a true positive when its IoU with a still-unmatched truth is
-  *strictly greater* than the threshold (as the paper). Predictions with ``score < score_threshold``
-  are ignored. Precision is 0 when nothing was predicted, recall is 0 when there is nothing to find,
-  F1 is 0 when precision + recall is 0.
+- Matching boxes: one greedy one-to-one rule (:func:`_one_to_one`). A (truth, prediction) pair is a
+  candidate when its IoU is *strictly greater* than the threshold (as the paper); candidates are
+  taken in priority order, skipping any whose truth or prediction is already taken. The priority is
+  the largest IoU first for heads matched to the truth (:func:`match_boxes`, threshold
+  ``MATCH_IOU`` = 0.5: the evaluation and ``avn realcheck``), and the detector's score first for
+  detection counts (:func:`match_greedily`: a lower-scored duplicate of a found head is a false
+  positive, whatever its overlap). Two femoral heads never overlap, so at IoU thresholds ≥ 0.5
+  both priorities find the same number of matches on radiographs.
+- Detection: predictions with ``score < score_threshold`` are ignored. Precision is 0 when nothing
+  was predicted, recall is 0 when there is nothing to find, F1 is 0 when precision + recall is 0.
 - Classification: a binary prediction is positive when ``score >= threshold``; a multi-class
   prediction is the argmax (the operating point). AUC is ``None`` when the truth holds only one
   class (a ROC curve needs both). Sensitivity is ``None`` without positives and specificity is
@@ -25,7 +31,7 @@ Conventions, stated once:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,12 +45,27 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from avn.vocabulary import COLLAPSE_CLASSES, PRESENCE_CLASSES, STAGE_TO_COLLAPSE, STAGE_TO_PRESENCE, STAGES
+from avn.vocabulary import (
+    COLLAPSE_CLASSES,
+    COLLAPSE_INDEX_OF_STAGE,
+    PRESENCE_CLASSES,
+    PRESENCE_INDEX_OF_STAGE,
+    PRESENT,
+    STAGE_TO_COLLAPSE,
+    STAGE_TO_PRESENCE,
+    STAGES,
+    class_indices_of_stages,
+)
 
-DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7)
+DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7)  # Table II's detection thresholds
+MATCH_IOU: float = 0.5  # a predicted head is the truth head it overlaps by more than this
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
+    "MATCH_IOU",
+    "box_iou",
+    "match_boxes",
+    "match_greedily",
     "detection_prf",
     "binary_metrics",
     "multiclass_metrics",
@@ -164,25 +185,47 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def match_boxes(truth_boxes: Any, predicted_boxes: Any, min_iou: float = MATCH_IOU) -> list[tuple[int, int]]:
+    """Predicted heads matched to truth heads: sorted one-to-one (truth index, prediction index) pairs.
+
+    The rule: every pair whose IoU is strictly above ``min_iou`` is a candidate; candidates are taken
+    largest IoU first (on equal IoU, the later truth, then the later prediction, first), skipping a
+    pair whose truth or prediction is already matched. A prediction matching nothing is left out.
+    """
+    iou = box_iou(truth_boxes, predicted_boxes)
+    by_overlap = sorted(((iou[t, p], t, p) for t in range(iou.shape[0]) for p in range(iou.shape[1])), reverse=True)
+    return sorted(_one_to_one((t, p) for overlap, t, p in by_overlap if overlap > min_iou))
+
+
 def match_greedily(iou: np.ndarray, iou_threshold: float) -> tuple[int, int, int]:
     """(tp, fp, fn) of predictions (rows, best score first) against truths (columns).
 
-    Each prediction in turn takes the unmatched truth it overlaps most; it is a TP when that IoU is
-    strictly above ``iou_threshold``. A truth is matched at most once, so a duplicate detection of
-    an already-found head is a FP.
+    The matching rule of :func:`match_boxes` with the detector's score as the priority: each
+    prediction in turn takes the unmatched truth it overlaps most (the first such truth on ties);
+    it is a TP when that IoU is strictly above ``iou_threshold``. A truth is matched at most once,
+    so a duplicate detection of an already-found head is a FP.
     """
     n_pred, n_truth = iou.shape
-    matched = np.zeros(n_truth, dtype=bool)
-    tp = 0
-    for row in iou:
-        if matched.all():
-            break
-        available = np.where(matched, -np.inf, row)
-        best = int(np.argmax(available))
-        if available[best] > iou_threshold:
-            matched[best] = True
-            tp += 1
+    by_score = (
+        (p, t)
+        for p, row in enumerate(iou)
+        for t in sorted(range(n_truth), key=lambda column, row=row: (-row[column], column))
+        if row[t] > iou_threshold
+    )
+    tp = len(_one_to_one(by_score))
     return tp, n_pred - tp, n_truth - tp
+
+
+def _one_to_one(candidates: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The candidate pairs, in the order given, whose two members are both still unmatched."""
+    used_first, used_second, pairs = set(), set(), []
+    for first, second in candidates:
+        if first in used_first or second in used_second:
+            continue
+        used_first.add(first)
+        used_second.add(second)
+        pairs.append((first, second))
+    return pairs
 
 
 def _prf_from_counts(tp: int, fp: int, fn: int) -> dict[str, float | int]:
@@ -374,13 +417,25 @@ def _check_same_length(truth: np.ndarray, scores: np.ndarray) -> None:
 def group_stage_probabilities(stage_probs: Any, stage_to_group: Mapping[str, str], groups: Sequence[str]) -> np.ndarray:
     """(n, len(groups)) probabilities: each group's column sums the stages that map to it.
 
-    The grouping comes from the vocabulary, so a change there reaches every report.
+    The grouping comes from the vocabulary, so a change there reaches every report. Stages are added
+    in ``STAGES`` order, as :func:`avn.vocabulary.class_probability` adds them for a served head.
     """
     prob = _as_score_matrix(stage_probs, len(STAGES))
-    membership = np.zeros((len(STAGES), len(groups)))
-    for stage_index, stage in enumerate(STAGES):
-        membership[stage_index, groups.index(stage_to_group[stage])] = 1.0
-    return prob @ membership
+    grouped = np.zeros((prob.shape[0], len(groups)))
+    for stage_index, group_index in enumerate(class_indices_of_stages(stage_to_group, groups)):
+        grouped[:, group_index] += prob[:, stage_index]
+    return grouped
+
+
+def presence_probability(stage_probs: Any) -> np.ndarray:
+    """(n,) P(presence): the mass of the diseased stages, 1 − P(absence) for a softmax output."""
+    grouped = group_stage_probabilities(stage_probs, STAGE_TO_PRESENCE, PRESENCE_CLASSES)
+    return grouped[:, PRESENCE_CLASSES.index(PRESENT)]
+
+
+def collapse_probabilities(stage_probs: Any) -> np.ndarray:
+    """(n, 3) probabilities of the collapse classes, in ``COLLAPSE_CLASSES`` order."""
+    return group_stage_probabilities(stage_probs, STAGE_TO_COLLAPSE, COLLAPSE_CLASSES)
 
 
 def diagnosis_metrics(stage_true: Sequence[str], stage_probs: Any) -> dict[str, Any]:
@@ -395,17 +450,10 @@ def diagnosis_metrics(stage_true: Sequence[str], stage_probs: Any) -> dict[str, 
     if unknown:
         raise ValueError(f"unknown stages {unknown}; expected {STAGES}")
     stage_index = np.array([STAGES.index(s) for s in stage_true], dtype=int)
-    presence_index = np.array([PRESENCE_CLASSES.index(STAGE_TO_PRESENCE[s]) for s in stage_true], dtype=int)
-    collapse_index = np.array([COLLAPSE_CLASSES.index(STAGE_TO_COLLAPSE[s]) for s in stage_true], dtype=int)
-
-    positive_label = PRESENCE_CLASSES[1]
-    presence_probs = group_stage_probabilities(stage_probs, STAGE_TO_PRESENCE, PRESENCE_CLASSES)
-    collapse_probs = group_stage_probabilities(stage_probs, STAGE_TO_COLLAPSE, COLLAPSE_CLASSES)
+    presence_index = np.array(PRESENCE_INDEX_OF_STAGE, dtype=int)[stage_index]
+    collapse_index = np.array(COLLAPSE_INDEX_OF_STAGE, dtype=int)[stage_index]
     return {
-        "presence": {
-            **binary_metrics(presence_index, presence_probs[:, PRESENCE_CLASSES.index(positive_label)]),
-            "positive_label": positive_label,
-        },
-        "collapse": multiclass_metrics(collapse_index, collapse_probs, COLLAPSE_CLASSES),
+        "presence": {**binary_metrics(presence_index, presence_probability(stage_probs)), "positive_label": PRESENT},
+        "collapse": multiclass_metrics(collapse_index, collapse_probabilities(stage_probs), COLLAPSE_CLASSES),
         "staging": multiclass_metrics(stage_index, stage_probs, STAGES),
     }

@@ -6,6 +6,7 @@ all import these names; nothing else in the code base spells a label out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 VIEWS: Final[tuple[str, ...]] = ("AP", "FL")
@@ -16,8 +17,12 @@ SIDES: Final[tuple[str, ...]] = ("left", "right")
 
 STAGES: Final[tuple[str, ...]] = ("absence", "II", "III", "IV")
 
+# The two diagnoses derived from a stage (SPEC §1). These two mappings are the only statement of
+# which stage belongs to which class: the served answer, the metrics, the evaluation tables and the
+# readers' study all group stages through them (directly or through the helpers below).
 PRESENCE_CLASSES: Final[tuple[str, ...]] = ("absence", "presence")
 COLLAPSE_CLASSES: Final[tuple[str, ...]] = ("absence", "pre-collapse", "post-collapse")
+PRESENT: Final[str] = "presence"  # the positive class of the presence task
 
 STAGE_TO_PRESENCE: Final[dict[str, str]] = {
     "absence": "absence",
@@ -31,6 +36,16 @@ STAGE_TO_COLLAPSE: Final[dict[str, str]] = {
     "III": "post-collapse",
     "IV": "post-collapse",
 }
+
+
+def class_indices_of_stages(stage_to_class: Mapping[str, str], classes: Sequence[str]) -> tuple[int, ...]:
+    """Per stage, in ``STAGES`` order, the index of its class in ``classes`` (for array lookups)."""
+    return tuple(classes.index(stage_to_class[stage]) for stage in STAGES)
+
+
+# Stage index → class index, for vectorised code: ``np.array(PRESENCE_INDEX_OF_STAGE)[stage_indices]``.
+PRESENCE_INDEX_OF_STAGE: Final[tuple[int, ...]] = class_indices_of_stages(STAGE_TO_PRESENCE, PRESENCE_CLASSES)
+COLLAPSE_INDEX_OF_STAGE: Final[tuple[int, ...]] = class_indices_of_stages(STAGE_TO_COLLAPSE, COLLAPSE_CLASSES)
 
 # Each note is a finding of exactly one stage; the order is the notes model's output order.
 NOTE_STAGE: Final[dict[str, str]] = {
@@ -63,6 +78,22 @@ def presence_of(stage: str) -> str:
 def collapse_of(stage: str) -> str:
     """The collapse class (absence / pre-collapse / post-collapse) of a stage."""
     return STAGE_TO_COLLAPSE[stage]
+
+
+def has_avn(stage: str) -> bool:
+    """Whether ``stage`` is a diseased one (its presence class is ``presence``)."""
+    return presence_of(stage) == PRESENT
+
+
+def class_probability(
+    derived_class: str, stage_to_class: Mapping[str, str], stage_probabilities: Mapping[str, float]
+) -> float:
+    """The probability of a derived class: the staging mass of every stage that maps to it.
+
+    Summed in the order of ``stage_probabilities`` (vocabulary order for a served head), as the
+    vectorised :func:`avn.metrics.group_stage_probabilities` does, so both give the same bits.
+    """
+    return float(sum(p for stage, p in stage_probabilities.items() if stage_to_class[stage] == derived_class))
 
 
 def most_severe(stages: list[str] | tuple[str, ...]) -> str:

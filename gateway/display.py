@@ -5,47 +5,18 @@ never decodes a radiograph itself: the gateway decodes it with the project's one
 (:func:`avn.pipeline.decode.decode_payload` → :func:`avn.dataset.images.read_radiograph`) and sends
 back this rendition. Window centre and width are fractions of the decoder's presentation range
 [0, 1] (bone bright, MONOCHROME1 already inverted), so one pair of sliders means the same for a
-12-bit CR, a 16-bit DX and an 8-bit JPEG. Windowing happens here, on the full-precision pixels.
+12-bit CR, a 16-bit DX and an 8-bit JPEG. Windowing happens here, on the full-precision pixels,
+with the project's one automatic window (:func:`avn.drawing.auto_window`, also used by
+``avn data show``); this module completes the client's window and encodes the PNG.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import cv2
 import numpy as np
 
-# The automatic window clips this share of the darkest and brightest pixels: collimation edges and
-# side markers would otherwise take most of the grey range away from bone and soft tissue.
-AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
-AUTO_WINDOW_SAMPLE = 250_000  # pixels looked at for the percentiles; plenty for a stable estimate
-MIN_WINDOW_WIDTH = 1e-3
-PNG_COMPRESSION = 1  # fast; a display rendition is sent once and thrown away
+from avn.drawing import Window, apply_window, auto_window, encode_png
 
-
-@dataclass(frozen=True)
-class Window:
-    """Window centre and width as fractions of the presentation range [0, 1]."""
-
-    center: float
-    width: float
-
-    @property
-    def low(self) -> float:
-        return self.center - self.width / 2.0
-
-    @property
-    def high(self) -> float:
-        return self.center + self.width / 2.0
-
-
-def auto_window(pixels: np.ndarray) -> Window:
-    """The window spanning the radiograph's 0.5th to 99.5th percentile (a sample of its pixels)."""
-    flat = np.asarray(pixels, dtype=np.float32).reshape(-1)
-    step = max(1, flat.size // AUTO_WINDOW_SAMPLE)
-    low, high = np.percentile(flat[::step], AUTO_WINDOW_PERCENTILES)
-    width = max(float(high - low), MIN_WINDOW_WIDTH)
-    return Window(center=float(low) + width / 2.0, width=width)
+__all__ = ["Window", "apply_window", "auto_window", "chosen_window", "display_png", "windowed_png"]
 
 
 def chosen_window(pixels: np.ndarray, center: float | None, width: float | None) -> Window:
@@ -56,14 +27,6 @@ def chosen_window(pixels: np.ndarray, center: float | None, width: float | None)
     return Window(auto.center if center is None else center, auto.width if width is None else width)
 
 
-def apply_window(pixels: np.ndarray, window: Window) -> np.ndarray:
-    """8-bit grey: the window's low edge black, its high edge white, linear in between, clipped."""
-    width = max(window.width, MIN_WINDOW_WIDTH)
-    scaled = (np.asarray(pixels, dtype=np.float32) - window.low) * (255.0 / width)
-    # Not cv2.convertScaleAbs: it takes the absolute value, which would turn below-window pixels bright.
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def windowed_png(pixels: np.ndarray, center: float | None, width: float | None) -> tuple[bytes, Window]:
     """The display PNG under the client's window (completed by :func:`chosen_window`) and that window."""
     window = chosen_window(pixels, center, width)
@@ -72,7 +35,4 @@ def windowed_png(pixels: np.ndarray, center: float | None, width: float | None) 
 
 def display_png(pixels: np.ndarray, window: Window) -> bytes:
     """The 8-bit grey PNG of ``pixels`` (H, W) in [0, 1] under ``window``."""
-    ok, encoded = cv2.imencode(".png", apply_window(pixels, window), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
-    if not ok:
-        raise RuntimeError("PNG encoding of the display rendition failed")
-    return encoded.tobytes()
+    return encode_png(apply_window(pixels, window))

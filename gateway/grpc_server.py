@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, Pipeline, new_request_id
+from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, MAX_REQUEST_ID_LENGTH, Pipeline, new_request_id
 from avn.pipeline.results import (
     DiagnoseOptions,
     DiagnoseRequest,
@@ -52,7 +52,6 @@ MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the im
 HEALTH_INTERVAL_S = 5.0
 REQUEST_ID_KEY = "x-request-id"
 PROTOCOL = "grpc"
-MAX_REQUEST_ID_LENGTH = 128
 
 
 # ---------------------------------------------------------------- the service

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from avn.pipeline.decode import decode_payload
-from avn.pipeline.pipeline import Pipeline, new_request_id
+from avn.pipeline.pipeline import MAX_REQUEST_ID_LENGTH, Pipeline, new_request_id
 from avn.pipeline.results import DiagnoseOptions, DiagnoseRequest, ImagePayload, StudyRequest, to_json_dict
 from gateway.cases import CaseBank
 from gateway.display import windowed_png
@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "rest"
 REQUEST_ID_HEADER = "x-request-id"
-MAX_REQUEST_ID_LENGTH = 128
 MULTIPART = "multipart/form-data"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers and boundaries around the file(s)
 NOT_READY_RETRY_S = 5

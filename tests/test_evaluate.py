@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from avn.evaluation.evaluate import EvaluationRequest, evaluate
 from avn.evaluation.report import REPORT_HTML, REPORT_JSON, write_report
 from avn.evaluation.run_info import RunInfoError, deployed_validation_subjects, interval_over_folds
 from avn.evaluation.tables import (
+    DiagnosisArrays,
     Intervals,
     IntervalSettings,
     detection_counts,
@@ -44,6 +46,7 @@ from avn.models.checkpoint import read_card
 from avn.models.classifier import CLASSIFIER_TASKS
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.pipeline.backend import Detections
+from avn.pipeline.fuse import served_stage
 from avn.pipeline.results import Box, DiagnoseOptions, Diagnosis, FemoralHead, LabelProbability, StepTimings, View
 from avn.serving.inprocess import InProcessBackend
 from avn.store import build_store
@@ -411,3 +414,13 @@ def test_the_readme_headline_table_has_every_headline_figure_beside_the_papers(r
     assert table[0].startswith("| figure | ours (phantom) | 95% CI | paper (real radiographs)")
     assert len(table) == 2 + len(HEADLINE_KEYS) + len(CLASSIFIER_TASKS)
     assert "| detector: F1 @ IoU 0.5 | 1.0000 | 1.0000–1.0000 | 0.9908 | — |" in table
+
+
+def test_the_tables_score_the_stage_the_pipeline_serves() -> None:
+    # Ties included: the served rule picks the earlier stage, and the tables must score that answer.
+    rng = np.random.default_rng(2)
+    probs = np.vstack([rng.dirichlet(np.ones(len(STAGES)), size=20), [[0.4, 0.4, 0.1, 0.1], [0.1, 0.3, 0.3, 0.3]]])
+    table = DiagnosisArrays.of(SimpleNamespace(stage_truth=np.zeros(len(probs), dtype=int), stage_probs=probs))
+    served = [served_stage(dict(zip(STAGES, row.tolist(), strict=True))) for row in probs]
+    assert [STAGES[i] for i in table.stage_served] == served
+    assert served[-2:] == ["absence", "II"]

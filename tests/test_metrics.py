@@ -8,10 +8,14 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from avn.metrics import (
+    MATCH_IOU,
     binary_metrics,
+    box_iou,
+    collapse_probabilities,
     detection_prf,
     diagnosis_metrics,
     group_stage_probabilities,
+    match_boxes,
     match_greedily,
     multiclass_metrics,
     multilabel_metrics,
@@ -24,6 +28,7 @@ from avn.vocabulary import (
     STAGE_TO_COLLAPSE,
     STAGE_TO_PRESENCE,
     STAGES,
+    class_probability,
 )
 
 ABSENCE, STAGE_II, STAGE_III, STAGE_IV = STAGES
@@ -115,6 +120,40 @@ def test_greedy_matching_takes_the_best_unmatched_truth():
     assert match_greedily(iou, 0.7) == (2, 0, 0)
     assert match_greedily(np.zeros((0, 2)), 0.5) == (0, 0, 2)
     assert match_greedily(np.zeros((3, 0)), 0.5) == (0, 3, 0)
+
+
+def test_heads_match_one_to_one_largest_overlap_first_strictly_above_one_half():
+    # The pair (truth 0, prediction 1) overlaps most (IoU 0.9) and is taken first, although
+    # prediction 0 comes first; prediction 0 then has only truth 0 (taken) and is left out.
+    truth = [[0, 0, 10, 10], [20, 0, 30, 10]]
+    predicted = [[1, 0, 11, 10], [0, 0, 10, 9], [20, 0, 30, 10]]
+    assert match_boxes(truth, predicted) == [(0, 1), (1, 2)]
+    # Exactly 0.5 is not a match (as the detection counts): IoU 50/100.
+    half = [[0, 0, 10, 5]]
+    assert box_iou(truth[:1], half)[0, 0] == MATCH_IOU and match_boxes(truth, half) == []
+    assert match_boxes(np.zeros((0, 4)), predicted) == [] and match_boxes(truth, []) == []
+
+
+def test_both_priorities_find_as_many_heads_when_truths_do_not_overlap():
+    # Femoral heads never overlap; then the score-ordered detection count and the IoU-ordered head
+    # matching agree on the number of matches at every IoU threshold of the reports.
+    rng = np.random.default_rng(0)
+    truth = np.array([[10, 10, 40, 40], [60, 10, 90, 40]], dtype=np.float64)
+    for _ in range(300):
+        predicted = np.repeat(truth, 3, axis=0)[rng.permutation(6)[: rng.integers(0, 7)]]
+        predicted = predicted + rng.normal(0, 4, predicted.shape)
+        for threshold in (0.5, 0.6, 0.7):
+            tp, _, _ = match_greedily(box_iou(predicted, truth), threshold)
+            assert tp == len(match_boxes(truth, predicted, threshold))
+
+
+def test_grouped_probabilities_are_the_served_class_masses_bit_for_bit():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(len(STAGES)), size=50)
+    grouped = collapse_probabilities(probs)
+    for row, expected in zip(probs, grouped, strict=True):
+        by_stage = dict(zip(STAGES, row.tolist(), strict=True))
+        assert [class_probability(c, STAGE_TO_COLLAPSE, by_stage) for c in COLLAPSE_CLASSES] == expected.tolist()
 
 
 def test_detection_rejects_mismatched_inputs():

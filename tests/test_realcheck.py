@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from avn.cli import app
 from avn.dataset.images import read_radiograph
 from avn.evaluation.realcheck import (
-    PASS_IOU,
     ManifestError,
     judge_error,
     judge_heads,
     load_manifest,
 )
+from avn.metrics import MATCH_IOU as PASS_IOU
 
 CHECK_SET = Path(__file__).parent / "data" / "real"
 MAX_FILE_BYTES = 1_000_000

@@ -49,3 +49,23 @@ def test_flip_swaps_side_and_right_hip_is_on_image_left():
 def test_unknown_stage_is_rejected():
     with pytest.raises(ValueError, match="unknown stage"):
         v.notes_of_stage("V")
+
+
+def test_stage_groupings_as_indices_follow_the_mappings():
+    assert v.PRESENCE_INDEX_OF_STAGE == (0, 1, 1, 1)
+    assert v.COLLAPSE_INDEX_OF_STAGE == (0, 1, 2, 2)
+    for stage, presence, collapse in zip(v.STAGES, v.PRESENCE_INDEX_OF_STAGE, v.COLLAPSE_INDEX_OF_STAGE, strict=True):
+        assert v.PRESENCE_CLASSES[presence] == v.presence_of(stage)
+        assert v.COLLAPSE_CLASSES[collapse] == v.collapse_of(stage)
+
+
+def test_a_stage_has_avn_exactly_when_its_presence_class_is_presence():
+    assert [v.has_avn(s) for s in v.STAGES] == [False, True, True, True]
+    assert v.PRESENT == v.PRESENCE_CLASSES[1]
+
+
+def test_a_derived_class_has_the_mass_of_its_stages():
+    by_stage = {"absence": 0.1, "II": 0.2, "III": 0.3, "IV": 0.4}
+    assert v.class_probability("presence", v.STAGE_TO_PRESENCE, by_stage) == pytest.approx(0.9)
+    assert v.class_probability("post-collapse", v.STAGE_TO_COLLAPSE, by_stage) == pytest.approx(0.7)
+    assert v.class_probability("absence", v.STAGE_TO_COLLAPSE, by_stage) == 0.1

@@ -44,14 +44,13 @@ from web_support import (
 
 from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.dataset.images import read_radiograph
+from avn.drawing import STAGE_COLOURS, Window, apply_window
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.pipeline.pipeline import Pipeline
-from avn.pipeline.render import STAGE_COLOURS
 from avn.readers_format import READER_COLUMNS, read_reader
 from avn.serving.inprocess import InProcessBackend
 from avn.vocabulary import SIDES, STAGES
 from gateway.cases import MIN_SPLIT_CASES, CaseBank, select_cases
-from gateway.display import Window, apply_window
 from gateway.rest import create_app
 from gateway.settings import Settings
 

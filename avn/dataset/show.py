@@ -2,7 +2,8 @@
 
 The radiograph goes through ``images.read_radiograph``, the decoder training and serving use, so
 what is drawn is what the models see: a box per femoral head labelled "<side> · <stage>" with its
-notes, coloured by stage, and the view and subject in the top-left corner.
+notes, in the stage's colour, and the view and subject in the top-left corner. Palette, font, labels
+and the automatic grey window are the served overlay's and the web app's (:mod:`avn.drawing`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,8 @@ from pydantic import ValidationError
 
 from avn.dataset.format import ANNOTATIONS_FILE, Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.dataset.images import read_radiograph
-from avn.vocabulary import STAGES, VIEW_NAMES
-
-# Green for healthy through red for the most severe stage, in STAGES order.
-_STAGE_PALETTE = ((70, 210, 110), (250, 215, 40), (255, 140, 20), (240, 50, 50))
-STAGE_COLOURS: dict[str, tuple[int, int, int]] = dict(zip(STAGES, _STAGE_PALETTE, strict=True))
-LABEL_BACKGROUND = (0, 0, 0)
-CAPTION_COLOUR = (255, 255, 255)
-# Display window: percentiles rather than the full range, so 12-bit data in a 16-bit container
-# and exposure outliers (collimator edges, markers) do not leave the anatomy grey on grey.
-DISPLAY_PERCENTILES = (0.5, 99.5)
+from avn.drawing import LABEL_BACKGROUND, TEXT_COLOUR, apply_window, auto_window, draw_label, load_font, stage_colour
+from avn.vocabulary import VIEW_NAMES
 
 
 class ShowError(ValueError):
@@ -56,7 +49,7 @@ def render_annotated(folder: str | Path, image_id: int, out_png: str | Path, max
     line_width = max(2, round(max(canvas.size) / 500))
     for annotation in dataset.annotations_of(record.id):
         _draw_head(draw, canvas.size, annotation, scale, font, line_width)
-    _draw_label(draw, canvas.size, _caption(record), (0, 0, 0, 0), CAPTION_COLOUR, font)
+    _draw_label(draw, canvas.size, _caption(record), (0, 0, 0, 0), TEXT_COLOUR, font)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_png, format="PNG")
@@ -83,11 +76,9 @@ def _image_record(dataset: Dataset, image_id: int) -> ImageRecord:
 
 
 def _display_image(pixels: np.ndarray, max_side: int) -> Image.Image:
-    low, high = np.percentile(pixels, DISPLAY_PERCENTILES)
-    if high <= low:
-        low, high = 0.0, 1.0
-    grey = np.clip((pixels - low) / (high - low), 0.0, 1.0)
-    image = Image.fromarray(np.round(grey * 255).astype(np.uint8), mode="L")
+    # The automatic window rather than the full range, so 12-bit data in a 16-bit container and
+    # exposure outliers (collimator edges, markers) do not leave the anatomy grey on grey.
+    image = Image.fromarray(apply_window(pixels, auto_window(pixels)), mode="L")
     scale = min(1.0, max_side / max(image.size))
     if scale < 1.0:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -97,11 +88,7 @@ def _display_image(pixels: np.ndarray, max_side: int) -> Image.Image:
 
 def _font_for(size: tuple[int, int]) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # About 1/70 of the longer side: legible at 1600 px (23 px) without hiding the hip.
-    points = max(12, round(max(size) / 70))
-    try:
-        return ImageFont.load_default(size=points)
-    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: fixed bitmap font
-        return ImageFont.load_default()
+    return load_font(max(12, round(max(size) / 70)))
 
 
 def _head_label(annotation: FemoralHeadAnnotation) -> str:
@@ -116,7 +103,7 @@ def _draw_head(
     font,
     line_width: int,
 ) -> None:
-    colour = STAGE_COLOURS[annotation.stage]
+    colour = stage_colour(annotation.stage)
     x0, y0, x1, y1 = (value * scale for value in annotation.xyxy)
     draw.rectangle((x0, y0, x1, y1), outline=colour, width=line_width)
     _draw_label(draw, canvas_size, _head_label(annotation), (x0, y0, x1, y1), colour, font)
@@ -132,8 +119,7 @@ def _draw_label(draw: ImageDraw.ImageDraw, canvas_size: tuple[int, int], text: s
     y = y0 - height - 3 * pad if y0 - height - 3 * pad >= 0 else y1 + pad
     y = min(max(0, y), max(0, image_height - height - 2 * pad))
     x = min(max(0, x0), max(0, image_width - width - 2 * pad))
-    draw.rectangle((x, y, x + width + 2 * pad, y + height + 2 * pad), fill=LABEL_BACKGROUND)
-    draw.multiline_text((x + pad - left, y + pad - top), text, fill=colour, font=font)
+    draw_label(draw, (x + pad - left, y + pad - top), text, font, LABEL_BACKGROUND, text_colour=colour, pad=pad)
 
 
 def _caption(record: ImageRecord) -> str:

@@ -5,10 +5,11 @@ Every radiograph goes through the service's own steps, :meth:`avn.pipeline.pipel
 so a figure in the report is a figure of what the service answers. Only the output step (CAM PNGs,
 overlay) and the cache are left out: they change no number.
 
-A predicted head is matched to the truth head it overlaps most when IoU > 0.5 (one-to-one,
-largest overlaps first). The classifiers are scored on matched heads; a truth head without a match
-counts as a detection miss, and at subject level as a side with no diagnosis (a missed diseased hip
-lowers the subject-level sensitivity, as it would in the clinic).
+A predicted head is matched to a truth head by the metrics core's one rule,
+:func:`avn.metrics.match_boxes` (one-to-one, largest overlaps first, IoU > 0.5). The classifiers
+are scored on matched heads; a truth head without a match counts as a detection miss, and at
+subject level as a side with no diagnosis (a missed diseased hip lowers the subject-level
+sensitivity, as it would in the clinic).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from avn.dataset.format import Dataset, FemoralHeadAnnotation, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph, read_radiograph
-from avn.metrics import box_iou
+from avn.metrics import MATCH_IOU, match_boxes
 from avn.pipeline.backend import Detections, ModelBackend, ModelInfo
 from avn.pipeline.crop import SERVING_SCALE
 from avn.pipeline.errors import NoFemoralHead
@@ -36,8 +37,6 @@ from avn.pipeline.results import (
     FemoralHead,
 )
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
-
-MATCH_IOU = 0.5
 
 
 @dataclass
@@ -109,20 +108,8 @@ async def diagnose_pixels(pipeline: Pipeline, radiograph: Radiograph, models: di
 def match_heads(
     truth_boxes: np.ndarray, heads: Sequence[FemoralHead], min_iou: float = MATCH_IOU
 ) -> list[tuple[int, int]]:
-    """One-to-one (truth, predicted) pairs with IoU > ``min_iou``, largest overlaps first."""
-    if len(truth_boxes) == 0 or not heads:
-        return []
-    predicted = np.array([head.box.as_tuple() for head in heads], dtype=np.float64)
-    iou = box_iou(truth_boxes, predicted)
-    pairs = sorted(((iou[t, p], t, p) for t in range(iou.shape[0]) for p in range(iou.shape[1])), reverse=True)
-    used_truth, used_pred, matches = set(), set(), []
-    for overlap, t, p in pairs:
-        if overlap <= min_iou or t in used_truth or p in used_pred:
-            continue
-        used_truth.add(t)
-        used_pred.add(p)
-        matches.append((t, p))
-    return sorted(matches)
+    """Sorted (truth index, head index) pairs under :func:`avn.metrics.match_boxes`."""
+    return match_boxes(truth_boxes, [head.box.as_tuple() for head in heads], min_iou)
 
 
 # ---------------------------------------------------------------- a whole split

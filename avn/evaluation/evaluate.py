@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from avn.evaluation.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from avn.evaluation.collect import Collected, collect
 from avn.evaluation.figures import confusion_figure, reliability_figure, roc_figure, uncertainty_figure
 from avn.evaluation.run_info import RunInfoError, read_task_metrics, repeats_of
@@ -47,9 +48,9 @@ class EvaluationRequest:
     store: Path | None = None
     run: Path | None = None
     train_data: Path | None = None  # where the run's validation fold lives (default: data_dir)
-    resamples: int = 10_000
+    resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    level: float = 0.95
+    level: float = DEFAULT_LEVEL
     store_temperature: bool = False  # write fitted temperatures into the run's checkpoints
     command: str = ""
     progress: ProgressCallback | None = None

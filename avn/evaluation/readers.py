@@ -34,6 +34,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_curve
 
 from avn.evaluation.bootstrap import (
+    DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
     bootstrap_ci,
     f1_rows,
@@ -46,7 +47,7 @@ from avn.evaluation.significance import PAIRED_METHOD, UNPAIRED_METHOD, paired_b
 from avn.metrics import to_jsonable
 from avn.paper import PAPER_KAPPA, PAPER_READERS_ASSISTED, PAPER_READERS_E1
 from avn.readers_format import ModelRow, ReaderFormatError, ReaderRow, read_model, read_reader, read_truth
-from avn.vocabulary import COLLAPSE_CLASSES, PRESENCE_CLASSES, STAGE_TO_COLLAPSE, STAGE_TO_PRESENCE, STAGES
+from avn.vocabulary import COLLAPSE_CLASSES, COLLAPSE_INDEX_OF_STAGE, PRESENCE_CLASSES, PRESENCE_INDEX_OF_STAGE, STAGES
 
 TASKS = ("presence", "collapse", "staging")
 TASK_CLASSES = {"presence": PRESENCE_CLASSES, "collapse": COLLAPSE_CLASSES, "staging": STAGES}
@@ -62,8 +63,8 @@ TRUTH = "GT"
 SHORT_STAGE = {"absence": "Ab", "II": "S2", "III": "S3", "IV": "S4"}  # figure 5's labels
 PAPER_NOTE = "paper, real radiographs"
 
-_PRESENCE_OF = np.array([PRESENCE_CLASSES.index(STAGE_TO_PRESENCE[s]) for s in STAGES])
-_COLLAPSE_OF = np.array([COLLAPSE_CLASSES.index(STAGE_TO_COLLAPSE[s]) for s in STAGES])
+_PRESENCE_OF = np.array(PRESENCE_INDEX_OF_STAGE)
+_COLLAPSE_OF = np.array(COLLAPSE_INDEX_OF_STAGE)
 
 Head = tuple[str, str]  # (case_id, side)
 
@@ -297,7 +298,7 @@ def analyse(study: Study, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> 
     readers = list(dict.fromkeys(read.rater for read in study.reads))  # in load order
     by_key = {(read.rater, read.mode): read for read in study.reads}
     document: dict[str, Any] = {
-        "settings": {"bootstrap_resamples": resamples, "seed": seed, "level": 0.95},
+        "settings": {"bootstrap_resamples": resamples, "seed": seed, "level": DEFAULT_LEVEL},
         "p_value_methods": {"paired": PAIRED_METHOD, "unpaired": UNPAIRED_METHOD},
         "readers": readers,
         "modes": [m for m in MODES if any(read.mode == m for read in study.reads)],

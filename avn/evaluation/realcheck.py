@@ -6,8 +6,9 @@ adult hip and pelvic radiographs with hand-drawn femoral-head boxes, and non-hip
 (decode → detect → choose heads → crop → classifiers → fusion) with the models of a store, and
 is judged:
 
-* a hip or pelvis passes when every annotated head has a reported head with IoU ≥ 0.5
-  (:func:`avn.metrics.box_iou`); a reported head that matches nothing is shown, not penalised;
+* a hip or pelvis passes when every annotated head is matched to a reported head by the
+  evaluation's rule (:func:`avn.metrics.match_boxes`: one-to-one, IoU > 0.5); a reported head that
+  matches nothing is shown, not penalised. Each annotated head's best IoU is reported too;
 * a negative control passes when no stage is reported: the pipeline answers ``NoFemoralHead``.
 
 The manifest (``manifest.json``) is validated by pydantic; its fields are documented in
@@ -25,11 +26,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from avn.metrics import box_iou
+from avn.metrics import MATCH_IOU, box_iou, match_boxes
 
 MANIFEST = "manifest.json"
 DEFAULT_CHECK_SET = Path("tests/data/real")
-PASS_IOU = 0.5
 
 
 class ManifestError(ValueError):
@@ -154,8 +154,8 @@ def judge_heads(entry: RealFile, heads: list[dict]) -> FileOutcome:
     truth = np.array([head.box for head in entry.heads], dtype=np.float64)
     found = np.array([head["box"] for head in heads], dtype=np.float64).reshape(-1, 4)
     best = box_iou(truth, found).max(axis=1) if len(found) else np.zeros(len(truth))
-    passed = bool((best >= PASS_IOU).all())
-    message = "" if passed else f"a femoral head was not found with IoU ≥ {PASS_IOU}"
+    passed = len(match_boxes(truth, found)) == len(truth)
+    message = "" if passed else f"a femoral head was not found with IoU > {MATCH_IOU}"
     return FileOutcome(entry.file, entry.kind, passed, "heads", heads, [round(float(v), 3) for v in best], message)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats
 
 from avn.dataset.format import Dataset
+from avn.evaluation.bootstrap import DEFAULT_LEVEL
 from avn.training.folds import subject_folds
 from avn.training.profiles import get_profile
 
@@ -93,7 +94,7 @@ def repeats_of(doc: dict[str, Any]) -> int:
     return len({_FOLD_NAME.match(name).group(1) for name in names if _FOLD_NAME.match(name)})
 
 
-def interval_over_folds(values: list[float | None], level: float = 0.95) -> dict[str, Any]:
+def interval_over_folds(values: list[float | None], level: float = DEFAULT_LEVEL) -> dict[str, Any]:
     """Mean of the fold models' T-set figure and its t-interval (mean ± t·SD/√n).
 
     The paper's CIs over 10 × 10 CV are symmetric about the mean (e.g. notes AUC 0.9637,

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from avn.evaluation.bootstrap import RowStatistic, bootstrap_values
+from avn.evaluation.bootstrap import DEFAULT_LEVEL, RowStatistic, bootstrap_values
 
 PAIRED_METHOD = "paired bootstrap (same resampled heads for both), two-sided"
 UNPAIRED_METHOD = "unpaired bootstrap (each set resampled on its own), two-sided"
@@ -52,7 +52,7 @@ def paired_bootstrap(
     predicted_b: np.ndarray,
     resamples: int,
     seed: int,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
 ) -> Comparison:
     """A − B for two raters of the same heads, resampling heads jointly."""
     truth, predicted_a, predicted_b = (np.asarray(v) for v in (truth, predicted_a, predicted_b))
@@ -72,7 +72,7 @@ def unpaired_bootstrap(
     predicted_b: np.ndarray,
     resamples: int,
     seed: int,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
 ) -> Comparison:
     """A − B for raters of different heads, resampling each set independently."""
     truth_a, predicted_a, truth_b, predicted_b = (np.asarray(v) for v in (truth_a, predicted_a, truth_b, predicted_b))

@@ -11,9 +11,10 @@ Point estimates come from the metrics core (:mod:`avn.metrics`, scikit-learn). I
   the fold models' T-set figures (``metrics.json``), as the paper; figures the fold documents do not
   hold (subject level, the served side, the pipeline's detection) stay bootstrapped.
 
-Operating points are the service's: a head's stage is the argmax of the staging model (what
-``interpret_heads`` answers), presence and collapse derive from that stage, the side is the served
-side after the one-head-per-side rule, a note passes when its fused probability is ≥ 0.5.
+Operating points are the service's: a head's stage is the served stage (the pipeline's own rule,
+:func:`avn.pipeline.fuse.served_stage_indices`), presence and collapse derive from that stage through
+the vocabulary's groupings, the side is the served side after the one-head-per-side rule, a note
+passes when its fused probability is ≥ the service's default threshold (0.5).
 """
 
 from __future__ import annotations
@@ -43,14 +44,27 @@ from avn.metrics import (
     DEFAULT_IOU_THRESHOLDS,
     binary_metrics,
     box_iou,
+    collapse_probabilities,
     detection_prf,
     match_greedily,
     multiclass_metrics,
     multilabel_metrics,
+    presence_probability,
 )
-from avn.pipeline.results import StudyRadiograph
+from avn.pipeline.fuse import served_stage_indices
+from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD, StudyRadiograph
 from avn.pipeline.study import aggregate_sides
-from avn.vocabulary import COLLAPSE_CLASSES, NOTES, SIDES, STAGE_TO_COLLAPSE, STAGES, VIEWS, most_severe
+from avn.vocabulary import (
+    COLLAPSE_CLASSES,
+    COLLAPSE_INDEX_OF_STAGE,
+    NOTES,
+    PRESENCE_INDEX_OF_STAGE,
+    SIDES,
+    STAGES,
+    VIEWS,
+    has_avn,
+    most_severe,
+)
 
 PaperValue = tuple[float, float | None, float | None] | None
 FoldFigure = Callable[[dict[str, Any]], Any]  # a fold document's T-set metrics → one number
@@ -62,7 +76,8 @@ METRIC_NAMES = {
     "precision": "precision",
     "recall": "recall",
 }
-COLLAPSE_INDEX = np.array([COLLAPSE_CLASSES.index(STAGE_TO_COLLAPSE[stage]) for stage in STAGES])
+PRESENCE_INDEX = np.array(PRESENCE_INDEX_OF_STAGE)  # stage index → presence index (0 absence, 1 presence)
+COLLAPSE_INDEX = np.array(COLLAPSE_INDEX_OF_STAGE)  # stage index → collapse index
 
 
 @dataclass(frozen=True)
@@ -329,7 +344,7 @@ def notes_rows(
     variant: str, truth: np.ndarray, probabilities: np.ndarray, intervals: Intervals
 ) -> list[dict[str, Any]]:
     metrics = multilabel_metrics(truth, probabilities, NOTES)
-    predicted = probabilities >= 0.5
+    predicted = probabilities >= DEFAULT_NOTE_THRESHOLD
     columns = range(len(NOTES))
     reference = paper.PAPER_TABLE_III["notes"] if variant == "fused" else None
     fold_figures: dict[str, FoldFigure | None] = {
@@ -383,23 +398,23 @@ class DiagnosisArrays:
 
     stage_truth: np.ndarray
     stage_probs: np.ndarray
-    stage_served: np.ndarray  # argmax, as interpret_heads
+    stage_served: np.ndarray  # the pipeline's served stage (index into STAGES)
 
     @classmethod
     def of(cls, heads: HeadTable) -> DiagnosisArrays:
-        return cls(heads.stage_truth, heads.stage_probs, heads.stage_probs.argmax(axis=1))
+        return cls(heads.stage_truth, heads.stage_probs, served_stage_indices(heads.stage_probs))
 
     @property
     def presence_truth(self) -> np.ndarray:
-        return (self.stage_truth > 0).astype(int)
+        return PRESENCE_INDEX[self.stage_truth]
 
     @property
     def presence_score(self) -> np.ndarray:
-        return self.stage_probs[:, 1:].sum(axis=1)
+        return presence_probability(self.stage_probs)
 
     @property
     def presence_served(self) -> np.ndarray:
-        return (self.stage_served > 0).astype(int)
+        return PRESENCE_INDEX[self.stage_served]
 
     @property
     def collapse_truth(self) -> np.ndarray:
@@ -407,10 +422,7 @@ class DiagnosisArrays:
 
     @property
     def collapse_probs(self) -> np.ndarray:
-        grouped = np.zeros((len(self.stage_probs), len(COLLAPSE_CLASSES)))
-        for stage_index, collapse_index in enumerate(COLLAPSE_INDEX):
-            grouped[:, collapse_index] += self.stage_probs[:, stage_index]
-        return grouped
+        return collapse_probabilities(self.stage_probs)
 
     @property
     def collapse_served(self) -> np.ndarray:
@@ -661,8 +673,8 @@ def subject_answers(
         diagnosed = [StudyRadiograph(i, r.diagnosis) for i, r in enumerate(subject_results) if r.diagnosis is not None]
         sides = aggregate_sides(diagnosed) if diagnosed else ()
         stages = truth_stage.get(subject) or ["absence"]  # a radiograph may show no annotated head
-        truth.append(int(most_severe(stages) != "absence"))
-        predicted.append(int(any(side.stage != "absence" for side in sides)))
+        truth.append(int(has_avn(most_severe(stages))))
+        predicted.append(int(any(has_avn(side.stage) for side in sides)))
     return np.array(truth, dtype=int), np.array(predicted, dtype=int)
 
 
@@ -730,7 +742,7 @@ def uncertainty_deciles(heads: HeadTable) -> dict[str, Any]:
     "the served stage is this stage" equals "the truth is this stage")."""
     probs = heads.stage_probs
     is_stage = heads.stage_truth[:, None] == np.arange(len(STAGES))[None, :]
-    chosen = probs.argmax(axis=1)[:, None] == np.arange(len(STAGES))[None, :]
+    chosen = served_stage_indices(probs)[:, None] == np.arange(len(STAGES))[None, :]
     correct = (is_stage == chosen).ravel()
     values = probs.ravel()
     edges = np.linspace(0.0, 1.0, 11)

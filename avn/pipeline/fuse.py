@@ -6,9 +6,10 @@ staging model's probability of the note's stage::
 
     fused(note) = P_notes(note) × P_staging(NOTE_STAGE[note])
 
-and a note passes when ``fused ≥ threshold`` (0.5 by default). Presence and collapse are derived
-from the predicted stage through the vocabulary; their probability is the staging mass of every
-stage that maps to the derived class.
+and a note passes when ``fused ≥ threshold`` (0.5 by default). The served stage is the staging
+model's argmax (:func:`served_stage_indices`, the one statement of that rule: the evaluation scores
+the same answer). Presence and collapse are derived from the served stage through the vocabulary;
+their probability is the staging mass of every stage that maps to the derived class.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from avn.vocabulary import (
     STAGE_TO_PRESENCE,
     STAGES,
     VIEWS,
+    class_probability,
     collapse_of,
     flip_side,
     presence_of,
@@ -71,20 +73,27 @@ def fused_notes(
     )
 
 
+def served_stage_indices(stage_probabilities: np.ndarray) -> np.ndarray:
+    """The served stage of each row of staging probabilities (columns in ``STAGES`` order), as an
+    index into ``STAGES``: the argmax; on a tie the earlier (less severe) stage."""
+    return np.asarray(stage_probabilities, dtype=np.float64).argmax(axis=-1)
+
+
+def served_stage(stage_probabilities: Mapping[str, float]) -> str:
+    """The served stage of one head, from its staging probabilities by stage name."""
+    return STAGES[int(served_stage_indices(np.array([stage_probabilities[stage] for stage in STAGES])))]
+
+
 def presence_with_probability(stage: str, stage_probabilities: Mapping[str, float]) -> tuple[str, float]:
     """The presence class of ``stage`` and the staging mass of that class."""
     presence = presence_of(stage)
-    return presence, _mass(presence, STAGE_TO_PRESENCE, stage_probabilities)
+    return presence, class_probability(presence, STAGE_TO_PRESENCE, stage_probabilities)
 
 
 def collapse_with_probability(stage: str, stage_probabilities: Mapping[str, float]) -> tuple[str, float]:
     """The collapse class of ``stage`` and the staging mass of that class."""
     collapse = collapse_of(stage)
-    return collapse, _mass(collapse, STAGE_TO_COLLAPSE, stage_probabilities)
-
-
-def _mass(derived: str, mapping: Mapping[str, str], stage_probabilities: Mapping[str, float]) -> float:
-    return float(sum(p for stage, p in stage_probabilities.items() if mapping[stage] == derived))
+    return collapse, class_probability(collapse, STAGE_TO_COLLAPSE, stage_probabilities)
 
 
 def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
@@ -123,7 +132,7 @@ def interpret_heads(
     for index, candidate in enumerate(candidates):
         stage_probabilities = _in_order(staging.labels, staging.probabilities[index], STAGES)
         by_stage = {item.label: item.probability for item in stage_probabilities}
-        stage = max(by_stage, key=by_stage.get)
+        stage = served_stage(by_stage)
         presence, presence_probability = presence_with_probability(stage, by_stage)
         collapse, collapse_probability = collapse_with_probability(stage, by_stage)
         side, side_probability, side_corrected = sides[index]

@@ -78,6 +78,7 @@ DEFAULT_DEADLINE_S = 30.0  # of one request, unless the client or the settings s
 STUDY_CONCURRENCY = 4  # radiographs of a study in flight at once: bounds decoded-pixel memory
 
 READINESS_PROBE_TTL_S = 10.0
+MAX_REQUEST_ID_LENGTH = 128  # a client's request id (REST header, gRPC metadata) longer than this gets a new one
 PROBE_IMAGE_SIDE = 64
 
 
@@ -230,6 +231,7 @@ class Pipeline:
         :class:`NoFemoralHead`; no head found gives ``Steps.diagnosis`` None.
         """
         clock = clock or StepClock()
+        options = self._checked(options)  # the evaluation calls here directly, without a threshold of its own
         models = models or await self._model_infos()
         check_body_part(radiograph.body_part)
         with clock.step("detect"):

@@ -5,7 +5,7 @@
   square (:func:`crop_window`).
 * :func:`overlay_png` — the radiograph as an 8-bit RGB PNG of the same width and height, with the
   CAM blended over each head (jet colour map, opacity growing with the evidence so that regions
-  without evidence keep the radiograph visible), the box in a colour per stage, a
+  without evidence keep the radiograph visible), the box in its stage's colour (:mod:`avn.drawing`), a
   "side · stage probability" label (with "· low confidence" on a flagged head) and the passed notes as captions.
 """
 
@@ -13,25 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from avn.drawing import LABEL_BACKGROUND, draw_label, encode_png, load_font, stage_colour
 from avn.pipeline.crop import SERVING_SCALE
 from avn.pipeline.results import Box, FemoralHead, View
 
-STAGE_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB
-    "absence": (80, 200, 120),
-    "II": (255, 210, 0),
-    "III": (255, 140, 0),
-    "IV": (235, 50, 50),
-}
 CAM_MAX_OPACITY = 0.5
-PNG_COMPRESSION = 1  # level 3 is ~2% smaller and twice as slow on a 3000-px overlay
-TEXT_COLOUR = (255, 255, 255)
-TEXT_BACKGROUND = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ def crop_window(box_xyxy: Sequence[float], scale: float = SERVING_SCALE) -> Box:
 def cam_png(cam: np.ndarray, size: int) -> bytes:
     """An 8-bit grey PNG of ``cam`` (h, w) in [0, 1], upsampled smoothly to ``size``×``size``."""
     heat = _upsample(cam, size)
-    return _encode_png(np.round(heat * 255).astype(np.uint8))
+    return encode_png(np.round(heat * 255).astype(np.uint8))
 
 
 def overlay_png(pixels: np.ndarray, drawings: Sequence[HeadDrawing], view: View) -> bytes:
@@ -71,11 +62,11 @@ def overlay_png(pixels: np.ndarray, drawings: Sequence[HeadDrawing], view: View)
             _blend_cam(canvas, drawing.cam, drawing.head.cam_box)
     image = Image.fromarray(canvas, mode="RGB")
     draw = ImageDraw.Draw(image)
-    font = _font(_text_size(canvas.shape[0]))
-    _draw_label(draw, (4, 4), f"{view.view} {view.probability:.0%}", font, TEXT_BACKGROUND)
+    font = load_font(_text_size(canvas.shape[0]))
+    draw_label(draw, (4, 4), f"{view.view} {view.probability:.0%}", font, LABEL_BACKGROUND)
     for drawing in drawings:
         _draw_head(draw, drawing.head, font, canvas.shape[0])
-    return _encode_png(np.asarray(image)[:, :, ::-1])  # cv2 writes BGR
+    return encode_png(np.asarray(image)[:, :, ::-1])  # cv2 writes BGR
 
 
 def _blend_cam(canvas: np.ndarray, cam: np.ndarray, window: Box) -> None:
@@ -94,7 +85,7 @@ def _blend_cam(canvas: np.ndarray, cam: np.ndarray, window: Box) -> None:
 
 
 def _draw_head(draw: ImageDraw.ImageDraw, head: FemoralHead, font: ImageFont.ImageFont, image_height: int) -> None:
-    colour = STAGE_COLOURS.get(head.stage, TEXT_COLOUR)
+    colour = stage_colour(head.stage)
     line = max(2, image_height // 400)
     x0, y0, x1, y1 = head.box.as_tuple()
     draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
@@ -102,18 +93,12 @@ def _draw_head(draw: ImageDraw.ImageDraw, head: FemoralHead, font: ImageFont.Ima
         " · low confidence" if head.low_confidence else ""
     )
     label_height = _text_height(draw, label, font)
-    _draw_label(draw, (x0, max(0.0, y0 - label_height - 2 * line)), label, font, colour, text_colour=(0, 0, 0))
+    draw_label(draw, (x0, max(0.0, y0 - label_height - 2 * line)), label, font, colour, text_colour=(0, 0, 0))
     caption_y = y1 + line
     for note in head.passed_notes:
         caption = f"{note.note} {note.probability:.2f}"
-        _draw_label(draw, (x0, caption_y), caption, font, TEXT_BACKGROUND)
+        draw_label(draw, (x0, caption_y), caption, font, LABEL_BACKGROUND)
         caption_y += _text_height(draw, caption, font) + line
-
-
-def _draw_label(draw, origin, text: str, font, background, text_colour=TEXT_COLOUR) -> None:
-    left, top, right, bottom = draw.textbbox(origin, text, font=font)
-    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=background)
-    draw.text(origin, text, font=font, fill=text_colour)
 
 
 def _text_height(draw: ImageDraw.ImageDraw, text: str, font) -> float:
@@ -125,24 +110,9 @@ def _text_size(image_height: int) -> int:
     return max(11, image_height // 50)
 
 
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font
-    except (TypeError, OSError, ImportError):  # Pillow built without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def _upsample(cam: np.ndarray, size: int) -> np.ndarray:
     cam = np.asarray(cam, dtype=np.float32)
     return np.clip(cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
-
-
-def _encode_png(array: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return encoded.tobytes()
 
 
 def render_outputs(

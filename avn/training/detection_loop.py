@@ -23,7 +23,7 @@ import torch
 from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
 from avn.letterbox import shrink_to_letterbox
-from avn.metrics import detection_prf
+from avn.metrics import DEFAULT_IOU_THRESHOLDS, detection_prf
 from avn.models.detector import (
     FH_CLASS,
     FemoralHeadDetector,
@@ -36,7 +36,7 @@ from avn.training.domain import cut_field_of_view, random_field_of_view, randomi
 from avn.training.fold_state import run_epochs, training_device
 from avn.training.profiles import Profile
 
-IOU_THRESHOLDS = (0.5, 0.6, 0.7)
+IOU_THRESHOLDS = DEFAULT_IOU_THRESHOLDS  # validation scores what Table II reports
 MIN_CANDIDATE_SCORE = 0.05
 CANDIDATE_THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.05), 2)
 SOURCE_SCALE = 2  # training sources are kept at this many times the detector input (zoom-in detail)

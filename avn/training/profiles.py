@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from avn.pipeline.crop import DEFAULT_RESAMPLES, INPUT_SIZE
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -27,8 +29,8 @@ class Profile:
 
 PAPER = Profile(
     name="paper",
-    input_size=224,
-    resamples=5,
+    input_size=INPUT_SIZE,
+    resamples=DEFAULT_RESAMPLES,
     folds=10,
     repeats=10,
     fold_limit=None,

@@ -1,6 +1,10 @@
-// The clinical vocabulary the page shows, mirroring avn/vocabulary.py (labels) and
-// avn/pipeline/render.py (stage colours, the same as the gateway's overlay PNG). tests/test_web.py
-// checks in the browser that these equal the Python definitions.
+// The clinical vocabulary the page shows, mirroring avn/vocabulary.py (labels); the stage colours
+// come from avn/drawing.py through the generated stage_colours.js (the same as the gateway's overlay
+// PNG). tests/test_web.py checks in the browser that these equal the Python definitions.
+
+import { STAGE_COLOURS } from "./stage_colours.js";
+
+export { STAGE_COLOURS };
 
 export const STAGES = ["absence", "II", "III", "IV"];
 export const SIDES = ["left", "right"];
@@ -8,14 +12,6 @@ export const SIDES = ["left", "right"];
 // The order in which sides appear on a radiograph: radiological convention puts the patient's
 // right hip on the image's left.
 export const SIDES_IMAGE_ORDER = ["right", "left"];
-
-// RGB, as avn.pipeline.render.STAGE_COLOURS.
-export const STAGE_COLOURS = {
-  absence: [80, 200, 120],
-  II: [255, 210, 0],
-  III: [255, 140, 0],
-  IV: [235, 50, 50],
-};
 
 export const STAGE_NAMES = {
   absence: "absence (Ficat 0–I)",
