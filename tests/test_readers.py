@@ -213,7 +213,8 @@ def test_a_study_without_a_model_file_still_reports(tmp_path):
         "E2": [("c3", "right", "III")],
     }
     study = simulate_study(heads, [SimulatedReader("A", 0.7), SimulatedReader("B", 0.9)], tmp_path / "sim", seed=3)
-    from avn.evaluation.readers import analyse, write_report
+    from avn.evaluation.readers import analyse
+    from avn.evaluation.readers_report import write_report
 
     loaded = load_study(study.truth, study.readers)
     document = analyse(loaded, resamples=RESAMPLES)

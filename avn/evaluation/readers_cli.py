@@ -1,7 +1,8 @@
 """The ``avn readers`` command: analyse a reader study, or simulate one and analyse it.
 
 The CSV formats are ``avn.readers_format`` (docs/readers.md); the analysis is
-``avn.evaluation.readers``; ``--simulate`` is ``avn.evaluation.simulate_readers``.
+``avn.evaluation.readers``, its report ``avn.evaluation.readers_report``; ``--simulate`` is
+``avn.evaluation.simulate_readers``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def readers(
 ) -> None:
     """Reader study (Tables VII, VIII, X; figure 5): per-reader F1, sensitivity, specificity with
     bootstrap CIs, p-values against the model, Cohen's kappa, confusion matrices, reading time."""
-    from avn.evaluation.readers import analyse, load_study, write_report
+    from avn.evaluation.readers import analyse, load_study
+    from avn.evaluation.readers_report import write_report
     from avn.readers_format import ReaderFormatError
 
     started = time.perf_counter()

@@ -16,11 +16,17 @@ primitive that ``render`` rasterises into attenuation maps:
 
 Tubes flagged ``additive`` are cortical surfaces seen edge-on (the iliopectineal line, the teardrop,
 the sourcil): they are summed onto the bone instead of being part of its outline.
+
+A hip bone and a femur are assembled from one function per part (iliac wing, pubic body, lesser
+trochanter, calcar...), each returning its primitives; the measurements the parts share are small
+frozen dataclasses (``HipBoneMeasures``, ``ObturatorMeasures``, ``FemurAxes``). The femoral head
+itself is drawn by the renderer from the findings' head profile.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -342,26 +348,113 @@ def acetabular_inclination(m: SideMeasures) -> float:
 
 # --------------------------------------------------------------------------- the pelvis
 
+# The pubis and the obturator foramen it frames (canonical side, mm).
+PUBIC_BODY_RADIUS_MM = 10.0
+SYMPHYSIS_HALF_GAP_MM = 2.8  # the symphyseal gap is ~5-6 mm
+FORAMEN_HALF_HEIGHT_MM = 23.0
+# The bar of bone around the foramen: its radius at angles around the foramen centre (deg, 0 =
+# lateral, 90 = caudal), thickest where the acetabulum and the ischium join it.
+FORAMEN_FRAME_DEG = np.array([-90, -45, 0, 45, 90, 135, 180, 225, 270])
+#                              sup ramus, acetab., ischium, tuberos., isch. ramus, inf. ramus, pubis, -, sup
+FORAMEN_FRAME_RADIUS_MM = np.array([6.8, 12.0, 11.5, 13.5, 5.2, 4.8, PUBIC_BODY_RADIUS_MM, 7.5, 6.8])
+
+
+@dataclass(frozen=True)
+class HipBoneMeasures:
+    """The measurements one hip bone's parts share (canonical side: lateral = +x, mm)."""
+
+    female: bool
+    half_width: float  # midline to the most lateral point of the iliac crest
+    crest_height: float  # iliac crest above the head centre
+    head_x: float  # |x| of the acetabular (and head) centre
+    head_radius: float
+    acetabular_radius: float
+    rim_deg: float  # centre-edge angle of the lateral acetabular rim
+    teardrop: tuple[float, float]  # (x, y) of the teardrop's inferior tip
+    inlet: float  # half width of the pelvic inlet
+
+    @property
+    def acetabular_centre(self) -> tuple[float, float]:
+        return (self.head_x, 0.0)
+
+
+@dataclass(frozen=True)
+class ObturatorMeasures:
+    """The obturator foramen and the pubic and ischial landmarks placed around it (mm)."""
+
+    half_width: float
+    half_height: float
+    centre: tuple[float, float]
+    tilt_rad: float  # the foramen's long axis leans laterally at the top
+    symphysis_x: float  # centre of the pubic body
+    superior_ramus_y: float  # upper border of the superior pubic ramus at the foramen
+    tuberosity: tuple[float, float]  # ischial tuberosity
+
 
 def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone, dict]:
-    """One hip bone (ilium, ischium, pubis, acetabulum) and its projected landmarks."""
+    """One hip bone (ilium, ischium, pubis, acetabulum) and its projected landmarks.
+
+    The parts draw their small shape jitter from one generator, in the order below, and the renderer
+    merges a bone's primitives in list order: reordering them would change every subject's pelvis.
+    """
     m = side_measures(anat, side)
     rng = np.random.default_rng([anat.anatomy_seed, 12, 0 if side == "right" else 1])
+    jitter = lambda s=1.5: rng.normal(0.0, s)  # noqa: E731 - small shape jitter
+    hb = hip_bone_measures(anat, m, rng)
     proj = Projector(pose, SIDE_SIGN[side])
-    female = anat.sex == "F"
-    pw2 = anat.pelvis_width_mm / 2.0 + rng.normal(0, 1.5)
-    hc = m.crest_height
-    hx, r, big_r = m.head_x, m.head_radius, m.acetabular_radius
-    tdx, tdy = m.teardrop
-    inlet = tdx + (6.0 if female else 1.0)  # half width of the pelvic inlet
-    c = (hx, 0.0)
-    rim = m.rim_angle_deg
     bone = Bone(f"hip_{side}")
-    j = lambda s=1.5: rng.normal(0.0, s)  # noqa: E731 - small shape jitter
 
-    # Iliac wing: a thin plate, its crest and the thick columns around the acetabulum.
-    roof = arc(c, big_r, rim, -35.0, 7)
-    wing = [
+    wing = iliac_wing_outline(hb, jitter)
+    bone.slabs.append(iliac_wing(proj, hb, wing))
+    bone.tubes.append(iliac_crest(proj, hb, wing))
+    bone.tubes.append(sciatic_buttress(proj, hb))
+    bone.groups.append(iliac_pillar(proj, hb))
+    bone.tubes.append(anterior_column(proj, hb))
+    # the acetabular cup itself (walls over the head, socket) is drawn by render._cut_socket
+
+    ob = obturator_measures(hb, jitter)
+    bone.tubes.append(obturator_ring(proj, ob))
+    bone.tubes.append(superior_pubic_ramus(proj, hb, ob))
+    bone.tubes.append(pubic_body(proj, ob))
+    bone.tubes.append(ischial_tuberosity(proj, ob))
+    bone.tubes.append(ischial_body(proj, hb, ob))
+    bone.tubes.append(ischial_spine(proj, hb))
+
+    # Edge-on cortical lines: iliopectineal, ilioischial, teardrop, acetabular rims, symphysis.
+    bone.lines.append(iliopectineal_line(proj, hb, ob))
+    bone.lines.append(ilioischial_line(proj, hb, ob))
+    bone.lines.append(teardrop_line(proj, hb))
+    bone.lines.extend(acetabular_rim_lines(proj, hb))
+    bone.lines.append(symphyseal_surface(proj, ob))
+    return bone, hemipelvis_landmarks(proj, hb, ob, m)
+
+
+def hip_bone_measures(anat: SubjectAnatomy, m: SideMeasures, rng: np.random.Generator) -> HipBoneMeasures:
+    """The side's measures plus the pelvis' half width (jittered per side) and the inlet."""
+    female = anat.sex == "F"
+    tdx, _ = m.teardrop
+    return HipBoneMeasures(
+        female=female,
+        half_width=anat.pelvis_width_mm / 2.0 + rng.normal(0, 1.5),
+        crest_height=m.crest_height,
+        head_x=m.head_x,
+        head_radius=m.head_radius,
+        acetabular_radius=m.acetabular_radius,
+        rim_deg=m.rim_angle_deg,
+        teardrop=m.teardrop,
+        inlet=tdx + (6.0 if female else 1.0),  # the female inlet is rounder and wider
+    )
+
+
+# ---------------------------------------------------------------- ilium
+
+
+def iliac_wing_outline(hb: HipBoneMeasures, jitter: Callable[..., float]) -> list[tuple[float, float, float]]:
+    """The wing's posterior, superior (crest) and anterior border down to the acetabular roof (x, y, z)."""
+    pw2, hc = hb.half_width, hb.crest_height
+    hx, big_r = hb.head_x, hb.acetabular_radius
+    j = jitter
+    return [
         (0.16 * 2 * pw2 + j(), -0.80 * hc, -60),
         (0.20 * 2 * pw2 + j(), -0.93 * hc + j(), -55),
         (0.29 * 2 * pw2 + j(), -1.00 * hc + j(), -35),
@@ -374,6 +467,14 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         (pw2 - 23, -0.31 * hc, 45),
         (hx + 0.62 * big_r + 6, -0.55 * big_r - 6, 25),
     ]
+
+
+def iliac_wing(proj: Projector, hb: HipBoneMeasures, wing: list) -> Slab:
+    """The iliac wing: a thin plate closed by the acetabular roof and the pelvic brim, its fossa thinned."""
+    pw2, hc, r, big_r = hb.half_width, hb.crest_height, hb.head_radius, hb.acetabular_radius
+    tdx, _ = hb.teardrop
+    inlet = hb.inlet
+    roof = arc(hb.acetabular_centre, big_r, hb.rim_deg, -35.0, 7)
     wing_pts = (
         [p for p in wing]
         + [(x, y, 10) for x, y in roof]
@@ -388,60 +489,87 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
     # the thin iliac fossa: a smooth oval in the upper wing, not a copy of the wing's outline
     f_c = proj(np.array([[0.60 * pw2, -0.72 * hc, -20.0]]))[0]
     wing_slab.fossa_shape = (float(f_c[0]), float(f_c[1]), 0.30 * pw2, 0.21 * hc)
-    bone.slabs.append(wing_slab)
+    return wing_slab
+
+
+def iliac_crest(proj: Projector, hb: HipBoneMeasures, wing: list) -> Tube:
+    """The thick rim along the top of the wing, set just inside its outline."""
+    pw2 = hb.half_width
     crest = [w[:3] for w in wing[1:8]]
     crest_in = [(x - 1.5 * np.sign(x - 0.3 * pw2), y + 2.0, z) for x, y, z in crest]
-    bone.tubes.append(proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7))
-    # posterior (sciatic) buttress from the roof to the sacroiliac joint
-    bone.tubes.append(
-        proj.tube(
-            with_depth(
-                [(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
-                [-10, -30, -50],
-            ),
-            [20.0, 17.0, 13.0],
-            1.6,
-            flat=0.45,
-        )
-    )
-    # the iliac trabecular pillar: weight passes from the sacroiliac joint through the sciatic
-    # buttress to the acetabular roof along a band of oriented, denser trabeculae
-    bone.groups.append(
-        proj.tube(
-            with_depth(
-                [(0.17 * 2 * pw2 + 8, -0.70 * hc), (0.5 * (hx + inlet) - 2, -0.42 * hc), (hx - 2, -big_r - 16)],
-                [-45, -28, -8],
-            ),
-            [11.0, 12.0, 8.0],
-            0.0,
-            density=0.2,
-            role="pillar",
-        )
-    )
-    # anterior column above the roof up to the anterior inferior iliac spine
-    bone.tubes.append(
-        proj.tube(with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5)
-    )
-    # the acetabular cup itself (walls over the head, socket) is drawn by render._cut_socket
+    return proj.tube(crest_in, [7.5, 6.0, 5.0, 5.5, 6.0, 5.0, 4.5], 1.6, flat=0.7)
 
-    # Obturator foramen framed by the superior pubic ramus, the pubic body, the inferior pubic and
-    # ischial rami, the ischial tuberosity and the ischial body (posterior column).
-    a_f = (18.0 if female else 15.5) + j(1.0)  # half width of the foramen
-    b_f = 23.0 + j(1.0)  # half height
-    r_pub = 10.0
-    sym_x = 2.8 + r_pub  # pubic body centre; the symphyseal gap is ~5-6 mm
+
+def sciatic_buttress(proj: Projector, hb: HipBoneMeasures) -> Tube:
+    """The posterior (sciatic) buttress from the acetabular roof to the sacroiliac joint."""
+    pw2, hc, hx, big_r, inlet = hb.half_width, hb.crest_height, hb.head_x, hb.acetabular_radius, hb.inlet
+    return proj.tube(
+        with_depth(
+            [(hx - 6, -big_r - 4), (0.5 * (hx + inlet) - 6, -0.45 * hc), (0.17 * 2 * pw2 + 4, -0.72 * hc)],
+            [-10, -30, -50],
+        ),
+        [20.0, 17.0, 13.0],
+        1.6,
+        flat=0.45,
+    )
+
+
+def iliac_pillar(proj: Projector, hb: HipBoneMeasures) -> Tube:
+    """The trabecular pillar: weight passes from the sacroiliac joint through the sciatic buttress to
+    the acetabular roof along a band of oriented, denser trabeculae."""
+    pw2, hc, hx, big_r, inlet = hb.half_width, hb.crest_height, hb.head_x, hb.acetabular_radius, hb.inlet
+    return proj.tube(
+        with_depth(
+            [(0.17 * 2 * pw2 + 8, -0.70 * hc), (0.5 * (hx + inlet) - 2, -0.42 * hc), (hx - 2, -big_r - 16)],
+            [-45, -28, -8],
+        ),
+        [11.0, 12.0, 8.0],
+        0.0,
+        density=0.2,
+        role="pillar",
+    )
+
+
+def anterior_column(proj: Projector, hb: HipBoneMeasures) -> Tube:
+    """The anterior column above the roof up to the anterior inferior iliac spine."""
+    pw2, hc, hx, big_r = hb.half_width, hb.crest_height, hb.head_x, hb.acetabular_radius
+    return proj.tube(with_depth([(hx + 2, -big_r - 8), (pw2 - 30, -0.33 * hc)], [15, 40]), [16.0, 7.0], 1.4, flat=0.5)
+
+
+# ---------------------------------------------------------------- obturator foramen, pubis, ischium
+
+
+def obturator_measures(hb: HipBoneMeasures, jitter: Callable[..., float]) -> ObturatorMeasures:
+    """The foramen sits below the teardrop, between the pubic body and the ischium."""
+    _, tdy = hb.teardrop
+    a_f = (18.0 if hb.female else 15.5) + jitter(1.0)  # the female foramen is wider
+    b_f = FORAMEN_HALF_HEIGHT_MM + jitter(1.0)
+    r_pub = PUBIC_BODY_RADIUS_MM
+    sym_x = SYMPHYSIS_HALF_GAP_MM + r_pub
     fx = sym_x + r_pub + a_f + 1.0
     fy = tdy + b_f + 3.0
-    sup_y = fy - b_f - 8.0
-    tub = (fx + a_f + 4.0 + j(), fy + b_f - 2.0 + j())
-    tilt = math.radians(14.0 if female else 20.0)  # the foramen's long axis leans laterally at the top
-    anchor_deg = np.array([-90, -45, 0, 45, 90, 135, 180, 225, 270])
-    #                     sup ramus, acetab., ischium, tuberos., isch. ramus, inf. ramus, pubis, -, sup
-    anchor_r = np.array([6.8, 12.0, 11.5, 13.5, 5.2, 4.8, r_pub, 7.5, 6.8])
+    tub = (fx + a_f + 4.0 + jitter(), fy + b_f - 2.0 + jitter())
+    return ObturatorMeasures(
+        half_width=a_f,
+        half_height=b_f,
+        centre=(fx, fy),
+        tilt_rad=math.radians(14.0 if hb.female else 20.0),
+        symphysis_x=sym_x,
+        superior_ramus_y=fy - b_f - 8.0,
+        tuberosity=tub,
+    )
+
+
+def obturator_ring(proj: Projector, ob: ObturatorMeasures) -> Tube:
+    """The bar framing the foramen: superior pubic ramus, pubic body, inferior pubic and ischial rami,
+    tuberosity and ischial body, as one closed tube whose radius follows FORAMEN_FRAME_RADIUS_MM."""
+    a_f, b_f, tilt = ob.half_width, ob.half_height, ob.tilt_rad
+    fx, fy = ob.centre
     ring, radii = [], []
     for ang in np.radians(np.arange(0.0, 360.0 + 1e-6, 20.0)):
         deg = (math.degrees(ang) + 90) % 360 - 90
-        rr = float(np.interp(deg, anchor_deg, anchor_r))
+        rr = float(np.interp(deg, FORAMEN_FRAME_DEG, FORAMEN_FRAME_RADIUS_MM))
+        # offset the bar's axis outwards along the ellipse normal by its own radius
         ex, ey = a_f * math.cos(ang), b_f * math.sin(ang)
         nx, ny = math.cos(ang) / a_f, math.sin(ang) / b_f
         nn = math.hypot(nx, ny)
@@ -454,65 +582,106 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
             )
         )
         radii.append(rr)
-    bone.tubes.append(proj.tube(ring, radii, 1.4, density=0.9))
-    bone.tubes.append(
-        proj.tube(  # superior ramus into the acetabulum
-            with_depth([(fx + 0.5 * a_f, sup_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]),
-            [7.0, 10.5],
-            1.4,
-            flat=0.75,
-        )
-    )
-    bone.tubes.append(
-        proj.tube(  # pubic body with its flat symphyseal face
-            with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
-            [r_pub - 0.5, r_pub, r_pub - 2.0],
-            1.4,
-            density=0.9,
-        )
-    )
-    bone.tubes.append(
-        proj.tube(  # ischial tuberosity: thick, rounded inferolaterally
-            with_depth([(tub[0] - 4, tub[1] - 10), (tub[0] + 1.5, tub[1] + 1.5)], -35),
-            [12.0, 15.0],
-            1.8,
-            density=0.95,
-            flat=0.85,
-        )
-    )
-    bone.tubes.append(
-        proj.tube(  # ischial body / posterior column behind the head, down to the tuberosity
-            with_depth(
-                [(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
-                [-25, -30, -35],
-            ),
-            [15.0, 14.0, 12.0],
-            1.5,
-            density=0.9,
-            flat=0.8,
-        )
-    )
-    # ischial spine pointing into the true pelvis
-    bone.tubes.append(proj.tube(with_depth([(tdx - 4, -0.15 * r), (tdx - 15, 0.15 * r)], -45), [3.5, 1.5], 1.2))
+    return proj.tube(ring, radii, 1.4, density=0.9)
 
-    # Edge-on cortical lines: iliopectineal, ilioischial, teardrop, sourcil, acetabular rims.
-    ilio_pect = with_depth(
+
+def superior_pubic_ramus(proj: Projector, hb: HipBoneMeasures, ob: ObturatorMeasures) -> Tube:
+    """The superior pubic ramus running from above the foramen into the acetabulum."""
+    hx, big_r = hb.head_x, hb.acetabular_radius
+    fx, _ = ob.centre
+    return proj.tube(
+        with_depth([(fx + 0.5 * ob.half_width, ob.superior_ramus_y - 1), (hx - 0.75 * big_r, 0.45 * big_r)], [30, 10]),
+        [7.0, 10.5],
+        1.4,
+        flat=0.75,
+    )
+
+
+def pubic_body(proj: Projector, ob: ObturatorMeasures) -> Tube:
+    """The pubic body with its flat symphyseal face."""
+    sym_x, sup_y, b_f, r_pub = ob.symphysis_x, ob.superior_ramus_y, ob.half_height, PUBIC_BODY_RADIUS_MM
+    _, fy = ob.centre
+    return proj.tube(
+        with_depth([(sym_x, sup_y + 2), (sym_x + 0.5, fy + 0.1 * b_f), (sym_x + 2.5, fy + 0.6 * b_f)], 55),
+        [r_pub - 0.5, r_pub, r_pub - 2.0],
+        1.4,
+        density=0.9,
+    )
+
+
+def ischial_tuberosity(proj: Projector, ob: ObturatorMeasures) -> Tube:
+    """The ischial tuberosity: thick, rounded inferolaterally."""
+    tub = ob.tuberosity
+    return proj.tube(
+        with_depth([(tub[0] - 4, tub[1] - 10), (tub[0] + 1.5, tub[1] + 1.5)], -35),
+        [12.0, 15.0],
+        1.8,
+        density=0.95,
+        flat=0.85,
+    )
+
+
+def ischial_body(proj: Projector, hb: HipBoneMeasures, ob: ObturatorMeasures) -> Tube:
+    """The ischial body (posterior column) behind the head, down to the tuberosity."""
+    hx, big_r, tub = hb.head_x, hb.acetabular_radius, ob.tuberosity
+    return proj.tube(
+        with_depth(
+            [(hx - 0.55 * big_r, -0.3 * big_r), (hx - 0.4 * big_r, 0.9 * big_r), (tub[0] - 3, tub[1] - 9)],
+            [-25, -30, -35],
+        ),
+        [15.0, 14.0, 12.0],
+        1.5,
+        density=0.9,
+        flat=0.8,
+    )
+
+
+def ischial_spine(proj: Projector, hb: HipBoneMeasures) -> Tube:
+    """The ischial spine pointing into the true pelvis."""
+    tdx, _ = hb.teardrop
+    r = hb.head_radius
+    return proj.tube(with_depth([(tdx - 4, -0.15 * r), (tdx - 15, 0.15 * r)], -45), [3.5, 1.5], 1.2)
+
+
+# ---------------------------------------------------------------- edge-on cortical lines
+
+
+def iliopectineal_line(proj: Projector, hb: HipBoneMeasures, ob: ObturatorMeasures) -> Tube:
+    """The pelvic brim from the sacroiliac joint along the superior ramus to the pubic body."""
+    pw2, hc, inlet = hb.half_width, hb.crest_height, hb.inlet
+    tdx, _ = hb.teardrop
+    fx, _ = ob.centre
+    sup_y = ob.superior_ramus_y
+    points = with_depth(
         [
             (0.16 * 2 * pw2 + 2, -0.72 * hc),
             (inlet - 2, -0.50 * hc),
             (inlet, -0.30 * hc),
             (tdx - 7, -0.05 * hc),
             (fx, sup_y - 7.5),
-            (sym_x + 2, sup_y - 8.0),
+            (ob.symphysis_x + 2, sup_y - 8.0),
         ],
         [-45, -30, -10, 10, 45, 55],
     )
-    bone.lines.append(proj.tube(ilio_pect, [1.3, 1.5, 1.5, 1.4, 1.2, 1.0], 0.0, density=1.5, additive=True))
-    ilio_isch = with_depth(
+    return proj.tube(points, [1.3, 1.5, 1.5, 1.4, 1.2, 1.0], 0.0, density=1.5, additive=True)
+
+
+def ilioischial_line(proj: Projector, hb: HipBoneMeasures, ob: ObturatorMeasures) -> Tube:
+    """The quadrilateral plate seen edge-on, from the inlet down to the ischium."""
+    hc, inlet, r = hb.crest_height, hb.inlet, hb.head_radius
+    tdx, _ = hb.teardrop
+    tub = ob.tuberosity
+    points = with_depth(
         [(inlet - 3, -0.42 * hc), (tdx - 4, -0.1 * r), (tdx - 2, 0.8 * r), (tub[0] - 10, tub[1] - 6)], -30
     )
-    bone.lines.append(proj.tube(ilio_isch, [1.0, 1.1, 1.1, 0.9], 0.0, density=0.9, additive=True))
-    teardrop = with_depth(
+    return proj.tube(points, [1.0, 1.1, 1.1, 0.9], 0.0, density=0.9, additive=True)
+
+
+def teardrop_line(proj: Projector, hb: HipBoneMeasures) -> Tube:
+    """The radiographic teardrop: the acetabular fossa's floor and the pelvic wall seen edge-on."""
+    tdx, tdy = hb.teardrop
+    r = hb.head_radius
+    points = with_depth(
         [
             (tdx + 4.5, -0.65 * r),
             (tdx + 3.5, 0.1 * r),
@@ -523,27 +692,44 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         ],
         0,
     )
-    bone.lines.append(proj.tube(teardrop, [1.2, 1.4, 1.6, 1.6, 1.3, 1.0], 0.0, density=1.5, additive=True))
+    return proj.tube(points, [1.2, 1.4, 1.6, 1.6, 1.3, 1.0], 0.0, density=1.5, additive=True)
+
+
+def acetabular_rim_lines(proj: Projector, hb: HipBoneMeasures) -> list[Tube]:
+    """The anterior and posterior acetabular rims, both from the lateral rim down over the head."""
+    c, big_r, rim, hx = hb.acetabular_centre, hb.acetabular_radius, hb.rim_deg, hb.head_x
     anterior_rim = with_depth(
         [arc(c, big_r, rim, rim, 1)[0], (hx - 0.15 * big_r, 0.3 * big_r), (hx - 0.55 * big_r, 0.85 * big_r)], 20
     )
     posterior_rim = with_depth(
         [arc(c, big_r, rim, rim, 1)[0], (hx + 0.6 * big_r, 0.35 * big_r), (hx + 0.25 * big_r, 1.0 * big_r)], -20
     )
-    bone.lines.append(proj.tube(anterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.0, additive=True))
-    bone.lines.append(proj.tube(posterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.2, additive=True))
-    # symphyseal surface: a sclerotic line on the pubic body's medial face
-    bone.lines.append(
-        proj.tube(
-            with_depth([(3.3, fy - 0.7 * b_f), (3.0, fy + 0.6 * b_f)], 55), [1.0, 1.0], 0.0, density=1.0, additive=True
-        )
+    return [
+        proj.tube(anterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.0, additive=True),
+        proj.tube(posterior_rim, [0.8, 1.0, 0.9], 0.0, density=1.2, additive=True),
+    ]
+
+
+def symphyseal_surface(proj: Projector, ob: ObturatorMeasures) -> Tube:
+    """A sclerotic line on the pubic body's medial face."""
+    _, fy = ob.centre
+    b_f = ob.half_height
+    return proj.tube(
+        with_depth([(3.3, fy - 0.7 * b_f), (3.0, fy + 0.6 * b_f)], 55), [1.0, 1.0], 0.0, density=1.0, additive=True
     )
 
-    landmarks = {
+
+def hemipelvis_landmarks(proj: Projector, hb: HipBoneMeasures, ob: ObturatorMeasures, m: SideMeasures) -> dict:
+    """Projected landmarks of one hip bone, with its projector and measures for the renderer."""
+    hx, big_r, rim, hc, pw2 = hb.head_x, hb.acetabular_radius, hb.rim_deg, hb.crest_height, hb.half_width
+    tdx, tdy = hb.teardrop
+    fx, fy = ob.centre
+    tub = ob.tuberosity
+    return {
         "acetabulum_centre": proj(np.array([[hx, 0.0, 0.0]]))[0],
         "acetabular_radius": big_r,
         "roof_angles_deg": (-35.0, rim),
-        "lateral_rim": proj(with_depth(arc(c, big_r, rim, rim, 1), 0))[0],
+        "lateral_rim": proj(with_depth(arc(hb.acetabular_centre, big_r, rim, rim, 1), 0))[0],
         "teardrop": proj(np.array([[tdx, tdy, 0.0]]))[0],
         "obturator_centre": proj(np.array([[fx, fy, 15.0]]))[0],
         "crest_lateral": proj(np.array([[pw2, -0.76 * hc, 20.0]]))[0],
@@ -552,7 +738,6 @@ def build_hemipelvis(anat: SubjectAnatomy, side: str, pose: Pose) -> tuple[Bone,
         "projector": proj,
         "measures": m,
     }
-    return bone, landmarks
 
 
 def build_sacrum_and_spine(anat: SubjectAnatomy, pose: Pose) -> list[Bone]:
@@ -745,8 +930,29 @@ def leg_rotation(leg: LegPose, shaft_dir: np.ndarray) -> np.ndarray:
     return place @ twist @ base
 
 
-def femur_axes(anat: SubjectAnatomy, side: str) -> dict[str, np.ndarray | float]:
-    """Canonical femur (lateral +x) relative to the head centre: axes, neck base, sizes."""
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields do not compare to one bool
+class FemurAxes:
+    """The canonical femur (lateral = +x) relative to the head centre: unit axes and sizes (mm)."""
+
+    head_diameter: float
+    shaft: np.ndarray  # down the anatomical shaft axis (distal end medial)
+    neck: np.ndarray  # along the neck towards the head
+    lateral: np.ndarray  # perpendicular to the shaft in the coronal plane, lateral
+    base: np.ndarray  # neck base: where the neck axis meets the shaft axis
+    neck_length: float  # head centre -> neck base
+    anterior: np.ndarray
+
+    @property
+    def calcar_side(self) -> np.ndarray:
+        """In the femur's plane, perpendicular to the neck towards its inferior (calcar) border."""
+        return np.cross(self.neck, self.anterior)
+
+
+SHAFT_LENGTH_MM = 420.0  # long enough to leave the field of view
+
+
+def femur_axes(anat: SubjectAnatomy, side: str) -> FemurAxes:
+    """The subject's femoral axes: shaft inclination, neck-shaft angle and neck length, jittered per side."""
     rng = np.random.default_rng([anat.anatomy_seed, 14, 0 if side == "right" else 1])
     m = side_measures(anat, side)
     d = 2 * m.head_radius
@@ -756,165 +962,52 @@ def femur_axes(anat: SubjectAnatomy, side: str) -> dict[str, np.ndarray | float]
     neck = np.array([math.sin(-alpha - nsa), math.cos(-alpha - nsa), 0.0])  # towards the head
     lateral = np.array([math.cos(alpha), math.sin(alpha), 0.0])
     neck_len = (1.12 + rng.normal(0, 0.03)) * d
-    base = -neck * neck_len
-    return {
-        "D": d,
-        "shaft": shaft,
-        "neck": neck,
-        "lateral": lateral,
-        "base": base,
-        "neck_len": neck_len,
-        "anterior": np.array([0.0, 0.0, 1.0]),
-    }
+    return FemurAxes(
+        head_diameter=d,
+        shaft=shaft,
+        neck=neck,
+        lateral=lateral,
+        base=-neck * neck_len,
+        neck_length=neck_len,
+        anterior=np.array([0.0, 0.0, 1.0]),
+    )
 
 
 def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = True) -> FemurModel:
-    """A proximal femur built from capsules in 3D, rotated by the leg pose and projected."""
+    """A proximal femur built from capsules in 3D, rotated by the leg pose and projected.
+
+    Without its head (a hip replacement on that side) the neck, the calcar, the trabecular groups
+    and the marks of the head are left out and the prosthesis takes their place.
+    """
     m = side_measures(anat, side)
-    ax = femur_axes(anat, side)
-    d, sh, nk, lat, base, ant = ax["D"], ax["shaft"], ax["neck"], ax["lateral"], ax["base"], ax["anterior"]
-    leg = leg_rotation(pose.legs[side], sh)
+    fa = femur_axes(anat, side)
+    leg = leg_rotation(pose.legs[side], fa.shaft)
     proj = Projector(pose, SIDE_SIGN[side], local=leg, origin=np.array([m.head_x, 0.0, 0.0]))
     bone = Bone(f"femur_{side}")
-    cortex = anat.shaft_cortex_mm
+    gt_pts = greater_trochanter_axis(fa)
+    lt_root, lt_dir, lt_tip = lesser_trochanter_axis(fa)
 
-    p = lambda v: np.asarray(v, float)  # noqa: E731
-    perp = np.cross(nk, ant)  # in the femur's plane, towards the inferior (calcar) border of the neck
-    nl = ax["neck_len"]
-    # the neck waists just lateral to the head and flares into the trochanters: concave superior and
-    # inferior borders; slightly flattened front to back
-    neck_s = [0.0, 0.95 * m.head_radius, 0.55 * nl, 0.82 * nl, 1.0 * nl]
-    neck_r = [0.36 * d, 0.315 * d, 0.295 * d, 0.35 * d, 0.47 * d]
-    neck_tubes = [
-        proj.tube(
-            [-nk * s_ for s_ in neck_s], neck_r, np.array([1.4, 1.6, 2.0, 2.4, 2.4]), density=0.75, flat=0.85, smooth=1
-        ),
-    ]
-    # greater trochanter: a mass rising from the lateral shaft cortex (its lateral face continues the
-    # shaft's) to a tip hooking medially at about the level of the head centre
-    gt_pts = [
-        base + lat * 0.20 * d + sh * 0.45 * d - ant * 4,
-        base + lat * 0.24 * d - sh * 0.15 * d - ant * 5,
-        base + lat * 0.21 * d - sh * 0.55 * d - ant * 6,
-        base + lat * 0.11 * d - sh * 0.76 * d - ant * 7,
-    ]
-    gt_top = gt_pts[-1]
-    # lesser trochanter: a posteromedial prominence at the neck-shaft junction, rooted in the shaft
-    # (more posterior than medial: half hidden behind the shaft in AP, prominent in frog-leg)
-    lt_root = base + sh * 0.40 * d - lat * 0.13 * d - ant * 3
-    lt_dir = -lat * 0.40 + sh * 0.22 - ant * 0.92
-    lt_dir = lt_dir / np.linalg.norm(lt_dir)
-    lt_tip = lt_root + lt_dir * 0.55 * d
-    shaft_top = base - sh * 0.12 * d  # its rounded top stays hidden inside the neck base and trochanter
-    shaft_end = base + sh * 420.0
-    tubes = neck_tubes + [
-        # the trochanter is deeper (front to back) than wide: as dense as the intertrochanteric region
-        proj.tube(gt_pts, [0.21 * d, 0.24 * d, 0.19 * d, 0.09 * d], 1.2, density=0.7, flat=1.45, smooth=1),
-        proj.tube(
-            [lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
-            [0.27 * d, 0.17 * d, 0.09 * d],
-            1.3,
-            density=0.7,
-            flat=0.9,
-            smooth=1,
-        ),
-        # metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow
-        proj.tube(
-            [shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d, shaft_end],
-            [0.27 * d, 0.355 * d, 0.345 * d, 0.325 * d, 0.315 * d, 0.31 * d],
-            np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
-            density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]),
-            smooth=0,
-        ),
-    ]
-    bone.tubes.extend(tubes)
-    # intertrochanteric crest (posterior, from the trochanter's tip to the lesser trochanter) and the
-    # fainter intertrochanteric line (anterior)
-    bone.lines.append(
-        proj.tube(
-            [
-                base + lat * 0.14 * d - sh * 0.55 * d - ant * 12,
-                base + lat * 0.10 * d - ant * 14,
-                base - lat * 0.02 * d + sh * 0.30 * d - ant * 12,
-                lt_root + lt_dir * 0.2 * d,
-            ],
-            [1.3, 1.7, 1.6, 1.2],
-            0.0,
-            density=0.75,
-            additive=True,
-        )
-    )
-    bone.lines.append(
-        proj.tube(
-            [
-                base + lat * 0.20 * d - sh * 0.30 * d + ant * 12,
-                base + lat * 0.02 * d + ant * 14,
-                base - lat * 0.12 * d + sh * 0.35 * d + ant * 12,
-            ],
-            [1.0, 1.2, 1.0],
-            0.0,
-            density=0.45,
-            additive=True,
-        )
-    )
-    # the calcar: thick cortex of the inferior neck curving into the medial shaft cortex
-    calcar = [
-        -nk * 0.95 * m.head_radius + perp * (0.315 * d - 1.8),
-        -nk * 0.55 * nl + perp * (0.295 * d - 2.0),
-        -nk * 0.85 * nl + perp * (0.37 * d - 2.6),
-        base + sh * 0.15 * d - lat * (0.40 * d - 3.0),
-        base + sh * 0.40 * d - lat * (0.38 * d - 3.0),
-    ]
-    bone.lines.append(proj.tube(calcar, [0.9, 1.4, 1.9, 1.7, 0.6], 0.0, density=0.9, additive=True, smooth=1))
-    # trabecular groups: principal compressive (dome -> calcar), principal tensile (arc to lateral cortex)
-    head_sup = p([0.25, -0.97, 0.0]) * 0.78 * m.head_radius
-    calcar_end = base + sh * 0.35 * d - lat * 0.33 * d
-    groups = [
-        proj.tube(
-            [head_sup, -nk * 0.2 * d, calcar_end], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55, role="compressive"
-        ),
-        proj.tube(
-            [
-                p([-0.55, 0.45, 0]) * 0.75 * m.head_radius,
-                -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
-                base + lat * 0.40 * d + sh * 0.30 * d,
-            ],
-            [0.07 * d, 0.08 * d, 0.06 * d],
-            0.0,
-            density=0.45,
-            role="tensile",
-        ),
-    ]
-    # the physeal scar: a faint sclerotic line across the head base
-    scar_c = -nk * 0.45 * m.head_radius
-    scar = [
-        scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius,
-        scar_c,
-        scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius,
-    ]
+    # The renderer merges a bone's primitives in list order (a smooth, not exact, union): the order
+    # of the appends below is part of the phantom's pixels.
     if with_head:
-        bone.lines.append(proj.tube(scar, [0.6, 0.8, 0.6], 0.0, density=0.8, additive=True))
-        # Ward's triangle: the sparser cancellous bone between the compressive, tensile and
-        # calcar groups at the base of the neck reads slightly more lucent
-        ward = proj((-nk * 0.72 * nl + perp * 0.06 * d)[None])[0]
-        bone.holes.append(Hole(ward, 0.17 * d))
-
+        bone.tubes.append(femoral_neck(proj, fa, m))
+    bone.tubes.append(greater_trochanter(proj, fa, gt_pts))
+    bone.tubes.append(lesser_trochanter(proj, fa, lt_root, lt_dir, lt_tip))
+    bone.tubes.append(femoral_shaft(proj, fa, anat.shaft_cortex_mm))
+    bone.lines.append(intertrochanteric_crest(proj, fa, lt_root, lt_dir))
+    bone.lines.append(intertrochanteric_line(proj, fa))
+    groups: list[Tube] = []
     prosthesis: list[Bone] = []
-    if not with_head:
-        bone.tubes[:] = tubes[1:]  # head and neck resected; the stem replaces them
-        bone.lines[:] = bone.lines[:2]  # no calcar line along a neck that is not there
-        groups = []
-        prosthesis = build_prosthesis(proj, ax, m)
+    if with_head:
+        bone.lines.append(calcar(proj, fa, m))
+        groups = trabecular_groups(proj, fa, m)
+        bone.lines.append(physeal_scar(proj, fa, m))
+        bone.holes.append(wards_triangle(proj, fa))
+    else:
+        prosthesis = build_prosthesis(proj, fa)
 
-    centre2 = proj(np.zeros((1, 3)))[0]
-    pts = {
-        "head_centre": centre2,
-        "neck_base": proj(base[None])[0],
-        "greater_trochanter": proj((gt_top - sh * 0.085 * d)[None])[0],
-        "lesser_trochanter": proj(lt_tip[None])[0],
-        "shaft_top": proj(base[None])[0],
-        "shaft_distal": proj((base + sh * 150.0)[None])[0],
-    }
+    pts = femur_landmarks(proj, fa, gt_pts[-1], lt_tip)
+    centre2 = pts["head_centre"]
     sd = pts["shaft_distal"] - pts["shaft_top"]
     lateral_sign = SIDE_SIGN[side]
     shaft_angle = math.degrees(math.atan2(lateral_sign * sd[0], sd[1]))
@@ -934,9 +1027,186 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     )
 
 
-def build_prosthesis(proj: Projector, ax: dict, m: SideMeasures) -> list[Bone]:
+def femoral_neck(proj: Projector, fa: FemurAxes, m: SideMeasures) -> Tube:
+    """The neck waists just lateral to the head and flares into the trochanters: concave superior and
+    inferior borders; slightly flattened front to back. (The head itself is drawn by the renderer.)"""
+    d, nk, nl = fa.head_diameter, fa.neck, fa.neck_length
+    neck_s = [0.0, 0.95 * m.head_radius, 0.55 * nl, 0.82 * nl, 1.0 * nl]
+    neck_r = [0.36 * d, 0.315 * d, 0.295 * d, 0.35 * d, 0.47 * d]
+    return proj.tube(
+        [-nk * s_ for s_ in neck_s], neck_r, np.array([1.4, 1.6, 2.0, 2.4, 2.4]), density=0.75, flat=0.85, smooth=1
+    )
+
+
+def greater_trochanter_axis(fa: FemurAxes) -> list[np.ndarray]:
+    """A mass rising from the lateral shaft cortex (its lateral face continues the shaft's) to a tip
+    hooking medially at about the level of the head centre; the last point is the tip."""
+    d, sh, lat, base, ant = fa.head_diameter, fa.shaft, fa.lateral, fa.base, fa.anterior
+    return [
+        base + lat * 0.20 * d + sh * 0.45 * d - ant * 4,
+        base + lat * 0.24 * d - sh * 0.15 * d - ant * 5,
+        base + lat * 0.21 * d - sh * 0.55 * d - ant * 6,
+        base + lat * 0.11 * d - sh * 0.76 * d - ant * 7,
+    ]
+
+
+def greater_trochanter(proj: Projector, fa: FemurAxes, gt_pts: list[np.ndarray]) -> Tube:
+    # deeper (front to back) than wide, and as dense as the intertrochanteric region
+    d = fa.head_diameter
+    return proj.tube(gt_pts, [0.21 * d, 0.24 * d, 0.19 * d, 0.09 * d], 1.2, density=0.7, flat=1.45, smooth=1)
+
+
+def lesser_trochanter_axis(fa: FemurAxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Root, direction and tip of the lesser trochanter: a posteromedial prominence at the neck-shaft
+    junction, rooted in the shaft (more posterior than medial: half hidden behind the shaft in AP,
+    prominent in frog-leg)."""
+    d, sh, lat, base, ant = fa.head_diameter, fa.shaft, fa.lateral, fa.base, fa.anterior
+    lt_root = base + sh * 0.40 * d - lat * 0.13 * d - ant * 3
+    lt_dir = -lat * 0.40 + sh * 0.22 - ant * 0.92
+    lt_dir = lt_dir / np.linalg.norm(lt_dir)
+    return lt_root, lt_dir, lt_root + lt_dir * 0.55 * d
+
+
+def lesser_trochanter(proj: Projector, fa: FemurAxes, lt_root, lt_dir, lt_tip) -> Tube:
+    d, sh = fa.head_diameter, fa.shaft
+    return proj.tube(
+        [lt_root - sh * 0.12 * d, lt_root + lt_dir * 0.25 * d + sh * 0.04 * d, lt_tip],
+        [0.27 * d, 0.17 * d, 0.09 * d],
+        1.3,
+        density=0.7,
+        flat=0.9,
+        smooth=1,
+    )
+
+
+def femoral_shaft(proj: Projector, fa: FemurAxes, cortex: float) -> Tube:
+    """Metaphysis to diaphysis: the cortex thickens and cancellous bone gives way to fatty marrow."""
+    d, sh, base = fa.head_diameter, fa.shaft, fa.base
+    shaft_top = base - sh * 0.12 * d  # its rounded top stays hidden inside the neck base and trochanter
+    shaft_end = base + sh * SHAFT_LENGTH_MM
+    return proj.tube(
+        [shaft_top, base + sh * 0.3 * d, base + sh * 0.9 * d, base + sh * 1.7 * d, base + sh * 2.6 * d, shaft_end],
+        [0.27 * d, 0.355 * d, 0.345 * d, 0.325 * d, 0.315 * d, 0.31 * d],
+        np.array([2.0, 2.2, 2.6, 0.75 * cortex, cortex, cortex]),
+        density=np.array([0.7, 0.7, 0.6, 0.35, 0.22, 0.2]),
+        smooth=0,
+    )
+
+
+def intertrochanteric_crest(proj: Projector, fa: FemurAxes, lt_root, lt_dir) -> Tube:
+    """Posterior, from the greater trochanter's tip down to the lesser trochanter."""
+    d, sh, lat, base, ant = fa.head_diameter, fa.shaft, fa.lateral, fa.base, fa.anterior
+    return proj.tube(
+        [
+            base + lat * 0.14 * d - sh * 0.55 * d - ant * 12,
+            base + lat * 0.10 * d - ant * 14,
+            base - lat * 0.02 * d + sh * 0.30 * d - ant * 12,
+            lt_root + lt_dir * 0.2 * d,
+        ],
+        [1.3, 1.7, 1.6, 1.2],
+        0.0,
+        density=0.75,
+        additive=True,
+    )
+
+
+def intertrochanteric_line(proj: Projector, fa: FemurAxes) -> Tube:
+    """The anterior counterpart of the crest, fainter."""
+    d, sh, lat, base, ant = fa.head_diameter, fa.shaft, fa.lateral, fa.base, fa.anterior
+    return proj.tube(
+        [
+            base + lat * 0.20 * d - sh * 0.30 * d + ant * 12,
+            base + lat * 0.02 * d + ant * 14,
+            base - lat * 0.12 * d + sh * 0.35 * d + ant * 12,
+        ],
+        [1.0, 1.2, 1.0],
+        0.0,
+        density=0.45,
+        additive=True,
+    )
+
+
+def calcar(proj: Projector, fa: FemurAxes, m: SideMeasures) -> Tube:
+    """The thick cortex of the inferior neck curving into the medial shaft cortex."""
+    d, nk, nl, sh, lat, base, perp = (
+        fa.head_diameter,
+        fa.neck,
+        fa.neck_length,
+        fa.shaft,
+        fa.lateral,
+        fa.base,
+        fa.calcar_side,
+    )
+    points = [
+        -nk * 0.95 * m.head_radius + perp * (0.315 * d - 1.8),
+        -nk * 0.55 * nl + perp * (0.295 * d - 2.0),
+        -nk * 0.85 * nl + perp * (0.37 * d - 2.6),
+        base + sh * 0.15 * d - lat * (0.40 * d - 3.0),
+        base + sh * 0.40 * d - lat * (0.38 * d - 3.0),
+    ]
+    return proj.tube(points, [0.9, 1.4, 1.9, 1.7, 0.6], 0.0, density=0.9, additive=True, smooth=1)
+
+
+def trabecular_groups(proj: Projector, fa: FemurAxes, m: SideMeasures) -> list[Tube]:
+    """Principal compressive (dome -> calcar) and principal tensile (arc to the lateral cortex) groups."""
+    d, nk, sh, lat, base = fa.head_diameter, fa.neck, fa.shaft, fa.lateral, fa.base
+    p = lambda v: np.asarray(v, float)  # noqa: E731
+    head_sup = p([0.25, -0.97, 0.0]) * 0.78 * m.head_radius
+    calcar_end = base + sh * 0.35 * d - lat * 0.33 * d
+    return [
+        proj.tube(
+            [head_sup, -nk * 0.2 * d, calcar_end], [0.16 * d, 0.17 * d, 0.10 * d], 0.0, density=0.55, role="compressive"
+        ),
+        proj.tube(
+            [
+                p([-0.55, 0.45, 0]) * 0.75 * m.head_radius,
+                -nk * 0.5 * d - lat * 0.05 * d + sh * (-0.18 * d),
+                base + lat * 0.40 * d + sh * 0.30 * d,
+            ],
+            [0.07 * d, 0.08 * d, 0.06 * d],
+            0.0,
+            density=0.45,
+            role="tensile",
+        ),
+    ]
+
+
+def physeal_scar(proj: Projector, fa: FemurAxes, m: SideMeasures) -> Tube:
+    """The closed growth plate: a faint sclerotic line across the head base."""
+    nk, perp = fa.neck, fa.calcar_side
+    scar_c = -nk * 0.45 * m.head_radius
+    scar = [
+        scar_c + perp * 0.8 * m.head_radius - nk * 0.15 * m.head_radius,
+        scar_c,
+        scar_c - perp * 0.8 * m.head_radius - nk * 0.05 * m.head_radius,
+    ]
+    return proj.tube(scar, [0.6, 0.8, 0.6], 0.0, density=0.8, additive=True)
+
+
+def wards_triangle(proj: Projector, fa: FemurAxes) -> Hole:
+    """The sparser cancellous bone between the compressive, tensile and calcar groups at the base of
+    the neck reads slightly more lucent."""
+    d, nk, nl, perp = fa.head_diameter, fa.neck, fa.neck_length, fa.calcar_side
+    ward = proj((-nk * 0.72 * nl + perp * 0.06 * d)[None])[0]
+    return Hole(ward, 0.17 * d)
+
+
+def femur_landmarks(proj: Projector, fa: FemurAxes, gt_tip: np.ndarray, lt_tip: np.ndarray) -> dict[str, np.ndarray]:
+    """Projected landmarks: head centre, neck base, trochanters and two points on the shaft axis."""
+    d, sh, base = fa.head_diameter, fa.shaft, fa.base
+    return {
+        "head_centre": proj(np.zeros((1, 3)))[0],
+        "neck_base": proj(base[None])[0],
+        "greater_trochanter": proj((gt_tip - sh * 0.085 * d)[None])[0],
+        "lesser_trochanter": proj(lt_tip[None])[0],
+        "shaft_top": proj(base[None])[0],
+        "shaft_distal": proj((base + sh * 150.0)[None])[0],
+    }
+
+
+def build_prosthesis(proj: Projector, fa: FemurAxes) -> list[Bone]:
     """Total hip replacement: metal femoral stem, neck and ball, and the cement mantle."""
-    sh, nk, base, lat = ax["shaft"], ax["neck"], ax["base"], ax["lateral"]
+    sh, nk, base, lat = fa.shaft, fa.neck, fa.base, fa.lateral
     metal = Bone("prosthesis", material="metal")
     ball_r = 14.0
     metal.tubes.append(proj.tube([np.zeros(3), -nk * 0.1], [ball_r, ball_r], 0.0))
