@@ -13,7 +13,7 @@ COPY avn ./avn
 COPY gateway ./gateway
 COPY services ./services
 COPY protos ./protos
-# The web app's static files: gateway/rest.py serves them beside the package at /app/.
+# The web app's static files: gateway/rest/routers/web.py serves them beside the package at /app/.
 COPY web ./web
 # Editable: gateway/proto.py finds protos/ beside the package. The stubs are generated here, at
 # build time (never committed): TorchServe's from its jar, avn.v1's from protos/.

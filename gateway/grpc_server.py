@@ -31,16 +31,14 @@ from avn.pipeline.results import (
     DiagnoseOptions,
     DiagnoseRequest,
     Diagnosis,
-    FemoralHead,
     ImagePayload,
-    LabelProbability,
-    ModelVersion,
     StudyDiagnosis,
     StudyRequest,
 )
 from gateway import proto
 from gateway.errors import as_gateway_error, error_metadata, status_of
 from gateway.metrics import GatewayMetrics
+from gateway.proto_mapping import from_proto, to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +91,7 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
         request_id = _request_id(context)
         async with self._observed("models", context, request_id):
             infos = await self.pipeline.models()
-        return pb.ListModelsResponse(
-            models=[
-                pb.ModelDescription(name=i.name, version=i.version, input_size=i.input_size, labels=list(i.labels))
-                for i in infos
-            ]
-        )
+        return pb.ListModelsResponse(models=[to_proto(info, pb) for info in infos])
 
     @contextlib.asynccontextmanager
     async def _observed(
@@ -147,125 +140,30 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id
 
 
 # ---------------------------------------------------------------- protobuf ↔ dataclasses
+#
+# One generic mapping by field name (gateway/proto_mapping.py). The requests are the exception the
+# proto lays out differently: include_overlay sits beside the options, and a single radiograph's
+# image and media type on the request itself.
 
 
-def options_from_proto(include_overlay: bool, options: pb.DiagnoseOptions) -> DiagnoseOptions:
-    return DiagnoseOptions(
-        include_overlay=include_overlay,
-        cam_stage=options.cam_stage or None,
-        note_threshold=options.note_threshold if options.HasField("note_threshold") else None,
-    )
+def options_from_proto(request: pb.DiagnoseRequest | pb.StudyRequest) -> DiagnoseOptions:
+    return from_proto(DiagnoseOptions, request.options, given={"include_overlay": request.include_overlay})
 
 
 def diagnose_request_from_proto(request: pb.DiagnoseRequest) -> DiagnoseRequest:
-    return DiagnoseRequest(
-        payload=ImagePayload(request.image, request.media_type),
-        options=options_from_proto(request.include_overlay, request.options),
-    )
+    return DiagnoseRequest(payload=from_proto(ImagePayload, request), options=options_from_proto(request))
 
 
 def study_request_from_proto(request: pb.StudyRequest) -> StudyRequest:
-    return StudyRequest(
-        payloads=tuple(ImagePayload(item.image, item.media_type) for item in request.radiographs),
-        options=options_from_proto(request.include_overlay, request.options),
-    )
-
-
-def _label_probabilities(items: tuple[LabelProbability, ...]) -> list[pb.LabelProbability]:
-    return [pb.LabelProbability(label=item.label, probability=item.probability) for item in items]
-
-
-def _models(models: tuple[ModelVersion, ...]) -> list[pb.ModelVersion]:
-    return [pb.ModelVersion(name=m.name, version=m.version) for m in models]
-
-
-def _box(box) -> pb.Box:
-    return pb.Box(x0=box.x0, y0=box.y0, x1=box.x1, y1=box.y1)
-
-
-def head_to_proto(head: FemoralHead) -> pb.FemoralHead:
-    return pb.FemoralHead(
-        box=_box(head.box),
-        score=head.score,
-        side=head.side,
-        side_probability=head.side_probability,
-        side_corrected=head.side_corrected,
-        stage_probabilities=_label_probabilities(head.stage_probabilities),
-        stage=head.stage,
-        stage_probability=head.stage_probability,
-        presence=head.presence,
-        presence_probability=head.presence_probability,
-        collapse=head.collapse,
-        collapse_probability=head.collapse_probability,
-        notes=[
-            pb.Note(
-                note=n.note,
-                stage=n.stage,
-                raw_probability=n.raw_probability,
-                probability=n.probability,
-                passed=n.passed,
-            )
-            for n in head.notes
-        ],
-        cam_png=head.cam_png,
-        cam_stage=head.cam_stage,
-        cam_box=_box(head.cam_box),
-        view_probabilities=_label_probabilities(head.view_probabilities),
-        low_confidence=head.low_confidence,
-        low_confidence_reasons=list(head.low_confidence_reasons),
-    )
+    return from_proto(StudyRequest, request, given={"options": options_from_proto(request)})
 
 
 def diagnosis_to_proto(result: Diagnosis) -> pb.DiagnoseResponse:
-    t = result.timings
-    return pb.DiagnoseResponse(
-        request_id=result.request_id,
-        width=result.width,
-        height=result.height,
-        view=pb.View(
-            view=result.view.view,
-            probability=result.view.probability,
-            probabilities=_label_probabilities(result.view.probabilities),
-        ),
-        heads=[head_to_proto(head) for head in result.heads],
-        overlay_png=result.overlay_png or b"",
-        models=_models(result.models),
-        cache_hit=result.cache_hit,
-        timings=pb.StepTimings(
-            decode_ms=t.decode_ms,
-            detect_ms=t.detect_ms,
-            crop_ms=t.crop_ms,
-            classify_ms=t.classify_ms,
-            fuse_ms=t.fuse_ms,
-            output_ms=t.output_ms,
-            total_ms=t.total_ms,
-        ),
-        note_threshold=result.note_threshold,
-    )
+    return to_proto(result, pb)
 
 
 def study_to_proto(result: StudyDiagnosis) -> pb.StudyResponse:
-    return pb.StudyResponse(
-        request_id=result.request_id,
-        sides=[
-            pb.SideDiagnosis(
-                side=s.side,
-                stage=s.stage,
-                presence=s.presence,
-                collapse=s.collapse,
-                probability=s.probability,
-                radiograph_index=s.radiograph_index,
-                radiograph_indices=list(s.radiograph_indices),
-            )
-            for s in result.sides
-        ],
-        radiographs=[
-            pb.StudyRadiograph(index=r.index, result=diagnosis_to_proto(r.result)) for r in result.radiographs
-        ],
-        skipped=[pb.SkippedRadiograph(index=s.index, reason=s.reason) for s in result.skipped],
-        models=_models(result.models),
-        total_ms=result.total_ms,
-    )
+    return to_proto(result, pb)
 
 
 # ---------------------------------------------------------------- the server

@@ -12,16 +12,20 @@ from typing import Protocol
 
 import numpy as np
 
+from avn.pipeline.results import described
+
 CLASSIFIER_MODELS = ("view", "side", "staging", "notes")
 MODELS = ("detection", *CLASSIFIER_MODELS)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    name: str  # one of MODELS
-    version: str  # the model card's version
-    input_size: int  # crop side (classifiers) or detector input side
-    labels: tuple[str, ...]
+    """One model behind the service: its name, version, input size and labels."""
+
+    name: str = described(f"One of {', '.join(MODELS)}.")
+    version: str = described("The model card's version.")
+    input_size: int = described("Crop side (classifiers) or detector input side, pixels.")
+    labels: tuple[str, ...] = described("The labels the model outputs.")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Typed requests and results of the diagnosis pipeline: plain dataclasses, no protocol in them.
 
-The gRPC servicer converts these to and from ``avn.v1`` protobuf messages and the REST app to and
-from JSON, so both protocols return the same fields with the same meaning (the field comments of
-``protos/avn/v1/diagnosis.proto`` are their documentation). :func:`encode_diagnosis` /
-:func:`decode_diagnosis` are the cache's serialisation: JSON (PNG bytes as base64), never pickle,
-because a cache entry must not be able to run code in the gateway.
+These classes are THE definition of a result: the gRPC servicer maps them by field name onto the
+``avn.v1`` protobuf messages, the REST app's response models are generated from them (with the field
+descriptions given here), and ``tests/test_result_schema.py`` fails when the three drift apart.
+:func:`encode_diagnosis` / :func:`decode_diagnosis` are the cache's serialisation: JSON (PNG bytes as
+base64), never pickle, because a cache entry must not be able to run code in the gateway.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from avn.vocabulary import STAGES
 
 DEFAULT_NOTE_THRESHOLD = 0.5
+DESCRIPTION = "description"  # the key of a result field's documentation in its dataclass metadata
 
 
 # ---------------------------------------------------------------- requests
@@ -69,6 +70,14 @@ class StudyRequest:
 
 
 # ---------------------------------------------------------------- results
+#
+# The field descriptions below are the documentation of both protocols' results: the REST models
+# (gateway/rest/models.py) are generated from these classes and carry them into the OpenAPI document.
+
+
+def described(description: str, **options: Any) -> Any:
+    """A dataclass field with its documentation (``options``: ``default`` and the like)."""
+    return field(metadata={DESCRIPTION: description}, **options)
 
 
 @dataclass(frozen=True)
@@ -86,41 +95,51 @@ class Box:
 
 @dataclass(frozen=True)
 class LabelProbability:
+    """One label of a model's vocabulary and its probability."""
+
     label: str
     probability: float
 
 
 @dataclass(frozen=True)
 class Note:
+    """One radiological note of a femoral head, fused with the staging model's opinion."""
+
     note: str
-    stage: str  # the stage the note belongs to
-    raw_probability: float  # the notes model's own output
-    probability: float  # fused: raw × P(stage) from the staging model
-    passed: bool  # probability ≥ the request's threshold
+    stage: str = described("The stage the note belongs to.")
+    raw_probability: float = described("The notes model's own probability.")
+    probability: float = described("Fused: raw probability × P(stage) from the staging model.")
+    passed: bool = described("probability ≥ the request's note threshold.")
 
 
 @dataclass(frozen=True)
 class FemoralHead:
+    """One femoral head found on the radiograph, staged, with notes and heat map."""
+
     box: Box
-    score: float
+    score: float = described("Detector score.")
     side: str
-    side_probability: float  # the side model's probability of ``side``
-    side_corrected: bool  # flipped by the one-head-per-side rule
-    stage_probabilities: tuple[LabelProbability, ...]  # vocabulary order
+    side_probability: float = described("The side model's probability of side.")
+    side_corrected: bool = described("Flipped by the one-head-per-side rule.")
+    stage_probabilities: tuple[LabelProbability, ...] = described("One per stage, in vocabulary order.")
     stage: str
     stage_probability: float
     presence: str
     presence_probability: float
     collapse: str
     collapse_probability: float
-    notes: tuple[Note, ...]  # vocabulary order
-    cam_png: bytes  # 8-bit grey PNG of the CAM over ``cam_box``; empty when the backend gave none
-    cam_stage: str
-    cam_box: Box  # the square crop the classifiers saw
+    notes: tuple[Note, ...] = described("Every note, in vocabulary order.")
+    cam_png: bytes = described("8-bit grey PNG of the class activation map over cam_box; empty if none.")
+    cam_stage: str = described("The stage the CAM shows.")
+    cam_box: Box = described("The square crop the classifiers saw.")
     view_probabilities: tuple[LabelProbability, ...]
-    # True when the answer should go to a human (avn/pipeline/confidence.py); the reasons say why.
-    low_confidence: bool = False
-    low_confidence_reasons: tuple[str, ...] = ()
+    # Set by avn/pipeline/confidence.py.
+    low_confidence: bool = described(
+        "The models are unsure of this head (low detector score, or a crop unlike the training data): "
+        "route it to a human.",
+        default=False,
+    )
+    low_confidence_reasons: tuple[str, ...] = described("Why low_confidence is set; empty when it is not.", default=())
 
     @property
     def passed_notes(self) -> tuple[Note, ...]:
@@ -129,6 +148,8 @@ class FemoralHead:
 
 @dataclass(frozen=True)
 class View:
+    """The radiograph's view: the average of its heads' view probabilities."""
+
     view: str
     probability: float
     probabilities: tuple[LabelProbability, ...]
@@ -136,6 +157,8 @@ class View:
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """A model that took part in the result."""
+
     name: str
     version: str
 
@@ -155,14 +178,14 @@ class StepTimings:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """The result of one radiograph."""
+    """The diagnosis of one radiograph."""
 
     request_id: str
     width: int
     height: int
     view: View
-    heads: tuple[FemoralHead, ...]  # one or two, left to right on the image
-    overlay_png: bytes | None
+    heads: tuple[FemoralHead, ...] = described("One or two, left to right on the image.")
+    overlay_png: bytes | None = described("RGB PNG of the annotated radiograph, when include_overlay was asked for.")
     models: tuple[ModelVersion, ...]
     cache_hit: bool
     timings: StepTimings
@@ -174,32 +197,38 @@ class SideDiagnosis:
     """Subject-level diagnosis of one side: the most severe stage seen on any radiograph."""
 
     side: str
-    stage: str
+    stage: str = described("The most severe stage seen on any radiograph of the study.")
     presence: str
     collapse: str
-    probability: float  # staging probability of ``stage`` on the radiograph it was seen on
-    radiograph_index: int  # that radiograph
-    radiograph_indices: tuple[int, ...]  # every radiograph that showed this side
+    probability: float = described("The staging probability of stage on the radiograph it was seen on.")
+    radiograph_index: int = described("Index (in the request) of that radiograph.")
+    radiograph_indices: tuple[int, ...] = described("Every radiograph that showed this side.")
 
 
 @dataclass(frozen=True)
 class SkippedRadiograph:
+    """A radiograph of the study on which no femoral head was found."""
+
     index: int
     reason: str
 
 
 @dataclass(frozen=True)
 class StudyRadiograph:
-    index: int  # position in the request
+    """The diagnosis of one radiograph of a study."""
+
+    index: int = described("Position of the file in the request.")
     result: Diagnosis
 
 
 @dataclass(frozen=True)
 class StudyDiagnosis:
+    """The result of several radiographs of one subject."""
+
     request_id: str
-    sides: tuple[SideDiagnosis, ...]  # sorted by side name
+    sides: tuple[SideDiagnosis, ...] = described("One per side seen on at least one radiograph, sorted by side name.")
     radiographs: tuple[StudyRadiograph, ...]
-    skipped: tuple[SkippedRadiograph, ...]
+    skipped: tuple[SkippedRadiograph, ...] = described("Radiographs without a femoral head.")
     models: tuple[ModelVersion, ...]
     total_ms: float = 0.0
 

@@ -1,0 +1,95 @@
+"""FastAPI dependencies of the routers: the app's pipeline, settings, metrics and case bank (held on
+``app.state`` by :func:`gateway.rest.app.create_app`), the diagnosis options of the query, and the
+observation of an operation, which gives the request its id and counts and times it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from avn.pipeline.pipeline import MAX_REQUEST_ID_LENGTH, Pipeline, new_request_id
+from avn.pipeline.results import DiagnoseOptions
+from gateway.cases import CaseBank
+from gateway.errors import as_gateway_error
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "rest"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+# Plain async functions: FastAPI would run synchronous ones in its thread pool.
+async def app_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+async def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def app_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+async def app_case_bank(request: Request) -> CaseBank:
+    return request.app.state.case_bank
+
+
+async def diagnose_options(
+    include_overlay: bool = False, cam_stage: str | None = None, note_threshold: float | None = None
+) -> DiagnoseOptions:
+    """The options of both diagnosis POSTs and of a case's diagnosis, from the query."""
+    # note_threshold None: the pipeline applies the service's AVN_NOTE_THRESHOLD.
+    return DiagnoseOptions(include_overlay=include_overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
+
+
+# An operation's observation: ``async with observe("diagnose") as request_id: ...``
+Observe = Callable[[str], AbstractAsyncContextManager[str]]
+
+
+async def observer(request: Request, metrics: Annotated[GatewayMetrics, Depends(app_metrics)]) -> Observe:
+    # A context entered by the handler rather than a dependency with yield: a query that fails
+    # validation is then neither counted nor given the client's id, as before the routers existed.
+    return functools.partial(observed, request, metrics)
+
+
+@asynccontextmanager
+async def observed(request: Request, metrics: GatewayMetrics, operation: str) -> AsyncIterator[str]:
+    """Give the request its id, and count and time it whatever the outcome. An untyped failure (a
+    bug) is logged here with its traceback and answered as :class:`Internal`."""
+    request_id = request.state.request_id = request_id_of(request)
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        yield request_id
+    except Exception as failure:
+        typed = as_gateway_error(failure)
+        error = type(typed).__name__
+        if typed is not failure:
+            logger.error("request %s failed unexpectedly", request_id, exc_info=failure)
+            raise typed from failure
+        raise
+    finally:
+        metrics.observe_request(PROTOCOL, operation, time.perf_counter() - started, error)
+
+
+def request_id_of(request: Request) -> str:
+    """The client's ``x-request-id`` when it is a sensible one, else a new id."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable() else new_request_id()
+
+
+PipelineDep = Annotated[Pipeline, Depends(app_pipeline)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+MetricsDep = Annotated[GatewayMetrics, Depends(app_metrics)]
+CaseBankDep = Annotated[CaseBank, Depends(app_case_bank)]
+OptionsDep = Annotated[DiagnoseOptions, Depends(diagnose_options)]
+ObserveDep = Annotated[Observe, Depends(observer)]

@@ -1,0 +1,63 @@
+"""``POST /v1/diagnose`` (one radiograph) and ``POST /v1/studies`` (several radiographs of one subject)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from avn.pipeline.results import DiagnoseRequest, StudyRequest, to_json_dict
+from gateway.rest.bodies import MULTIPART_OVERHEAD_BYTES, single_payload, study_payloads
+from gateway.rest.dependencies import MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
+from gateway.rest.models import DiagnosisResponse, StudyResponse
+from gateway.rest.openapi import DIAGNOSE_BODY, ERROR_RESPONSES, STUDY_BODY
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/diagnose",
+    response_model=DiagnosisResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=DIAGNOSE_BODY,
+    summary="Diagnose one radiograph",
+)
+async def diagnose(
+    request: Request,
+    options: OptionsDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    observe: ObserveDep,
+) -> DiagnosisResponse:
+    async with observe("diagnose") as request_id:
+        payload = await single_payload(request, settings.max_payload_bytes)
+        result = await pipeline.diagnose(
+            DiagnoseRequest(payload, options), request_id=request_id, timeout_s=settings.deadline_s
+        )
+        metrics.observe_diagnosis(result)
+        return DiagnosisResponse.model_validate(to_json_dict(result))
+
+
+@router.post(
+    "/v1/studies",
+    response_model=StudyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=STUDY_BODY,
+    summary="Diagnose several radiographs of one subject",
+)
+async def studies(
+    request: Request,
+    options: OptionsDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    observe: ObserveDep,
+) -> StudyResponse:
+    async with observe("study") as request_id:
+        limit = settings.max_payload_bytes * pipeline.max_study_radiographs + MULTIPART_OVERHEAD_BYTES
+        payloads = await study_payloads(request, limit, settings.max_payload_bytes)
+        result = await pipeline.diagnose_study(
+            StudyRequest(tuple(payloads), options), request_id=request_id, timeout_s=settings.deadline_s
+        )
+        for radiograph in result.radiographs:
+            metrics.observe_diagnosis(radiograph.result)
+        return StudyResponse.model_validate(to_json_dict(result))
