@@ -234,17 +234,21 @@ def test_more_than_two_candidates_give_two_heads_in_one_batch_per_model() -> Non
         assert shape == (2, INPUT_SIZES[model], INPUT_SIZES[model])
 
 
-def test_same_side_twice_keeps_the_more_confident_and_flips_the_other() -> None:
+def test_two_heads_take_their_sides_from_the_image_layout_and_disagreement_is_flagged() -> None:
+    # SIDES is (left, right); heads come left to right on the image: patient's right, then left.
+    agreeing = Classification(SIDES, np.array([[0.2, 0.8], [0.6, 0.4]]))
+    assert resolve_sides(agreeing) == [("right", pytest.approx(0.8), False), ("left", pytest.approx(0.6), False)]
     both_left = Classification(SIDES, np.array([[0.9, 0.1], [0.7, 0.3]]))
-    assert resolve_sides(both_left) == [("left", pytest.approx(0.9), False), ("right", pytest.approx(0.3), True)]
-    both_right = Classification(SIDES, np.array([[0.4, 0.6], [0.05, 0.95]]))
-    assert resolve_sides(both_right) == [("left", pytest.approx(0.4), True), ("right", pytest.approx(0.95), False)]
-    distinct = Classification(SIDES, np.array([[0.2, 0.8], [0.6, 0.4]]))
-    assert [corrected for _, _, corrected in resolve_sides(distinct)] == [False, False]
+    assert resolve_sides(both_left) == [("right", pytest.approx(0.1), True), ("left", pytest.approx(0.7), False)]
+    mirrored = Classification(SIDES, np.array([[0.95, 0.05], [0.1, 0.9]]))
+    assert resolve_sides(mirrored) == [("right", pytest.approx(0.05), True), ("left", pytest.approx(0.1), True)]
     single = Classification(SIDES, np.array([[0.3, 0.7]]))
-    assert resolve_sides(single) == [("right", pytest.approx(0.7), False)]
+    assert resolve_sides(single) == [("right", pytest.approx(0.7), False)]  # a coned hip: the model decides
     result = diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8], {"side": both_left.probabilities}), flat_png())
-    assert [(h.side, h.side_corrected) for h in result.heads] == [("left", False), ("right", True)]
+    assert [(h.side, h.side_corrected) for h in result.heads] == [("right", True), ("left", False)]
+    first, second = result.heads
+    assert first.low_confidence and any("side model disagrees" in r for r in first.low_confidence_reasons)
+    assert not any("side model" in r for r in second.low_confidence_reasons)
 
 
 def test_unsure_heads_are_flagged_low_confidence_with_the_reasons() -> None:

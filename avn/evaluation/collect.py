@@ -69,7 +69,7 @@ class HeadTable:
     stage_truth: np.ndarray  # (n,) index into STAGES
     notes_truth: np.ndarray  # (n, 8) 0/1 in NOTES order
     view_probs: np.ndarray  # (n, 2) the view model on this head
-    side_probs: np.ndarray  # (n, 2) the side model (before the one-head-per-side rule)
+    side_probs: np.ndarray  # (n, 2) the side model (before the image-layout side rule)
     side_served: np.ndarray  # (n,) index of the side the service answered (after that rule)
     stage_probs: np.ndarray  # (n, 4)
     notes_raw: np.ndarray  # (n, 8) the notes model alone
@@ -193,7 +193,7 @@ def head_table(results: Sequence[RadiographResult]) -> HeadTable:
 
 def _side_row(head: FemoralHead) -> list[float]:
     """The side model's (P(left), P(right)) for this head, from the served side and its probability
-    (for a head flipped by the one-head-per-side rule that probability is the model's, below 0.5)."""
+    (for a head flipped by the image-layout side rule that probability is the model's, below 0.5)."""
     p = head.side_probability
     return [p, 1.0 - p] if head.side == SIDES[0] else [1.0 - p, p]
 

@@ -13,7 +13,7 @@ Point estimates come from the metrics core (:mod:`avn.metrics`, scikit-learn). I
 
 Operating points are the service's: a head's stage is the served stage (the pipeline's own rule,
 :func:`avn.pipeline.fuse.served_stage_indices`), presence and collapse derive from that stage through
-the vocabulary's groupings, the side is the served side after the one-head-per-side rule, a note
+the vocabulary's groupings, the side is the served side after the image-layout side rule, a note
 passes when its fused probability is ≥ the service's default threshold (0.5).
 """
 
@@ -283,7 +283,7 @@ def view_side_notes_table(heads: HeadTable, intervals: Intervals) -> dict[str, A
         positive = (VIEWS if task == "view" else SIDES)[1]
 
         # The fold documents score the side model alone; the served side also passes the
-        # one-head-per-side rule, so its operating point is only bootstrapped.
+        # image-layout side rule, so its operating point is only bootstrapped.
         def at_point_figure(metric: str, task: str = task) -> FoldFigure | None:
             return (lambda t: t[metric]) if task == "view" else None
 
@@ -332,7 +332,7 @@ def view_side_notes_table(heads: HeadTable, intervals: Intervals) -> dict[str, A
         "id": "table_iii",
         "title": "Table III — exam view, side and clinical notes",
         "caption": "Per femoral head matched to a truth head. View and side: binary, positive class FL and right; "
-        "the side's sensitivity/specificity are of the served side (after the one-head-per-side rule). "
+        "the side's sensitivity/specificity are of the served side (after the image-layout side rule). "
         "Notes: the mean over the 8 notes of each one's AUC, sensitivity and specificity (notes absent "
         "from the split are left out); 'fused' is the served probability (note × P(its stage)), 'raw' "
         "the notes model alone. A note passes at ≥ 0.5.",

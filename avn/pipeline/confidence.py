@@ -24,8 +24,11 @@ def classifier_certainty(view_row: np.ndarray, side_row: np.ndarray) -> float:
     return float((np.max(view_row) + np.max(side_row)) / 2.0)
 
 
-def low_confidence_reasons(detection_score: float, certainty: float) -> tuple[str, ...]:
-    """Why a head's answer should be checked by a human; empty when it need not be."""
+def low_confidence_reasons(detection_score: float, certainty: float, side_disagrees: bool = False) -> tuple[str, ...]:
+    """Why a head's answer should be checked by a human; empty when it need not be.
+
+    ``side_disagrees``: the side model called the other side than the head's place on the image.
+    """
     reasons = []
     if detection_score < CONFIDENT_DETECTION_SCORE:
         reasons.append(f"detector score {detection_score:.2f} below {CONFIDENT_DETECTION_SCORE:.2f}")
@@ -34,4 +37,6 @@ def low_confidence_reasons(detection_score: float, certainty: float) -> tuple[st
             "crop unlike the training data: view/side certainty"
             f" {certainty:.2f} below {CONFIDENT_CLASSIFIER_PROBABILITY:.2f}"
         )
+    if side_disagrees:
+        reasons.append("the side model disagrees with the head's place on the image (check the side marker)")
     return tuple(reasons)

@@ -33,7 +33,6 @@ from avn.vocabulary import (
     VIEWS,
     class_probability,
     collapse_of,
-    flip_side,
     presence_of,
 )
 
@@ -96,22 +95,32 @@ def collapse_with_probability(stage: str, stage_probabilities: Mapping[str, floa
     return collapse, class_probability(collapse, STAGE_TO_COLLAPSE, stage_probabilities)
 
 
-def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
-    """(side, probability of that side, corrected) per head.
+# SPEC §1, the radiological convention: the patient's right hip appears on the image's left.
+SIDE_OF_IMAGE_HALF = {"image left": "right", "image right": "left"}
 
-    Two heads cannot be the same side: when the model says so, the more confident head keeps its
-    side and the other is flipped (its reported probability is then the model's, below 0.5).
+
+def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
+    """(side, the side model's probability of that side, corrected) per head, heads left to right.
+
+    Two heads: the layout decides, by the radiological convention — the head on the image's left is
+    the patient's right. A crop shows far less than the whole radiograph, and a side model can learn
+    a cue that real hips lack (the quick model answered the mirror side on every real pelvis of the
+    real check, README "Real radiographs"); the layout of two femoral heads cannot be mirrored
+    unless the image is. ``corrected`` marks a head the side model called the other way, which also
+    flags it ``low_confidence`` (a mirrored image or a side model out of its depth).
+    One head (a coned hip: no layout to read): the side model's answer.
     """
     probabilities = np.asarray(side.probabilities, dtype=np.float64)
     column = {label: index for index, label in enumerate(side.labels)}
-    sides = [side.labels[int(np.argmax(row))] for row in probabilities]
-    corrected = [False] * len(sides)
-    if len(sides) == 2 and sides[0] == sides[1]:
-        confidence = probabilities.max(axis=1)
-        loser = 1 if confidence[0] >= confidence[1] else 0
-        sides[loser] = flip_side(sides[loser])
-        corrected[loser] = True
-    return [(s, float(row[column[s]]), c) for s, row, c in zip(sides, probabilities, corrected, strict=True)]
+    predicted = [side.labels[int(np.argmax(row))] for row in probabilities]
+    if len(predicted) == 2:
+        sides = [SIDE_OF_IMAGE_HALF["image left"], SIDE_OF_IMAGE_HALF["image right"]]
+    else:
+        sides = predicted
+    return [
+        (served, float(row[column[served]]), served != model_side)
+        for served, model_side, row in zip(sides, predicted, probabilities, strict=True)
+    ]
 
 
 def radiograph_view(view: Classification) -> View:
@@ -137,7 +146,7 @@ def interpret_heads(
         collapse, collapse_probability = collapse_with_probability(stage, by_stage)
         side, side_probability, side_corrected = sides[index]
         certainty = classifier_certainty(answers.view.probabilities[index], answers.side.probabilities[index])
-        reasons = low_confidence_reasons(candidate.score, certainty)
+        reasons = low_confidence_reasons(candidate.score, certainty, side_disagrees=side_corrected)
         heads.append(
             FemoralHead(
                 box=Box(*candidate.box),

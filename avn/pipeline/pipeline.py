@@ -12,8 +12,8 @@
   None found → :class:`~avn.pipeline.errors.NoFemoralHead`.
 * crop: :func:`avn.pipeline.crop.crop_square` at ``SERVING_SCALE``, at each model's own input size.
 * classify: the four classifiers are called concurrently, each once with both heads as one batch.
-* interpret: sides (one head per side: when both heads get the same side, the more confident keeps
-  it and the other is flipped), stages and derived classes, fused notes, the radiograph's view
+* interpret: sides (two heads: by the image layout, the head on the image's left is the patient's
+  right; one head: the side model), stages and derived classes, fused notes, the radiograph's view
   (the mean of its heads' view probabilities).
 * output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`).
 

@@ -120,7 +120,10 @@ class FemoralHead:
     score: float = described("Detector score.")
     side: str
     side_probability: float = described("The side model's probability of side.")
-    side_corrected: bool = described("Flipped by the one-head-per-side rule.")
+    side_corrected: bool = described(
+        "True when the side model called the other side: on a radiograph with two heads the side follows the "
+        "image layout (the head on the image's left is the patient's right)."
+    )
     stage_probabilities: tuple[LabelProbability, ...] = described("One per stage, in vocabulary order.")
     stage: str
     stage_probability: float

@@ -74,7 +74,7 @@ function lowConfidence(head) {
 }
 
 function headCard(head, threshold) {
-  const flipped = head.side_corrected ? " (side corrected: one head per side)" : "";
+  const flipped = head.side_corrected ? " (side from the image layout; the side model disagreed)" : "";
   return h(
     "article",
     { className: "head-card", "data-side": head.side, "data-stage": head.stage, style: { borderLeftColor: stageColour(head.stage) } },
