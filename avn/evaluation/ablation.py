@@ -36,9 +36,9 @@ from avn.evaluation.html import Report, figure_png, format_ci, format_p, markdow
 from avn.evaluation.significance import PAIRED_METHOD, paired_bootstrap
 from avn.metrics import to_jsonable
 from avn.models.checkpoint import load_checkpoint
-from avn.models.classifier import build_classifier
+from avn.models.classifier import build_classifier, normalised_batch
 from avn.paper import PAPER_ABLATION
-from avn.training.classifier_loop import fit_classifier, predict, to_batch
+from avn.training.classifier_loop import fit_classifier, predict
 from avn.training.head_data import BoxSource, CropSet, annotated_box, build_crops, serving_scale, training_scales
 from avn.training.losses import FocalLoss
 from avn.training.profiles import Profile
@@ -296,7 +296,8 @@ def measure_seconds_per_crop(profile: Profile, steps: int = 2) -> float:
     """Forward + backward time per crop of a staging model at the profile's input size."""
     model = build_classifier("staging")
     optimiser = torch.optim.Adam(model.parameters(), lr=profile.learning_rate)
-    batch = to_batch(np.random.default_rng(0).random((profile.batch_size, profile.input_size, profile.input_size)))
+    crops = np.random.default_rng(0).random((profile.batch_size, profile.input_size, profile.input_size))
+    batch = normalised_batch(crops)
     target = torch.zeros(profile.batch_size, dtype=torch.long)
     criterion = FocalLoss(None, gamma=profile.focal_gamma)
     timings = []

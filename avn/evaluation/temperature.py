@@ -26,8 +26,7 @@ from avn.dataset.format import load_dataset
 from avn.evaluation.calibration import TemperatureFit, fit_temperature
 from avn.evaluation.run_info import RunInfoError, deployed_validation_subjects, read_task_metrics
 from avn.models.checkpoint import load_checkpoint, save_checkpoint
-from avn.models.classifier import CLASSIFIER_TASKS, MULTI_LABEL_TASKS
-from avn.training.classifier_loop import to_batch
+from avn.models.classifier import CLASSIFIER_TASKS, MULTI_LABEL_TASKS, normalised_batch
 from avn.training.head_data import CropSet, build_crops, serving_scale
 from avn.training.runner import MODEL_FILE, dataset_fingerprint
 
@@ -71,7 +70,8 @@ def logits_of(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 128) 
     """Raw logits (no temperature) of a classifier on (N, S, S) crops, normalised as served."""
     model.eval()
     out = [
-        model(to_batch(crops[i : i + batch_size].astype(np.float32))).numpy() for i in range(0, len(crops), batch_size)
+        model(normalised_batch(crops[i : i + batch_size].astype(np.float32))).numpy()
+        for i in range(0, len(crops), batch_size)
     ]
     return np.concatenate(out).astype(np.float64)
 

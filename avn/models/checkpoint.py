@@ -35,6 +35,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read as asked (wrong task, model, metadata or file)."""
 
 
+class ModelTaskMismatchError(CheckpointError):
+    """A checkpoint of another task than the one asked for (a view model in the staging archive)."""
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a served model says about itself."""
@@ -90,10 +94,18 @@ def save_checkpoint(path: str | Path, model: nn.Module, task: str, metadata: Map
     return card
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """The model rebuilt from ``path`` in eval mode, and its card."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", task: str | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """The model rebuilt from ``path`` in eval mode, and its card.
+
+    With ``task`` (what a TorchServe handler or the in-process backend serves), a checkpoint of
+    any other task is refused with :class:`ModelTaskMismatchError` before its weights are built.
+    """
     payload = _read_payload(path, map_location)
     card = ModelCard.from_dict(payload["card"])
+    if task is not None and card.task != task:
+        raise ModelTaskMismatchError(f"{path} holds a {card.task!r} model, expected {task!r}")
     model = _rebuild_model(card, payload.get("config", {}))
     try:
         model.load_state_dict(payload["state_dict"])

@@ -5,16 +5,23 @@ their label set and in whether the labels are exclusive (softmax) or independent
 The staging model also explains itself with class activation maps computed from the last
 convolutional features and the fc weights of the same forward pass. Plain PyTorch: the serving
 layer wraps these modules, nothing here knows about TorchServe.
+
+:meth:`HeadClassifier.predict` is the one inference path — input normalisation, forward pass,
+probabilities, CAMs — shared by the TorchServe handlers, the in-process backend and training
+validation, so that what is validated is exactly what is served.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from avn.pipeline.crop import normalise
 from avn.vocabulary import NOTES, SIDES, STAGES, VIEWS
 
 CLASSIFIER_TASKS: dict[str, tuple[str, ...]] = {
@@ -36,6 +43,23 @@ class UnknownTaskError(ValueError):
 
 class IncompatibleWeightsError(ValueError):
     """Source weights that do not fit the target model's trunk."""
+
+
+def normalised_batch(crops: np.ndarray) -> torch.Tensor:
+    """(B, S, S) crops in [0, 1] → the model input: (B, 1, S, S), normalised crop by crop, on the CPU.
+
+    Training batches go through here too, so a model only ever sees inputs prepared one way.
+    """
+    return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))[:, None]
+
+
+@dataclass(frozen=True)
+class HeadPrediction:
+    """What :meth:`HeadClassifier.predict` returns for a batch of crops, in the model's label order."""
+
+    probabilities: np.ndarray  # (B, C): softmax rows, or independent sigmoids for multi-label tasks
+    cams: np.ndarray | None = None  # (B, h, w) in [0, 1], when CAMs were asked for
+    cam_classes: tuple[int, ...] | None = None  # per crop, the label index its CAM explains
 
 
 class HeadClassifier(nn.Module):
@@ -91,6 +115,46 @@ class HeadClassifier(nn.Module):
         """Softmax over exclusive labels, sigmoid per label for multi-label tasks (temperature-scaled)."""
         scaled = logits / self.temperature
         return torch.sigmoid(scaled) if self.multi_label else torch.softmax(scaled, dim=1)
+
+    def predict(self, crops: np.ndarray, cam_classes: Sequence[str | None] | None = None) -> HeadPrediction:
+        """Probabilities (and CAMs) of (B, S, S) crops in [0, 1], in one forward pass (call in eval mode).
+
+        ``cam_classes`` asks for one CAM per crop: the label to explain, or None for the crop's
+        predicted label. Without it no CAM is computed.
+        """
+        return self.predict_normalised(normalised_batch(np.asarray(crops)), cam_classes)
+
+    @torch.inference_mode()
+    def predict_normalised(
+        self, batch: torch.Tensor, cam_classes: Sequence[str | None] | None = None
+    ) -> HeadPrediction:
+        """:meth:`predict` on crops already through :func:`normalised_batch` (B, 1, S, S), any device."""
+        if self.training:
+            # Batch norm would use (and update) the batch statistics: not what was validated or served.
+            raise RuntimeError("HeadClassifier.predict is inference; call .eval() first")
+        logits, feature_maps = self.forward_features(batch.to(self._device()))
+        probabilities = self.probabilities(logits)
+        if cam_classes is None:
+            return HeadPrediction(probabilities.cpu().numpy())
+        explained = self._explained_classes(cam_classes, probabilities)
+        cams = self.class_activation_maps(feature_maps, explained)
+        return HeadPrediction(probabilities.cpu().numpy(), cams.cpu().numpy(), tuple(explained.tolist()))
+
+    def _explained_classes(self, cam_classes: Sequence[str | None], probabilities: torch.Tensor) -> torch.Tensor:
+        """Per crop, the index of the requested label, else of the predicted one."""
+        if len(cam_classes) != len(probabilities):
+            raise ValueError(f"{len(cam_classes)} CAM classes for {len(probabilities)} crops")
+        explained = probabilities.argmax(dim=1)
+        for row, label in enumerate(cam_classes):
+            if label is None:
+                continue
+            if label not in self.labels:
+                raise ValueError(f"no CAM for {label!r}: not one of the labels {self.labels}")
+            explained[row] = self.labels.index(label)
+        return explained
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
 
 def build_classifier(task: str) -> HeadClassifier:

@@ -151,10 +151,14 @@ class FemoralHeadDetector(nn.Module):
         boxes, scores = boxes[inside], scores[inside]
         return Detection(boxes=boxes.numpy().astype(np.float32), scores=scores.numpy().astype(np.float32))
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[Detection]:
+        """:meth:`forward` without autograd: what the TorchServe handler and the in-process backend call."""
+        return self(images)
+
     def detect(self, image: np.ndarray | torch.Tensor) -> Detection:
         """Convenience for one radiograph."""
-        return self([image])[0]
+        return self.predict([image])[0]
 
 
 def build_detector(

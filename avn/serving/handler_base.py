@@ -1,10 +1,12 @@
 """TorchServe handlers for the five models, shared by the thin files in ``services/<task>/``.
 
 This is the only module that touches TorchServe. A handler loads its archive's checkpoint with
-:func:`avn.models.checkpoint.load_checkpoint`, decodes every request of a TorchServe batch with
-:mod:`avn.serving.codec`, runs ONE forward pass over all crops (or images) of the batch, and
-splits the outputs back per request. A request that does not decode gets its own 400 answer with
-the reason; the other requests of the same batch are still served.
+:func:`avn.models.checkpoint.load_checkpoint` (which refuses a checkpoint of another task) and
+follows TorchServe's usual hooks, each thin: ``preprocess`` decodes every request of a batch with
+:mod:`avn.serving.codec`, ``inference`` runs the model's own ``predict`` ONCE over all crops (or
+images) of the batch — the same code the in-process backend and training validation run — and
+``postprocess`` splits the outputs back per request. A request that does not decode gets its own
+400 answer with the reason; the other requests of the same batch are still served.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from avn.models.checkpoint import DETECTION_TASK, load_checkpoint
-from avn.models.classifier import HeadClassifier
-from avn.models.detector import FemoralHeadDetector
-from avn.pipeline.crop import normalise
+from avn.models.classifier import HeadClassifier, HeadPrediction
+from avn.models.detector import Detection, FemoralHeadDetector
 from avn.serving.codec import (
     CropsRequest,
     WireFormatError,
@@ -40,8 +42,13 @@ MAX_REASON_LENGTH = 300  # the reason travels as an HTTP status phrase: one shor
 JSON_CONTENT_TYPE = "application/json"
 
 
-class ModelTaskMismatchError(RuntimeError):
-    """An archive whose checkpoint is for another task than its handler."""
+@dataclass
+class DecodedBatch:
+    """A TorchServe batch after ``preprocess``, by position in the batch: decoded requests, and
+    the (already encoded) 400 answers of those that did not decode."""
+
+    requests: dict[int, Any] = field(default_factory=dict)
+    rejections: dict[int, str] = field(default_factory=dict)
 
 
 class AvnHandler(BaseHandler):
@@ -55,32 +62,23 @@ class AvnHandler(BaseHandler):
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         self.manifest = context.manifest
         checkpoint = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
-        self.model, self.card = load_checkpoint(checkpoint, map_location=self.device)
-        if self.card.task != self.task:
-            raise ModelTaskMismatchError(
-                f"{checkpoint} holds a {self.card.task!r} model, this handler serves {self.task!r}"
-            )
+        self.model, self.card = load_checkpoint(checkpoint, map_location=self.device, task=self.task)
         self.model_name = self.manifest["model"].get("modelName", self.task)
         logger.info("loaded %s %s version %s on %s", self.task, self.card.architecture, self.card.version, self.device)
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        # BaseHandler.handle, except that requests which do not decode are answered on their own.
         started = time.time()
         self.context = context
         if self._is_describe():
             return [self.describe_handle()]
-        responses: list[Any] = [None] * len(data)
-        decoded: dict[int, Any] = {}
-        for index, request in enumerate(data):
-            try:
-                decoded[index] = self.decode(request)
-            except WireFormatError as error:
-                responses[index] = self._reject(index, error)
-        if decoded:
-            with torch.inference_mode():
-                answers = self.infer(list(decoded.values()))
-            logger.info("%s: one forward pass over %d request(s) of a batch of %d", self.task, len(decoded), len(data))
-            for index, answer in zip(decoded, answers, strict=False):
+        batch = self.preprocess(data)
+        responses: list[Any] = [batch.rejections.get(index) for index in range(len(data))]
+        if batch.requests:
+            answers = self.infer(list(batch.requests.values()))
+            logger.info("%s: one forward pass over %d request(s) of a batch of %d", self.task, len(answers), len(data))
+            for index, answer in zip(batch.requests, answers, strict=True):
                 responses[index] = _compact_json(answer)
                 context.set_response_content_type(index, JSON_CONTENT_TYPE)
         context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
@@ -90,10 +88,27 @@ class AvnHandler(BaseHandler):
         """The model card, for ``GET /models/<name>?customized=true``."""
         return json.dumps({"model": self.model_name, **self.card.to_dict()})
 
+    def preprocess(self, data: list[dict[str, Any]]) -> DecodedBatch:
+        """Every request decoded on its own, so that a bad one cannot fail the others."""
+        batch = DecodedBatch()
+        for index, request in enumerate(data):
+            try:
+                batch.requests[index] = self.decode(request)
+            except WireFormatError as error:
+                batch.rejections[index] = self._reject(index, error)
+        return batch
+
+    def infer(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """The answers to decoded requests, from one forward pass over all of them."""
+        return self.postprocess(self.inference(requests))
+
     def decode(self, request: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def infer(self, requests: list[Any]) -> list[dict[str, Any]]:
+    def inference(self, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def _reject(self, index: int, error: WireFormatError) -> str:
@@ -128,45 +143,39 @@ class ClassifierHandler(AvnHandler):
             raise WireFormatError(f"cam_stage applies to the staging model only, not to {self.task!r}")
         return decoded
 
-    def infer(self, requests: list[CropsRequest]) -> list[dict[str, Any]]:
+    def inference(
+        self, requests: list[CropsRequest], *args: Any, **kwargs: Any
+    ) -> tuple[list[CropsRequest], HeadPrediction]:
         model: HeadClassifier = self.model
         crops = np.concatenate([request.crops for request in requests])
-        batch = torch.from_numpy(np.stack([normalise(crop) for crop in crops])[:, np.newaxis]).to(self.device)
-        logits, feature_maps = model.forward_features(batch)
-        probabilities = model.probabilities(logits)
-        cams, cam_classes = None, None
-        if self.returns_cams:
-            cam_classes = self._cam_classes(requests, probabilities)
-            cams = model.class_activation_maps(feature_maps, cam_classes).cpu().numpy()
-            cam_classes = cam_classes.tolist()
-        probabilities = probabilities.cpu().numpy()
-        answers, start = [], 0
-        for request in requests:
-            stop = start + len(request.crops)
-            answers.append(
-                classifier_response(
-                    self.model_name,
-                    self.card.version,
-                    self.card.labels,
-                    probabilities[start:stop],
-                    model.multi_label,
-                    cams=None if cams is None else cams[start:stop],
-                    cam_classes=None if cam_classes is None else cam_classes[start:stop],
-                )
-            )
-            start = stop
-        return answers
+        cam_classes = _requested_cam_stages(requests) if self.returns_cams else None
+        return requests, model.predict(crops, cam_classes)
 
-    def _cam_classes(self, requests: list[CropsRequest], probabilities: torch.Tensor) -> torch.Tensor:
-        """Per crop: the requested stage's index, else the predicted one."""
-        chosen = probabilities.argmax(dim=1)
-        start = 0
-        for request in requests:
-            stop = start + len(request.crops)
-            if request.cam_stage is not None:
-                chosen[start:stop] = self.card.labels.index(request.cam_stage)
-            start = stop
-        return chosen
+    def postprocess(self, outputs: tuple[list[CropsRequest], HeadPrediction]) -> list[dict[str, Any]]:
+        requests, prediction = outputs
+        return [self._answer(prediction, rows) for rows in _rows_per_request(requests)]
+
+    def _answer(self, prediction: HeadPrediction, rows: slice) -> dict[str, Any]:
+        return classifier_response(
+            self.model_name,
+            self.card.version,
+            self.card.labels,
+            prediction.probabilities[rows],
+            self.model.multi_label,
+            cams=None if prediction.cams is None else prediction.cams[rows],
+            cam_classes=None if prediction.cam_classes is None else prediction.cam_classes[rows],
+        )
+
+
+def _requested_cam_stages(requests: list[CropsRequest]) -> list[str | None]:
+    """Per crop, the stage its request asked the CAM of (None: the predicted stage)."""
+    return [request.cam_stage for request in requests for _ in range(len(request.crops))]
+
+
+def _rows_per_request(requests: list[CropsRequest]) -> list[slice]:
+    """Each request's rows in the batch its crops were concatenated into."""
+    ends = np.cumsum([len(request.crops) for request in requests]).tolist()
+    return [slice(end - len(request.crops), end) for request, end in zip(requests, ends, strict=True)]
 
 
 class DetectionHandler(AvnHandler):
@@ -177,10 +186,15 @@ class DetectionHandler(AvnHandler):
     def decode(self, request: dict[str, Any]) -> np.ndarray:
         return decode_image_request(request_body(request))
 
-    def infer(self, requests: list[np.ndarray]) -> list[dict[str, Any]]:
+    def inference(
+        self, images: list[np.ndarray], *args: Any, **kwargs: Any
+    ) -> tuple[list[np.ndarray], list[Detection]]:
         model: FemoralHeadDetector = self.model
-        detections = model(requests)
+        return images, model.predict(images)
+
+    def postprocess(self, outputs: tuple[list[np.ndarray], list[Detection]]) -> list[dict[str, Any]]:
+        images, detections = outputs
         return [
             detection_response(self.model_name, self.card.version, image.shape, found.boxes, found.scores)
-            for image, found in zip(requests, detections, strict=True)
+            for image, found in zip(images, detections, strict=True)
         ]

@@ -1,5 +1,8 @@
 """The in-process backend: the same PyTorch model code as the TorchServe handlers, no servers.
 
+Both load checkpoints with :func:`avn.models.checkpoint.load_checkpoint` (one task check) and run
+the models' own ``predict`` (one inference path), so the two backends answer the same numbers.
+
 Used by ``avn serve --embedded``, ``avn diagnose``, the tests and the benchmarks. It loads the five
 checkpoints either from a model store (``<task>.mar`` archives: zip files holding the checkpoint,
 see :mod:`avn.store`) or from a training run folder (``<task>/model.pt``). Every model call runs on
@@ -30,7 +33,6 @@ from avn.models.checkpoint import ModelCard, load_checkpoint
 from avn.models.classifier import HeadClassifier
 from avn.models.detector import FemoralHeadDetector
 from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
-from avn.pipeline.crop import normalise
 from avn.pipeline.errors import Internal, ModelUnavailable
 from avn.store import CHECKPOINT_NAME
 
@@ -43,7 +45,11 @@ MISSING_MODEL_RETRY_S = 60.0
 
 
 class ModelLoadError(RuntimeError):
-    """A model file that exists but cannot be loaded (corrupt, wrong task, wrong format)."""
+    """A model archive that exists but cannot be read (not a zip, no checkpoint inside).
+
+    A readable checkpoint of the wrong task or format raises
+    :class:`avn.models.checkpoint.CheckpointError` (:class:`~avn.models.checkpoint.ModelTaskMismatchError`).
+    """
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ class InProcessBackend:
             raise Internal(f"{model} needs crops shaped (N, {size}, {size}), got {crops.shape}")
         if cam_stage is not None and model != "staging":
             raise Internal(f"cam_stage applies to the staging model only, not to {model!r}")
-        return await asyncio.to_thread(_classify, loaded.module, loaded.card, crops, cam_stage, model == "staging")
+        return await asyncio.to_thread(_classify, loaded.module, crops, cam_stage, model == "staging")
 
     async def models(self) -> list[ModelInfo]:
         return [self._model(name).info for name in MODELS]
@@ -142,10 +148,8 @@ class InProcessBackend:
 
 
 def load_model(checkpoint: str | Path, task: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """A checkpoint for ``task``; a checkpoint of another task is refused."""
-    module, card = load_checkpoint(checkpoint, map_location=device)
-    if card.task != task:
-        raise ModelLoadError(f"{checkpoint} holds a {card.task!r} model, expected {task!r}")
+    """A checkpoint for ``task``; a checkpoint of another task is refused (ModelTaskMismatchError)."""
+    module, card = load_checkpoint(checkpoint, map_location=device, task=task)
     logger.info("loaded %s %s version %s from %s", task, card.architecture, card.version, checkpoint)
     return LoadedModel(module, card)
 
@@ -178,29 +182,18 @@ def _serialized_file(bundle: zipfile.ZipFile) -> str:
 
 
 def _detect(detector: FemoralHeadDetector, image: np.ndarray) -> Detections:
-    with torch.inference_mode():
-        found = detector([image])[0]
+    found = detector.predict([image])[0]
     return Detections(boxes=found.boxes.reshape(-1, 4), scores=found.scores.reshape(-1))
 
 
-def _classify(
-    model: HeadClassifier, card: ModelCard, crops: np.ndarray, cam_stage: str | None, with_cams: bool
-) -> Classification:
-    device = next(model.parameters()).device
-    batch = torch.from_numpy(np.stack([normalise(crop) for crop in crops])[:, np.newaxis]).to(device)
-    with torch.inference_mode():
-        logits, feature_maps = model.forward_features(batch)
-        probabilities = model.probabilities(logits)
-        if not with_cams:
-            return Classification(labels=tuple(card.labels), probabilities=probabilities.cpu().numpy())
-        if cam_stage is None:
-            cam_classes = probabilities.argmax(dim=1)
-        else:
-            cam_classes = torch.full((len(crops),), card.labels.index(cam_stage), dtype=torch.long, device=device)
-        cams = model.class_activation_maps(feature_maps, cam_classes)
+def _classify(model: HeadClassifier, crops: np.ndarray, cam_stage: str | None, with_cams: bool) -> Classification:
+    cam_classes = [cam_stage] * len(crops) if with_cams else None
+    prediction = model.predict(crops, cam_classes)
+    if prediction.cam_classes is None:
+        return Classification(labels=model.labels, probabilities=prediction.probabilities)
     return Classification(
-        labels=tuple(card.labels),
-        probabilities=probabilities.cpu().numpy(),
-        cams=cams.cpu().numpy(),
-        cam_labels=tuple(card.labels[index] for index in cam_classes.tolist()),
+        labels=model.labels,
+        probabilities=prediction.probabilities,
+        cams=prediction.cams,
+        cam_labels=tuple(model.labels[index] for index in prediction.cam_classes),
     )

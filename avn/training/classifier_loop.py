@@ -3,7 +3,8 @@
 Adam (lr 1e-4, weight decay 5e-4), learning rate halved when the validation score stalls,
 per-epoch validation, the best weights kept. After every epoch the loop writes its state so an
 interrupted run resumes where it stopped; per-epoch randomness derives from (seed, epoch), so a
-resumed run takes the same path as an uninterrupted one.
+resumed run takes the same path as an uninterrupted one. Validation runs the model's own
+:meth:`~avn.models.classifier.HeadClassifier.predict`: the inference path serving runs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avn.models.classifier import HeadClassifier, build_classifier, init_from
-from avn.pipeline.crop import normalise
+from avn.models.classifier import HeadClassifier, build_classifier, init_from, normalised_batch
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.fold_state import run_epochs, training_device
 from avn.training.head_data import CropSet
@@ -44,17 +44,11 @@ def loss_for(task: str, train: CropSet, profile: Profile) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def to_batch(crops: np.ndarray) -> torch.Tensor:
-    """(B, S, S) [0, 1] crops → normalised (B, 1, S, S) tensor, as the handlers prepare them."""
-    return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))[:, None]
-
-
-@torch.no_grad()
 def predict(model: HeadClassifier, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Probabilities of the (N, S, S) crops, served-style, in chunks that bound the memory of a large set."""
     model.eval()
-    device = next(model.parameters()).device
     out = [
-        model.probabilities(model(to_batch(crops[i : i + batch_size].astype(np.float32)).to(device))).cpu().numpy()
+        model.predict(crops[i : i + batch_size].astype(np.float32)).probabilities
         for i in range(0, len(crops), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
@@ -106,7 +100,7 @@ def _train_one_epoch(task, model, crops, labels, criterion, optimiser, profile, 
             continue
         augmented = [augment_crop(crops[i].astype(np.float32), rng) for i in index]
         device = next(model.parameters()).device
-        batch = to_batch(np.stack([crop for crop, _ in augmented])).to(device)
+        batch = normalised_batch(np.stack([crop for crop, _ in augmented])).to(device)
         flipped = np.array([was_flipped for _, was_flipped in augmented])
         target = torch.from_numpy(flip_labels(task, labels[index], flipped)).to(device)
         optimiser.zero_grad(set_to_none=True)
