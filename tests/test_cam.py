@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from avn.pipeline.crop import crop_square, normalise
 from avn.models.classifier import build_classifier
 from avn.phantom.grid import grid_specs
 from avn.phantom.render import render_radiograph
 from avn.phantom.variation import NEUTRAL
-from avn.pipeline.crop import crop_square, normalise
 from avn.vocabulary import STAGES
 
 SIZE = 128
@@ -37,17 +37,19 @@ def batch(crops):
     return torch.from_numpy(np.stack([normalise(c) for c in crops]))[:, None]
 
 
-MIN_STEPS, MAX_STEPS = 60, 240
-
-
-def training_accuracy(model, crops, labels) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(batch(crops)).argmax(1) == labels).float().mean())
-
-
 @pytest.fixture(scope="module")
 def trained_staging():
+    # One thread: a brief training from scratch ends elsewhere with another summation order, and
+    # this test must give the same model on every machine (CI has 2 cores, a laptop more).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_staging()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_staging():
     torch.manual_seed(0)
     scales = (1.8, 2.0, 2.2)
     healthy = head_crops("absence", range(6), scales)
@@ -59,17 +61,13 @@ def trained_staging():
     model = build_classifier("staging")
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
-    # Trained until it tells the training crops apart (at most MAX_STEPS): a fixed step count
-    # learnt the task or not depending on the machine's thread count (summation order).
-    for step in range(MAX_STEPS):
-        model.train()
+    model.train()
+    for _ in range(60):
         index = rng.choice(len(crops), 16, replace=False)
         optimiser.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(batch(crops[index])), labels[index])
         loss.backward()
         optimiser.step()
-        if step + 1 >= MIN_STEPS and (step + 1) % 20 == 0 and training_accuracy(model, crops, labels) >= 0.95:
-            break
     return model.eval()
 
 
@@ -81,15 +79,7 @@ def test_cam_of_stage_iv_peaks_inside_the_head_box(trained_staging):
         assert (logits.argmax(1) == iv).float().mean() >= 0.75  # it did learn the task
         cams = trained_staging.class_activation_maps(features, [iv] * len(unseen))
         maps = torch.nn.functional.interpolate(cams[:, None], size=(SIZE, SIZE), mode="bilinear")[:, 0]
-    low, high = int(SIZE * (0.5 - 0.5 / CONTEXT)), int(SIZE * (0.5 + 0.5 / CONTEXT))
-    inside = np.zeros((SIZE, SIZE), bool)
-    inside[low:high, low:high] = True  # the head box: the central half of the crop
-    peaks_inside = []
+    low, high = SIZE * (0.5 - 0.5 / CONTEXT), SIZE * (0.5 + 0.5 / CONTEXT)
     for heat in maps.numpy():
-        # the evidence sits on the head: more heat per pixel inside its box than around it ...
-        assert heat[inside].mean() > heat[~inside].mean(), (heat[inside].mean(), heat[~inside].mean())
         row, col = np.unravel_index(heat.argmax(), heat.shape)
-        peaks_inside.append(bool(inside[row, col]))
-    # ... and the hottest point is on it for most heads (a briefly trained model may peak on the
-    # neck of one: how often depends on the machine's summation order)
-    assert np.mean(peaks_inside) >= 0.75, peaks_inside
+        assert low <= row < high and low <= col < high, (row, col)
