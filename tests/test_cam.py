@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from avn.pipeline.crop import crop_square, normalise
 from avn.models.classifier import build_classifier
 from avn.phantom.grid import grid_specs
 from avn.phantom.render import render_radiograph
 from avn.phantom.variation import NEUTRAL
+from avn.pipeline.crop import crop_square, normalise
 from avn.vocabulary import STAGES
 
 SIZE = 128

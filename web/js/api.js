@@ -1,4 +1,4 @@
-// The gateway's REST API as the page uses it (same origin; see gateway/rest.py for every field).
+// The gateway's REST API as the page uses it (same origin; see gateway/rest/ and avn/pipeline/results.py for every field).
 // Every failure becomes an ApiError carrying the gateway's own error code and message, so the
 // page can show the user what the gateway said rather than a bare status.
 

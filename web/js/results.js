@@ -1,4 +1,4 @@
-// How a diagnosis (the JSON of POST /v1/diagnose, gateway/rest.py DiagnosisResponse) is shown:
+// How a diagnosis (the JSON of POST /v1/diagnose, gateway/rest/models.py DiagnosisResponse, generated from avn/pipeline/results.py) is shown:
 // the heads the viewer draws (boxes, labels, heat maps) and the side panel (the radiograph's
 // view, per head the stage probabilities as bars, the derived classes and the fused notes),
 // plus the subject-level table of a study. Shared by the three modes.
