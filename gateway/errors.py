@@ -43,7 +43,9 @@ ERROR_STATUS: dict[type[DiagnosisError], ErrorStatus] = {
     Internal: ErrorStatus(grpc.StatusCode.INTERNAL, 500),
 }
 
-# Metadata / header names that carry the machine-readable parts of an error.
+# Metadata (gRPC) / header (HTTP) names, the same on both transports: the request id, and the
+# machine-readable parts of an error.
+REQUEST_ID_KEY = "x-request-id"
 ERROR_TYPE_KEY = "avn-error-type"  # the class name, e.g. "InvalidImage"
 RETRY_AFTER_KEY = "retry-after"  # whole seconds (ModelUnavailable), as HTTP's Retry-After
 

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, MAX_REQUEST_ID_LENGTH, Pipeline, new_request_id
+from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, Pipeline, accepted_request_id
 from avn.pipeline.results import (
     DiagnoseOptions,
     DiagnoseRequest,
@@ -36,7 +36,7 @@ from avn.pipeline.results import (
     StudyRequest,
 )
 from gateway import proto
-from gateway.errors import as_gateway_error, error_metadata, status_of
+from gateway.errors import REQUEST_ID_KEY, as_gateway_error, error_metadata, status_of
 from gateway.metrics import GatewayMetrics
 from gateway.proto_mapping import from_proto, to_proto
 
@@ -48,7 +48,6 @@ SERVICE_NAME = proto.SERVICE_NAME
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the image bytes
 HEALTH_INTERVAL_S = 5.0
-REQUEST_ID_KEY = "x-request-id"
 PROTOCOL = "grpc"
 
 
@@ -117,10 +116,8 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH:
-            return value
-    return new_request_id()
+    given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
+    return accepted_request_id(given)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:

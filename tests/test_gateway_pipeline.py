@@ -625,3 +625,12 @@ def test_detect_heads_sends_the_detector_what_it_reads_and_maps_boxes_back(shape
     expected = backend.fractions * np.array([width, height, width, height], np.float32)
     np.testing.assert_allclose(detections.boxes, expected, rtol=1e-5)
     np.testing.assert_array_equal(detections.scores, backend.scores)
+
+
+def test_a_client_request_id_is_kept_only_when_sensible() -> None:
+    from avn.pipeline.pipeline import MAX_REQUEST_ID_LENGTH, accepted_request_id
+
+    assert accepted_request_id("ris-4711") == "ris-4711"
+    for bad in ("", "x" * (MAX_REQUEST_ID_LENGTH + 1), "line\nbreak", None, b"bytes"):
+        replaced = accepted_request_id(bad)
+        assert replaced != bad and len(replaced) == 32 and replaced.isalnum()

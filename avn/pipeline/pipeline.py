@@ -388,3 +388,11 @@ async def deadline(timeout_s: float | None) -> AsyncIterator[None]:
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def accepted_request_id(given: object) -> str:
+    """The client's request id when it is a sensible one (printable, 1..MAX_REQUEST_ID_LENGTH
+    characters), else a new one: it goes into logs and answers, so it must not carry anything else."""
+    if isinstance(given, str) and 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
+        return given
+    return new_request_id()

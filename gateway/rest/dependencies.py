@@ -13,9 +13,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from avn.pipeline.pipeline import MAX_REQUEST_ID_LENGTH, Pipeline, new_request_id
+from avn.pipeline.pipeline import Pipeline, accepted_request_id
 from avn.pipeline.results import DiagnoseOptions
 from gateway.cases import CaseBank
+from gateway.errors import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from gateway.errors import as_gateway_error
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -23,7 +24,6 @@ from gateway.settings import Settings
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "rest"
-REQUEST_ID_HEADER = "x-request-id"
 
 
 # Plain async functions: FastAPI would run synchronous ones in its thread pool.
@@ -83,8 +83,7 @@ async def observed(request: Request, metrics: GatewayMetrics, operation: str) ->
 
 def request_id_of(request: Request) -> str:
     """The client's ``x-request-id`` when it is a sensible one, else a new id."""
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable() else new_request_id()
+    return accepted_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
 
 
 PipelineDep = Annotated[Pipeline, Depends(app_pipeline)]
