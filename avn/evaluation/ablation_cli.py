@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from avn.evaluation.bootstrap import DEFAULT_RESAMPLES
 from avn.progress import StageBars, console, progress_bar
 
 
@@ -28,7 +29,7 @@ def ablation(
     budget: str = typer.Option(
         "equal-epochs", help="equal-epochs (the paper's design) or equal-steps (fewer epochs for large N)."
     ),
-    bootstrap: int = typer.Option(10_000, min=100, help="Bootstrap resamples for CIs and p-values."),
+    bootstrap: int = typer.Option(DEFAULT_RESAMPLES, min=100, help="Bootstrap resamples for CIs and p-values."),
     view_model: Path = typer.Option(
         None, help="Existing view model.pt to start staging from (default: train one in OUT/view)."
     ),

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_LEVEL = 0.95
@@ -109,6 +108,8 @@ def _none_if_nan(value: float) -> float | None:
 def auc_rows(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """ROC AUC per row (Mann–Whitney U with mid-ranks for ties); NaN where a row has one class."""
     truth = truth.astype(bool)
+    from scipy.stats import rankdata  # noqa: PLC0415 — here, so the CLIs can read the defaults without loading scipy
+
     ranks = rankdata(scores, axis=1)
     positives = truth.sum(axis=1)
     negatives = truth.shape[1] - positives

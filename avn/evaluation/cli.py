@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from avn.evaluation.bootstrap import DEFAULT_RESAMPLES
 from avn.progress import StageBars, console, progress_bar
 
 HEADLINE_FILE = "headline.md"  # the README's table, ready to paste
@@ -25,7 +26,7 @@ def evaluate(
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test (the T-set), E1, E2, E3 or train."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.html, report.json, PNG figures."),
-    resamples: int = typer.Option(10_000, min=100, help="Bootstrap resamples."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, min=100, help="Bootstrap resamples."),
     seed: int = typer.Option(0, help="Bootstrap seed (recorded in the report)."),
     train_data: Path = typer.Option(None, "--train-data", help="Data set the run was trained on, if not --data."),
     store_temperature: bool = typer.Option(

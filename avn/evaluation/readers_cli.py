@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from avn.evaluation.bootstrap import DEFAULT_RESAMPLES
+
 console = Console(stderr=True)
 
 
@@ -40,7 +42,7 @@ def readers(
     model_accuracy: float = typer.Option(
         0.85, min=0.0, max=1.0, help="--simulate: the simulated model's staging accuracy."
     ),
-    bootstrap: int = typer.Option(10_000, min=100, help="Bootstrap resamples for CIs and p-values."),
+    bootstrap: int = typer.Option(DEFAULT_RESAMPLES, min=100, help="Bootstrap resamples for CIs and p-values."),
     seed: int = typer.Option(0, help="Seed of the simulation and of the bootstrap."),
 ) -> None:
     """Reader study (Tables VII, VIII, X; figure 5): per-reader F1, sensitivity, specificity with
