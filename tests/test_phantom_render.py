@@ -438,3 +438,24 @@ def test_vertebral_body_is_a_waisted_cylinder_with_bright_walls_and_thin_endplat
     col_c = cort[:, col(0.0)]
     dense = np.nonzero(col_c > 0.5 * col_c[row(-1.0) : row(4.0)].max())[0]
     assert 1 <= len(dense[dense < row(10.0)]) * grid.hy <= 2.0
+
+
+def test_skin_folds_add_tissue_on_one_side_of_a_sharp_edge_and_come_with_habitus():
+    from avn.phantom.acquisition import Grid
+    from avn.phantom.variation import SkinFold, choose_variation, skin_fold_attenuation
+
+    grid = Grid(-100.0, -100.0, 1.0, 1.0, (200, 200))  # 1 mm pixels over ±100 mm
+    # an edge along y = 0 (row 100) drawn left to right: side +1 is its left-hand normal, +y
+    fold = SkinFold(((-100.0, 0.0), (100.0, 0.0)), depth_mm=20.0, width_mm=40.0, side=1)
+    column = skin_fold_attenuation(grid, (fold,), mu=0.017)[:, 100]
+    on_fold, off_fold = column[101:140], column[60:99]
+    assert on_fold[0] == pytest.approx(0.017 * 20.0, rel=0.1)  # full depth at the sharp edge
+    assert np.all(np.diff(on_fold) <= 1e-6) and on_fold[-1] < 0.1 * on_fold[0]  # fading over 40 mm
+    assert off_fold.max() == 0.0 and column[150:].max() == 0.0  # one side only, and no further
+
+    def share_with_folds(habitus: float) -> float:
+        field, heads, midline = (-200.0, -150.0, 400.0, 300.0), [], (0.0, 0.0)
+        drawn = [choose_variation(np.random.default_rng(s), field, habitus, heads, midline) for s in range(300)]
+        return float(np.mean([len(variation.skin_folds) > 0 for variation in drawn]))
+
+    assert 0.03 < share_with_folds(0.0) < share_with_folds(1.0) < 0.7

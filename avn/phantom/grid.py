@@ -138,7 +138,7 @@ def variation_tiles(seed: int = 0) -> list[tuple[str, RadiographSpec, Variation 
     """(title, spec, variation) of each tile: one randomisation factor at a time on one subject."""
     from dataclasses import replace
 
-    from avn.phantom.variation import ForeignBody
+    from avn.phantom.variation import ForeignBody, SkinFold
 
     anat = _anatomy(seed * 100 + 7, "F")
     hips = (
@@ -163,11 +163,15 @@ def variation_tiles(seed: int = 0) -> list[tuple[str, RadiographSpec, Variation 
         ForeignBody("cable", ((-200.0, 40.0), (-60.0, 70.0), (80.0, 40.0), (220.0, 90.0)), 2.5),
     )
     shield = (ForeignBody("shield", ((0.0, 95.0),), 80.0),)
+    folds = (  # a pannus edge over the upper thighs and a flank fold
+        SkinFold(((-160.0, 60.0), (-60.0, 90.0), (60.0, 95.0), (170.0, 70.0)), 20.0, 40.0, -1),
+        SkinFold(((-200.0, -60.0), (-170.0, 20.0), (-150.0, 110.0)), 15.0, 30.0, 1),
+    )
     n = NEUTRAL
     return [
         ("as drawn: no randomisation", base, n),
         ("thin habitus", thin, n),
-        ("obese habitus + scatter halo", obese, replace(n, scatter=0.6)),
+        ("obese habitus: scatter halo, skin folds", obese, replace(n, scatter=0.6, skin_folds=folds)),
         ("osteopenia, fine trabeculae", base, replace(n, bone_density=0.55, trabecular_scale_mm=0.35)),
         (
             "dense bone, coarse trabeculae",

@@ -25,7 +25,7 @@ from avn.phantom import acquisition as acq_mod
 from avn.phantom import anatomy, findings
 from avn.phantom.acquisition import Acquisition, Grid
 from avn.phantom.specs import HipSpec, RadiographSpec, RenderedHead, RenderedRadiograph
-from avn.phantom.variation import Variation, choose_variation, draw_foreign_bodies
+from avn.phantom.variation import Variation, choose_variation, draw_foreign_bodies, skin_fold_attenuation
 
 WORK_SPACING_MM = 0.36
 MU_CORTEX = 0.045  # per mm of cortical bone beyond water
@@ -833,6 +833,7 @@ def render_radiograph(
     a_metal = MU_METAL * (layers.metal + draw_foreign_bodies(grid, variation.foreign_bodies))
     parts, half_depth, fat, details = body_outline(scene)
     a_soft = acq_mod.soft_tissue(grid, parts, half_depth, fat, details, np.random.default_rng([spec.seed, 5]))
+    a_soft += skin_fold_attenuation(grid, variation.skin_folds, acq_mod.MU_FAT)
     pixels = acq_mod.detect(
         a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing, np.random.default_rng([spec.seed, 6]), variation
     )

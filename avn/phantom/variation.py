@@ -5,7 +5,8 @@ ground truth do not change), the factors that ``docs/phantom.md`` tabulates with
 distributions: bone mineral density (osteopenia), beam quality, scatter that grows with the body,
 raw-linear or logarithmic detector output, multi-scale unsharp masking, anti-scatter grid lines,
 electronic noise, an 8-bit JPEG export, burnt-in text, and foreign bodies (surgical clips, screws,
-skin markers, ECG electrodes with their leads, cables, a gonadal shield). :func:`draw_foreign_bodies`
+skin markers, ECG electrodes with their leads, cables, a gonadal shield) and skin folds (likelier
+with a heavier habitus). :func:`draw_foreign_bodies`
 turns the foreign bodies into metal attenuation; :func:`apply_to_display` and
 :func:`apply_to_output` are called by :func:`avn.phantom.acquisition.detect` at the two stages
 of the image chain they belong to.
@@ -59,6 +60,17 @@ class ForeignBody:
 
 
 @dataclass(frozen=True)
+class SkinFold:
+    """A fold of skin and subcutaneous fat seen edge-on (pannus, flank, gluteal fold): extra soft
+    tissue on one side of a curve, with a sharp edge on the curve fading over ``width_mm``."""
+
+    points: tuple[tuple[float, float], ...]  # mm: the fold's edge, a smooth curve
+    depth_mm: float  # extra soft tissue at the edge
+    width_mm: float  # distance over which it fades away from the edge
+    side: int  # +1 or -1: which side of the curve (by its left-hand normal) the fold lies on
+
+
+@dataclass(frozen=True)
 class Variation:
     bone_density: float  # cancellous bone scale: 0.55 (osteopenic) .. 1.15
     cortical_density: float  # cortical shell scale: thin, faint cortices (0.45) .. 1.1
@@ -75,6 +87,7 @@ class Variation:
     text: tuple[str, ...]  # burnt-in annotation lines
     text_corner: int  # 0..3: top-left, top-right, bottom-left, bottom-right
     foreign_bodies: tuple[ForeignBody, ...] = field(default_factory=tuple)
+    skin_folds: tuple[SkinFold, ...] = field(default_factory=tuple)
 
 
 NEUTRAL = Variation(1.0, 1.0, 1.0, 0.45, 0.24, 1.0, 0.0, False, (), None, 0.0, None, (), 0, ())
@@ -116,6 +129,7 @@ def choose_variation(
         text=text,
         text_corner=int(rng.integers(0, 4)),
         foreign_bodies=_foreign_bodies(rng, field_mm, heads_mm, midline_mm),
+        skin_folds=_skin_folds(rng, field_mm, habitus),  # drawn last: the other factors keep their draws
     )
 
 
@@ -154,6 +168,56 @@ def _foreign_bodies(rng, field_mm, heads_mm, midline_mm) -> tuple[ForeignBody, .
         centre = (midline_mm[0] + rng.normal(0, 8), lowest + rng.uniform(25, 50))
         bodies.append(ForeignBody("shield", (centre,), float(rng.uniform(55, 90))))
     return tuple(bodies)
+
+
+SKIN_FOLD_PROBABILITY = (0.1, 0.5)  # thin (habitus 0) .. obese (habitus 1)
+
+
+def _skin_folds(rng, field_mm, habitus: float) -> tuple[SkinFold, ...]:
+    """0–2 folds, likelier the heavier the patient: gently curved edges across the lower or lateral
+    field (a pannus over the pubis, flank and gluteal folds), 5–25 mm of extra tissue."""
+    low, high = SKIN_FOLD_PROBABILITY
+    if rng.random() >= low + (high - low) * habitus:
+        return ()
+    x0, y0, w, h = field_mm
+    folds = []
+    for _ in range(int(rng.integers(1, 3))):
+        start = np.array([x0 + rng.uniform(-0.1, 0.5) * w, y0 + rng.uniform(0.3, 1.0) * h])
+        heading = rng.uniform(-0.6, 0.6)  # across the field, gently oblique (training also flips)
+        length, bend = rng.uniform(0.4, 0.9) * w, rng.normal(0, 0.25)
+        points = [start]
+        for _ in range(8):
+            heading += bend / 8
+            points.append(points[-1] + np.array([math.cos(heading), math.sin(heading)]) * length / 8)
+        folds.append(
+            SkinFold(
+                points=tuple(tuple(float(v) for v in p) for p in points),
+                depth_mm=float(rng.uniform(5.0, 25.0)),
+                width_mm=float(rng.uniform(15.0, 50.0)),
+                side=1 if rng.random() < 0.5 else -1,
+            )
+        )
+    return tuple(folds)
+
+
+def skin_fold_attenuation(grid, folds: tuple[SkinFold, ...], mu: float) -> np.ndarray:
+    """Extra soft-tissue attenuation of the folds on ``grid`` (``mu`` per mm of fat)."""
+    out = np.zeros(grid.shape, np.float32)
+    for fold in folds:
+        edge = np.array(fold.points, dtype=np.float64)
+        direction = np.diff(edge, axis=0)
+        normal = np.stack([-direction[:, 1], direction[:, 0]], axis=1)
+        normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-9)
+        normal = np.vstack([normal, normal[-1:]]) * fold.side * fold.width_mm
+        band = np.vstack([edge, (edge + normal)[::-1]])
+        inside = np.zeros(grid.shape, np.uint8)
+        cv2.fillPoly(inside, [np.round(grid.to_px(band) * 16 - 8).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+        line = np.full(grid.shape, 255, np.uint8)
+        cv2.polylines(line, [np.round(grid.to_px(edge) * 16 - 8).astype(np.int32)], False, 0, 1, cv2.LINE_8, shift=4)
+        distance_mm = cv2.distanceTransform(line, cv2.DIST_L2, 5) * np.float32(grid.spacing)
+        fade = np.clip(1.0 - distance_mm / np.float32(fold.width_mm), 0.0, 1.0)
+        out += np.float32(mu * fold.depth_mm) * fade * inside
+    return out
 
 
 def _wire(rng, start: np.ndarray, field_mm) -> tuple[tuple[float, float], ...]:
