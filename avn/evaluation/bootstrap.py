@@ -62,18 +62,7 @@ def bootstrap_ci(
         raise ValueError("bootstrap needs equally long, non-empty arrays")
     estimate = float(statistic(*(array[None] for array in arrays))[0])
     values = _resampled_values(statistic, arrays, n, resamples, seed)
-    defined = values[~np.isnan(values)]
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
-    return ConfidenceInterval(
-        estimate=_none_if_nan(estimate),
-        low=_none_if_nan(low),
-        high=_none_if_nan(high),
-        level=level,
-        resamples=resamples,
-        defined_resamples=int(defined.size),
-        seed=seed,
-    )
+    return interval_from_values(values, estimate, resamples=resamples, seed=seed, level=level)
 
 
 def bootstrap_values(
