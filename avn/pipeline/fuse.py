@@ -96,7 +96,7 @@ def collapse_with_probability(stage: str, stage_probabilities: Mapping[str, floa
 
 
 # SPEC §1, the radiological convention: the patient's right hip appears on the image's left.
-SIDE_OF_IMAGE_HALF = {"image left": "right", "image right": "left"}
+SIDES_LEFT_TO_RIGHT_ON_IMAGE = ("right", "left")
 
 
 def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
@@ -113,10 +113,7 @@ def resolve_sides(side: Classification) -> list[tuple[str, float, bool]]:
     probabilities = np.asarray(side.probabilities, dtype=np.float64)
     column = {label: index for index, label in enumerate(side.labels)}
     predicted = [side.labels[int(np.argmax(row))] for row in probabilities]
-    if len(predicted) == 2:
-        sides = [SIDE_OF_IMAGE_HALF["image left"], SIDE_OF_IMAGE_HALF["image right"]]
-    else:
-        sides = predicted
+    sides = list(SIDES_LEFT_TO_RIGHT_ON_IMAGE) if len(predicted) == 2 else predicted
     return [
         (served, float(row[column[served]]), served != model_side)
         for served, model_side, row in zip(sides, predicted, probabilities, strict=True)
