@@ -24,7 +24,7 @@ from pathlib import Path
 
 from avn.dataset.format import Dataset, ImageRecord, load_dataset
 from avn.dataset.images import Radiograph
-from avn.pipeline.decode import decode_payload
+from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, decode_payload
 from avn.pipeline.errors import InvalidArgument, InvalidImage
 from avn.pipeline.results import ImagePayload
 
@@ -126,13 +126,15 @@ class CaseBank:
         except OSError as error:
             raise InvalidImage(f"case {case_id}: file {case.file_name} cannot be read ({error.strerror})") from error
 
-    def radiograph(self, case_id: str, max_image_bytes: int) -> Radiograph:
+    def radiograph(
+        self, case_id: str, max_image_bytes: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    ) -> Radiograph:
         """The case's decoded pixels through the gateway's one decoder; the last few are kept."""
         with self._lock:
             if case_id in self._decoded:
                 self._decoded.move_to_end(case_id)
                 return self._decoded[case_id]
-        radiograph = decode_payload(ImagePayload(self.file_bytes(case_id)), max_image_bytes)
+        radiograph = decode_payload(ImagePayload(self.file_bytes(case_id)), max_image_bytes, max_decode_bytes)
         with self._lock:
             self._decoded[case_id] = radiograph
             while len(self._decoded) > DECODED_CASES_KEPT:

@@ -4,7 +4,8 @@ Besides the service itself the server carries the standard ``grpc.health.v1`` he
 (SERVING only while every model answers: a background task asks the pipeline every few seconds)
 and server reflection (``grpcurl`` and similar tools discover the contract without the .proto).
 
-* Messages up to 64 MiB both ways (a 16-bit 3000×3000 DICOM is ~18 MB).
+* Messages up to 64 MiB both ways (a 16-bit 3000×3000 DICOM is ~18 MB), more when the pipeline's
+  image or study limit is higher, so that the pipeline names the limit a request is over.
 * Every request runs under a deadline: the client's, capped by the server's default when the
   client sets none or a longer one.
 * Failures are mapped once, by :func:`gateway.errors.status_of`; the trailing metadata carries the
@@ -200,10 +201,11 @@ async def start_grpc_server(
 ) -> RunningServer:
     """Bind (``port`` 0: a free port), start, and report health once before returning.
 
-    ``max_message_bytes`` defaults to 64 MiB, or more when the pipeline accepts larger images, so
-    that the pipeline — not the transport — rejects an oversized image with a specific message.
+    ``max_message_bytes`` defaults to 64 MiB, or more when the pipeline accepts larger images or
+    studies, so that the pipeline — not the transport — rejects an oversized one with a specific message.
     """
-    max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, pipeline.max_image_bytes + MESSAGE_OVERHEAD_BYTES)
+    largest_request = max(pipeline.max_image_bytes, pipeline.max_study_bytes) + MESSAGE_OVERHEAD_BYTES
+    max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, largest_request)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

@@ -33,11 +33,14 @@ def build_backend(settings: Settings) -> ModelBackend:
 
 
 def build_pipeline(settings: Settings, backend: ModelBackend | None = None) -> Pipeline:
-    """A pipeline with the configured backend (or ``backend``), cache, size limit and note threshold."""
+    """A pipeline with the configured backend (or ``backend``), cache, input limits and note threshold."""
     return Pipeline(
         backend or build_backend(settings),
         build_cache(settings),
         max_image_bytes=settings.max_payload_bytes,
+        max_decode_bytes=settings.max_decode_bytes,
+        max_study_radiographs=settings.max_study_radiographs,
+        max_study_bytes=settings.max_study_bytes,
         note_threshold=settings.note_threshold,
     )
 

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from avn.pipeline.decode import DEFAULT_MAX_IMAGE_BYTES
-from avn.pipeline.pipeline import DEFAULT_DEADLINE_S
+from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES
+from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, DEFAULT_MAX_STUDY_BYTES, DEFAULT_MAX_STUDY_RADIOGRAPHS
 from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD
 
 ENV_PREFIX = "AVN_"
@@ -57,6 +57,23 @@ class Settings(BaseSettings):
         DEFAULT_MAX_IMAGE_BYTES,
         gt=0,
         description="Largest radiograph accepted, bytes; larger ones get 413 / RESOURCE_EXHAUSTED.",
+    )
+    max_decode_bytes: int = Field(
+        DEFAULT_MAX_DECODE_BYTES,
+        gt=0,
+        description="Decode budget of one radiograph, bytes of decoded samples (frames × samples × rows × columns × "
+        "bytes per sample, read from the header before decoding; a Deflated DICOM is refused once it inflates past "
+        "it). Over it: 413 / RESOURCE_EXHAUSTED.",
+    )
+    max_study_bytes: int = Field(
+        DEFAULT_MAX_STUDY_BYTES,
+        gt=0,
+        description="Largest study accepted, bytes of all its radiographs together; larger: 413 / RESOURCE_EXHAUSTED.",
+    )
+    max_study_radiographs: int = Field(
+        DEFAULT_MAX_STUDY_RADIOGRAPHS,
+        ge=1,
+        description="Most radiographs in one study; more: 413 / RESOURCE_EXHAUSTED.",
     )
     deadline_s: float = Field(
         DEFAULT_DEADLINE_S,

@@ -541,7 +541,7 @@ def jpeg_bytes() -> bytes:
         (lambda tmp: dicom_bytes(tmp, pixels=False), "", InvalidImage, "DICOM file has no pixel data"),
         (lambda tmp: dicom_bytes(tmp, frames=3), "", InvalidImage, "multi-frame"),
         (lambda tmp: dicom_bytes(tmp, photometric="RGB"), "", InvalidImage, "colour DICOM"),
-        (lambda tmp: bomb_png(), "", InvalidImage, "too large"),
+        (lambda tmp: bomb_png(), "", PayloadTooLarge, "too large to decode"),
         (lambda tmp: png_bytes(np.zeros((8, 8), np.uint8)), "", InvalidImage, "too small"),
         (lambda tmp: flat_png(), "application/dicom", InvalidImage, "application/dicom was declared but the bytes are"),
         (lambda tmp: flat_png(), "image/gif", InvalidArgument, "unsupported media type"),

@@ -3,14 +3,25 @@
 The media type a client declares is checked against what the bytes start like; the pixels come from
 :func:`avn.dataset.images.read_radiograph`, the project's one decoder (DICOM through pydicom with
 the pylibjpeg plug-ins, Modality LUT applied, MONOCHROME1 inverted; PNG and JPEG through Pillow).
-Every failure is an :class:`~avn.pipeline.errors.InvalidImage` or
-:class:`~avn.pipeline.errors.PayloadTooLarge` naming the reason. A DICOM header whose body part
-cannot show a hip is refused before any model runs (:func:`check_body_part`).
+DICOM is recognised by its Part 10 preamble, or without one by a first data element of group 0002
+or 0008 (older archives). Two limits bound the memory of one decode: ``max_image_bytes`` on what was
+sent, and ``max_decode_bytes`` on what decoding it would produce, checked from the header before any
+pixel is decoded or any Deflated data set inflated. Every failure is an
+:class:`~avn.pipeline.errors.InvalidImage` (400) or :class:`~avn.pipeline.errors.PayloadTooLarge`
+(413, either limit) naming the reason. A DICOM header whose body part cannot show a hip is refused
+before any model runs (:func:`check_body_part`).
 """
 
 from __future__ import annotations
 
-from avn.dataset.images import ImageReadError, Radiograph, is_dicom_bytes, read_radiograph
+from avn.dataset.images import (
+    DEFAULT_MAX_DECODE_BYTES,
+    ImageReadError,
+    ImageTooLargeError,
+    Radiograph,
+    is_dicom_bytes,
+    read_radiograph,
+)
 from avn.pipeline.errors import InvalidArgument, InvalidImage, NoFemoralHead, PayloadTooLarge
 from avn.pipeline.results import ImagePayload
 
@@ -29,8 +40,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def decode_payload(payload: ImagePayload, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Radiograph:
-    """The radiograph in a payload, or an :class:`InvalidImage` / :class:`PayloadTooLarge` saying why not."""
+def decode_payload(
+    payload: ImagePayload,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> Radiograph:
+    """The radiograph in a payload, or an :class:`InvalidImage` / :class:`PayloadTooLarge` saying why not.
+
+    ``max_image_bytes`` bounds the bytes sent, ``max_decode_bytes`` the decoded samples (frames ×
+    samples × rows × columns × bytes per sample, read from the header before decoding).
+    """
     data = payload.data
     if not data:
         raise InvalidImage("empty image: the request carried no bytes")
@@ -40,21 +59,28 @@ def decode_payload(payload: ImagePayload, max_image_bytes: int = DEFAULT_MAX_IMA
     found = sniff_media_type(data)
     if found is None:
         raise InvalidImage(
-            f"not a PNG, JPEG or DICOM file (starts with {data[:8]!r}, {len(data)} bytes); "
-            "DICOM must be a Part 10 file (128-byte preamble, then 'DICM')"
+            # Enough to tell a format by its magic number (GIF8, %PDF), too short to carry identifying text.
+            f"not a PNG, JPEG or DICOM file (starts with bytes {data[:4].hex(' ')}, {len(data)} bytes); "
+            "DICOM must start with the Part 10 preamble and 'DICM', or with a data element of group 0002 or 0008"
         )
     if declared is not None and declared != found:
         raise InvalidImage(f"media type {declared} was declared but the bytes are {found}")
     try:
-        radiograph = read_radiograph(data)
+        radiograph = read_radiograph(data, max_decode_bytes)
+    except ImageTooLargeError as error:
+        raise PayloadTooLarge(_client_message(error)) from error
     except ImageReadError as error:
-        raise InvalidImage(str(error).removeprefix("<payload>: ")) from error
+        raise InvalidImage(_client_message(error)) from error
     if min(radiograph.width, radiograph.height) < MIN_IMAGE_SIDE:
         raise InvalidImage(
             f"image of {radiograph.width}x{radiograph.height} pixels is too small for a radiograph "
             f"(at least {MIN_IMAGE_SIDE} pixels per side)"
         )
     return radiograph
+
+
+def _client_message(error: ImageReadError) -> str:
+    return str(error).removeprefix("<payload>: ")
 
 
 def declared_media_type(media_type: str) -> str | None:

@@ -26,7 +26,8 @@ class InvalidArgument(DiagnosisError):
 
 
 class PayloadTooLarge(DiagnosisError):
-    """The payload, or the number of radiographs in a study, is over the service's limit."""
+    """Over one of the service's limits: the bytes of an image or a study, the number of radiographs
+    in a study, or the memory decoding an image would take (its decode budget)."""
 
 
 class NoFemoralHead(DiagnosisError):

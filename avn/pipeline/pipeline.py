@@ -4,7 +4,9 @@
            → prior fusion → output → Diagnosis
 
 * decode: :func:`avn.dataset.images.read_radiograph`, the project's one decoder; any failure is an
-  :class:`~avn.pipeline.errors.InvalidImage` with the reason.
+  :class:`~avn.pipeline.errors.InvalidImage` with the reason, or a
+  :class:`~avn.pipeline.errors.PayloadTooLarge` when the file or its decoded pixels are over the
+  limits (a study: over its radiograph count or total bytes, checked before anything is decoded).
 * cache: key = SHA-256 of the decoded pixels + every model's version + the request options; a hit
   skips everything after decode. The cache is optional and can never fail a request.
 * choose heads: at most one per image half (the best-scoring candidate in each), because a pelvic
@@ -41,7 +43,7 @@ from avn.pipeline.caching import ResultCache
 from avn.pipeline.caching import cache_key as result_cache_key
 from avn.pipeline.classify import classify_heads
 from avn.pipeline.crop import SERVING_SCALE, crop_heads
-from avn.pipeline.decode import DEFAULT_MAX_IMAGE_BYTES, check_body_part, decode_payload
+from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES, check_body_part, decode_payload
 from avn.pipeline.detect import choose_heads, detect_heads
 from avn.pipeline.errors import (
     DeadlineExceeded,
@@ -74,6 +76,8 @@ from avn.pipeline.study import aggregate_sides, split_study_outcomes
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_STUDY_RADIOGRAPHS = 16
+# Two radiographs of the largest size, or a typical subject's several uncompressed DICOMs.
+DEFAULT_MAX_STUDY_BYTES = 2 * DEFAULT_MAX_IMAGE_BYTES
 DEFAULT_DEADLINE_S = 30.0  # of one request, unless the client or the settings say otherwise
 STUDY_CONCURRENCY = 4  # radiographs of a study in flight at once: bounds decoded-pixel memory
 
@@ -100,14 +104,18 @@ class Pipeline:
         *,
         crop_scale: float = SERVING_SCALE,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
         max_study_radiographs: int = DEFAULT_MAX_STUDY_RADIOGRAPHS,
+        max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         note_threshold: float = DEFAULT_NOTE_THRESHOLD,
     ) -> None:
         self.backend = backend
         self.cache = cache
         self.crop_scale = crop_scale
         self.max_image_bytes = max_image_bytes
+        self.max_decode_bytes = max_decode_bytes
         self.max_study_radiographs = max_study_radiographs
+        self.max_study_bytes = max_study_bytes
         self.note_threshold = note_threshold  # for requests that do not set their own
         self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
 
@@ -132,11 +140,8 @@ class Pipeline:
         """
         request_id = request_id or new_request_id()
         options = self._checked(request.options)
+        self._check_study_size(request.payloads)
         count = len(request.payloads)
-        if count == 0:
-            raise InvalidArgument("a study needs at least one radiograph")
-        if count > self.max_study_radiographs:
-            raise PayloadTooLarge(f"a study holds at most {self.max_study_radiographs} radiographs, got {count}")
         started = time.perf_counter()
         async with deadline(timeout_s):
             outcomes = await self._diagnose_each(request.payloads, options, request_id)
@@ -151,6 +156,17 @@ class Pipeline:
             models=radiographs[0].result.models,
             total_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _check_study_size(self, payloads: Sequence[ImagePayload]) -> None:
+        """Refuse an empty study, or one over the radiograph count or total bytes, before decoding any."""
+        count = len(payloads)
+        if count == 0:
+            raise InvalidArgument("a study needs at least one radiograph")
+        if count > self.max_study_radiographs:
+            raise PayloadTooLarge(f"a study holds at most {self.max_study_radiographs} radiographs, got {count}")
+        total = sum(len(payload.data) for payload in payloads)
+        if total > self.max_study_bytes:
+            raise PayloadTooLarge(f"a study of {total} bytes is over the limit of {self.max_study_bytes} bytes")
 
     async def models(self) -> list[ModelInfo]:
         """Every model the pipeline needs, in :data:`avn.pipeline.backend.MODELS` order."""
@@ -200,7 +216,7 @@ class Pipeline:
     async def _diagnose(self, payload: ImagePayload, options: DiagnoseOptions, request_id: str) -> Diagnosis:
         clock = StepClock()
         with clock.step("decode"):
-            radiograph = await asyncio.to_thread(decode_payload, payload, self.max_image_bytes)
+            radiograph = await asyncio.to_thread(decode_payload, payload, self.max_image_bytes, self.max_decode_bytes)
         models = await self._model_infos()
         key = await self._cache_key(radiograph, models, options)
         cached = await self._cached(key)

@@ -75,9 +75,9 @@ async def _uploaded_files(request: Request, limit: int, file_limit: int) -> list
                 continue  # options travel as query parameters; stray text fields are ignored
             data = await value.read()
             if len(data) > file_limit:
+                # Named by its form field, not its file name: file names often carry a patient's name.
                 raise PayloadTooLarge(
-                    f"file part {name!r} ({value.filename}) of {len(data)} bytes"
-                    f" is over the limit of {file_limit} bytes"
+                    f"file part {name!r} of {len(data)} bytes is over the limit of {file_limit} bytes"
                 )
             payloads.append(ImagePayload(data, _part_media_type(value)))
     finally:

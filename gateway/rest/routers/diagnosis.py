@@ -53,7 +53,8 @@ async def studies(
     observe: ObserveDep,
 ) -> StudyResponse:
     async with observe("study") as request_id:
-        limit = settings.max_payload_bytes * pipeline.max_study_radiographs + MULTIPART_OVERHEAD_BYTES
+        # The pipeline checks the study's total again, on both protocols; here it bounds the body read.
+        limit = pipeline.max_study_bytes + MULTIPART_OVERHEAD_BYTES
         payloads = await study_payloads(request, limit, settings.max_payload_bytes)
         result = await pipeline.diagnose_study(
             StudyRequest(tuple(payloads), options), request_id=request_id, timeout_s=settings.deadline_s

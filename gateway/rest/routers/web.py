@@ -65,7 +65,9 @@ async def render(
 ) -> Response:
     async with observe("render"):
         payload = await single_payload(request, settings.max_payload_bytes)
-        radiograph = await asyncio.to_thread(decode_payload, payload, pipeline.max_image_bytes)
+        radiograph = await asyncio.to_thread(
+            decode_payload, payload, pipeline.max_image_bytes, pipeline.max_decode_bytes
+        )
         return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
 
 
@@ -96,7 +98,9 @@ async def case_image(
     window_width: float | None = WINDOW_WIDTH_QUERY,
 ) -> Response:
     async with observe("case_image"):
-        radiograph = await asyncio.to_thread(case_bank.radiograph, case_id, pipeline.max_image_bytes)
+        radiograph = await asyncio.to_thread(
+            case_bank.radiograph, case_id, pipeline.max_image_bytes, pipeline.max_decode_bytes
+        )
         return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
 
 
