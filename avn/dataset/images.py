@@ -10,9 +10,10 @@ Nothing is decoded before its cost is known. Every decode has a budget in bytes 
 samples: frames × samples × rows × columns × bytes per sample, from the header alone); over it the
 decoder raises :class:`ImageTooLargeError` without touching the pixels. A Deflated DICOM data set is
 inflated step by step and refused as soon as it outgrows the budget, so a small upload cannot grow
-a thousandfold in memory; a PNG or JPEG is measured by its header's size and mode. Every DICOM
-header field the decoder uses is parsed and checked here, and a malformed one is an
-:class:`ImageReadError` naming the field, never quoting its value (it may be patient data).
+a thousandfold in memory; a PNG or JPEG is measured by its header's size and mode; a compressed
+DICOM frame must be the size the header says before its codec runs. Every DICOM header field the
+decoder uses is parsed and checked here, and a malformed one is an :class:`ImageReadError` naming
+the field, never quoting its value (it may be patient data).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ EXPLICIT_VRS = frozenset(
 FIRST_DICOM_GROUPS = (0x0002, 0x0008)
 RADIOGRAPH_BITS_ALLOCATED = (8, 16)
 GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+# Start-of-frame markers of JPEG (ISO/IEC 10918-1: all but DHT C4, JPG C8, DAC CC) and JPEG-LS (F7).
+JPEG_START_OF_FRAME = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+J2K_START = b"\xff\x4f\xff\x51"  # SOC then SIZ, the first marker segment of every JPEG 2000 codestream
+J2K_SEARCH_BYTES = 4096  # a JP2 wrapper (not allowed in DICOM, written all the same) puts boxes before it
 CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")  # a DICOM CS value, safe to name in a message
 
 
@@ -245,6 +250,7 @@ def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         f"{header.frames} frame(s) of {header.columns}x{header.rows} pixels,"
         f" {header.samples} sample(s) of {header.bits_allocated} bits",
     )
+    _check_compressed_frame_size(ds, header, name)
     values = _modality_values(_decoded_pixel_array(ds, name), ds, name)
     pixels = _normalise(values, header)
     if header.photometric == "MONOCHROME1":
@@ -386,6 +392,77 @@ def _dicom_spacing(ds) -> tuple[float, float] | None:
         if spacing is not None and all(math.isfinite(v) and v > 0 for v in spacing):
             return spacing
     return None
+
+
+def _check_compressed_frame_size(ds, header: DicomImageHeader, name: str) -> None:
+    """A JPEG or JPEG 2000 frame must be the size the header says, checked before its codec runs.
+
+    Codecs allocate a frame at the size their own codestream claims, and pydicom compares that with
+    the header only after decoding: a 64 × 64 header over a frame claiming 30000 × 30000 would cost
+    gigabytes before being refused. A mismatch is refused; a decode would fail on it anyway.
+    """
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        kind, measure = "JPEG", _jpeg_frame_size
+    elif syntax in JPEG2000TransferSyntaxes:
+        kind, measure = "JPEG 2000", _j2k_frame_size
+    else:  # native pixels, or RLE (decoded at the header's size), or a syntax pydicom refuses
+        return
+    size = measure(_first_fragment(ds.PixelData, name))
+    if size is None:
+        raise ImageReadError(f"{name}: DICOM compressed frame has no readable {kind} header")
+    if size != (header.columns, header.rows, header.samples):
+        columns, rows, components = size
+        raise ImageReadError(
+            f"{name}: DICOM {kind} frame is {columns}x{rows} pixels with {components} component(s);"
+            f" the header says {header.columns}x{header.rows} with {header.samples}"
+        )
+
+
+def _first_fragment(pixel_data: bytes, name: str) -> bytes:
+    """The first fragment of encapsulated pixel data: where a frame's codestream header lies."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = generate_fragments(pixel_data)
+        next(fragments, None)  # the Basic Offset Table item, empty or not
+        return next(fragments, b"")
+    except Exception as error:  # malformed item tags or lengths
+        raise ImageReadError(f"{name}: DICOM encapsulated pixel data cannot be read") from error
+
+
+def _jpeg_frame_size(codestream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG or JPEG-LS start-of-frame segment; None without one."""
+    if not codestream.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 4 <= len(codestream) and codestream[offset] == 0xFF:
+        marker = codestream[offset + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            offset += 1
+            continue
+        if marker in JPEG_START_OF_FRAME:
+            if offset + 10 > len(codestream):
+                return None
+            height, width = struct.unpack_from(">HH", codestream, offset + 5)
+            return width, height, codestream[offset + 9]
+        offset += 2 + struct.unpack_from(">H", codestream, offset + 2)[0]
+    return None
+
+
+def _j2k_frame_size(codestream: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG 2000 SIZ segment; None without one."""
+    start = codestream.find(J2K_START, 0, J2K_SEARCH_BYTES)
+    if start < 0 or start + 4 + 38 > len(codestream):
+        return None
+    siz = start + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, tile sizes and offsets, then Csiz at 36
+    width, height, x_offset, y_offset = struct.unpack_from(">IIII", codestream, siz + 4)
+    components = struct.unpack_from(">H", codestream, siz + 36)[0]
+    if x_offset > width or y_offset > height:
+        return None
+    return width - x_offset, height - y_offset, components
 
 
 def _decoded_pixel_array(ds, name: str) -> np.ndarray:
