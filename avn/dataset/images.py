@@ -325,7 +325,7 @@ def dicom_image_header(ds, name: str) -> DicomImageHeader:
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
         photometric=photometric,
-        # A slope of 0 would flatten the image: read as unset, as writers that leave it 0 mean.
+        # A slope of 0 reads as 1, as this decoder always read it: 0 would scale by a zero range.
         slope=_finite_number(ds, "RescaleSlope", name, default=1.0) or 1.0,
         intercept=_finite_number(ds, "RescaleIntercept", name, default=0.0),
         pixel_spacing=_dicom_spacing(ds),
