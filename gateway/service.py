@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from avn.pipeline.backend import ModelBackend
 from avn.pipeline.pipeline import Pipeline
 from gateway.cache import build_cache
+from gateway.configuration import EXIT_CONFIGURATION, ConfigurationError, check_startup, load_settings
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 
@@ -63,9 +65,18 @@ async def serve(settings: Settings, pipeline: Pipeline | None = None) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    """The container's command: settings checked before anything binds (exit 2 and one line on
+    stderr when one cannot work), then serve until stopped."""
+    try:
+        loaded = load_settings()
+        warnings = check_startup(loaded)
+    except ConfigurationError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIGURATION) from None
+    logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    asyncio.run(serve(loaded.settings))
 
 
 if __name__ == "__main__":

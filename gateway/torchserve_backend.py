@@ -43,6 +43,7 @@ from avn.pipeline.errors import (
 )
 from avn.serving.codec import encode_npy
 from avn.serving.torchserve import MAX_MESSAGE_BYTES
+from gateway.settings import WORKERS_ENV_PREFIX
 from gateway.torchserve_stubs import TorchServeStubs, load_stubs
 
 logger = logging.getLogger(__name__)
@@ -378,8 +379,6 @@ async def _awaited(future: grpc.Future) -> Any:
 
 
 # ---------------------------------------------------------------- scaling from the environment
-
-WORKERS_ENV_PREFIX = "AVN_WORKERS_"  # AVN_WORKERS_DETECTION=2, AVN_WORKERS_STAGING=4, …
 
 
 def workers_from_environment(environment: Mapping[str, str]) -> dict[str, int]:
