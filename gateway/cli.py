@@ -31,7 +31,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -227,10 +226,6 @@ ReadyTimeoutFlag = Annotated[
 ]
 
 
-class _Stop(Exception):
-    """SIGINT or SIGTERM arrived: leave the serving loop and clean up."""
-
-
 def serve(
     store: StoreFlag = None,
     embedded: EmbeddedFlag = False,
@@ -243,24 +238,23 @@ def serve(
     """Serve diagnoses over gRPC and REST (TorchServe started on the store, or --embedded).
 
     Settings: a flag given > AVN_* environment > settings file > default (`avn config show`)."""
+    from gateway.service import Stopped, stopping_on_signals  # noqa: PLC0415 — loads the pipeline
+
     flags = serve_flags(store, embedded, grpc_port, rest_port, host, ready_timeout_s, config)
     settings = _checked_settings("serve", flags, serves_store=True).settings
-    # Before anything starts: a signal raises _Stop in the main thread. While uvicorn serves it
-    # takes the signal over, shuts down gracefully and then re-raises it here.
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     torchserve = None
-    try:
-        if settings.backend == "torchserve":
-            torchserve, settings = _start_torchserve(settings)
-        _serve_until_stopped(settings)
-    except _Stop:
-        console.print("stopped")
-    finally:
-        if torchserve is not None:
-            console.print("stopping TorchServe")
-            torchserve.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # From before anything starts, a signal raises Stopped: TorchServe is stopped whenever it comes.
+    with stopping_on_signals():
+        try:
+            if settings.backend == "torchserve":
+                torchserve, settings = _start_torchserve(settings)
+            _serve_until_stopped(settings)
+        except Stopped:
+            console.print("stopped")
+        finally:
+            if torchserve is not None:
+                console.print("stopping TorchServe")
+                torchserve.stop()
 
 
 def serve_flags(
@@ -298,10 +292,6 @@ def _checked_settings(command: str, flags: dict[str, object], *, serves_store: b
     for warning in warnings:
         logging.getLogger("gateway.configuration").warning("%s", warning)
     return loaded
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop(signal.Signals(signum).name)
 
 
 def _start_torchserve(settings):

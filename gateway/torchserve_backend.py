@@ -41,6 +41,7 @@ from avn.pipeline.errors import (
     ModelUnavailable,
     PayloadTooLarge,
 )
+from avn.pipeline.tracing import note_batch_size
 from avn.serving.codec import encode_npy
 from avn.serving.torchserve import MAX_MESSAGE_BYTES
 from gateway.settings import WORKERS_ENV_PREFIX
@@ -177,6 +178,7 @@ class TorchServeBackend:
         response = await self._call(self._inference.Predictions, request, INFERENCE, model)
         answer = self._parse(model, response.prediction)
         self._notice_version(model, answer.get("version"))
+        note_batch_size(answer.get("batch_size"))
         return answer
 
     async def _describe(self, name: str) -> ModelInfo:
