@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests and tools call: dcmtk (dcmdump validates our DICOM files) and
 # redis-server (the gateway's cache tests start a real one on a free loopback port) and
 # docker-compose (its `config` validates docker-compose.yml; no Docker engine is needed for that)
-# and chromium + chromium-driver (the web app's tests drive a real headless Chromium).
-APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver
+# and chromium + chromium-driver (the web app's tests drive a real headless Chromium) and
+# prometheus (its promtool checks and unit-tests the alert rules of deploy/observability/).
+APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus
 
 .PHONY: install system-deps run test bench grid clean
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 system-deps:
-	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

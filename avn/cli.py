@@ -12,7 +12,7 @@ from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
-from gateway.cli import bench, diagnose, serve
+from gateway.cli import bench, config_app, diagnose, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -23,6 +23,7 @@ app.command()(ablation)
 app.command()(readers)
 app.command()(serve)
 app.command()(bench)
+app.add_typer(config_app, name="config")
 
 DEMO_DATA = Path("data/demo")
 TRAINING_DATA = Path("data/phantom-quick")
@@ -215,7 +216,7 @@ def run(
     run_dir: Path = typer.Option(QUICK_RUN, "--run", help="Run folder of the quick models."),
     store: Path = typer.Option(Path("model_store"), help="Where the TorchServe archives go."),
     seed: int = typer.Option(0),
-    then_serve: bool = typer.Option(True, "--serve/--no-serve", help="End by serving (gRPC 50051, REST 8000)."),
+    then_serve: bool = typer.Option(True, "--serve/--no-serve", help="End by serving (`avn serve` on the store)."),
 ) -> None:
     """The main job: build whatever is missing (demo data set, training phantom, quick models,
     model store), validating each step, then serve diagnoses over gRPC and REST."""
@@ -241,8 +242,8 @@ def run(
         realcheck(store=store, data=REAL_CHECK_SET, json_out=None, strict=False)
     console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
     if then_serve:
-        console.print("[bold]serving:[/] TorchServe on the store, then gRPC :50051 and REST :8000 (Ctrl-C stops)")
-        serve(store=store, embedded=False, grpc_port=50051, rest_port=8000, host="127.0.0.1", ready_timeout_s=300.0)
+        console.print("[bold]serving:[/] TorchServe on the store, then gRPC and REST (Ctrl-C stops)")
+        serve(store=store)  # ports, host and the rest: AVN_* environment, settings file or defaults
 
 
 def ensure_phantom(folder: Path, subjects: int, seed: int, image_format: str, scale: float, purpose: str) -> None:

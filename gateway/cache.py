@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from avn.pipeline.caching import CacheStats, ResultCache, cache_key  # noqa: F401 — part of this module's API
+from gateway.settings import redacted_url
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class RedisCache:
         if first:
             logger.warning(
                 "Redis cache at %s unreachable (%s: %s); serving uncached, retrying every %g s",
-                _redacted(self.url),
+                redacted_url(self.url),
                 type(error).__name__,
                 error,
                 self.retry_s,
@@ -174,15 +175,7 @@ class RedisCache:
             recovered = self._down
             self._down = False
         if recovered:
-            logger.info("Redis cache at %s reachable again; caching resumed", _redacted(self.url))
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password, for logs."""
-    scheme, separator, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{separator}{rest}"
+            logger.info("Redis cache at %s reachable again; caching resumed", redacted_url(self.url))
 
 
 def build_cache(settings: Any) -> ResultCache:

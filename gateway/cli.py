@@ -10,13 +10,19 @@ diagnosed is reported with its error and the others still run; the exit status i
 it first starts TorchServe on that store, bound to loopback on free ports (token authorisation
 off, which :mod:`avn.serving.torchserve` allows on loopback only), waits until every model has a
 ready worker and points the gateway's TorchServe backend at it; with ``--embedded`` the models run
-in the gateway's own process. Every other setting comes from the ``AVN_*`` variables. SIGINT or
-SIGTERM stops the gateway, then TorchServe, and the command exits 0.
+in the gateway's own process. Every setting follows one rule — a flag that was given, else the
+``AVN_*`` variable, else the settings file (``--config``/``AVN_CONFIG``), else the default — and
+is checked before anything starts: a setting that cannot work ends the command with one line on
+stderr and exit code 2 (:mod:`gateway.configuration`). SIGINT or SIGTERM stops the gateway, then
+TorchServe, and the command exits 0.
+
+``avn config show [--json]``: the settings ``avn serve`` would run with, each with its source;
+``avn config docs``: writes ``docs/configuration.md`` from the settings class.
 
 ``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
 
-``avn/cli.py`` registers :func:`diagnose`, :func:`serve` and :func:`bench` as sub-commands; ``python -m
-gateway.cli`` runs them alone.
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`bench` and :data:`config_app` as
+sub-commands; ``python -m gateway.cli`` runs them alone.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -43,6 +50,15 @@ from avn.pipeline.results import (
     StudyDiagnosis,
     StudyRequest,
     to_json_dict,
+)
+from gateway.configuration import (
+    EXIT_CONFIGURATION,
+    SERVE_FLAGS,
+    ConfigurationError,
+    check_startup,
+    load_settings,
+    shown_settings,
+    unknown_name_warnings,
 )
 
 console = Console()
@@ -184,88 +200,128 @@ def _output_names(files: list[Path]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- serve
+#
+# Every flag of `avn serve` defaults to None, "not given": only a flag that was typed reaches the
+# settings (gateway.settings: flag > AVN_* environment > settings file > default). `avn config
+# show` takes the same flags, to show what `avn serve` would run with.
 
-
-class _Stop(Exception):
-    """SIGINT or SIGTERM arrived: leave the serving loop and clean up."""
+ConfigFlag = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (else AVN_CONFIG); docs/configuration.md.")
+]
+StoreFlag = Annotated[
+    Path | None, typer.Option("--store", help="Model store: the five .mar archives [AVN_MODEL_STORE; model_store].")
+]
+EmbeddedFlag = Annotated[
+    bool, typer.Option("--embedded", help="Run the models in this process, without TorchServe [AVN_BACKEND].")
+]
+GrpcPortFlag = Annotated[int | None, typer.Option("--grpc-port", help="gRPC port [AVN_GRPC_PORT; 50051].")]
+RestPortFlag = Annotated[int | None, typer.Option("--rest-port", help="REST port [AVN_REST_PORT; 8000].")]
+HostFlag = Annotated[
+    str | None,
+    typer.Option("--host", help="Address the gRPC and REST servers bind [AVN_GRPC_HOST, AVN_REST_HOST; 127.0.0.1]."),
+]
+ReadyTimeoutFlag = Annotated[
+    float | None,
+    typer.Option("--ready-timeout", help="Seconds TorchServe may take to load [AVN_READY_TIMEOUT_S; 300]."),
+]
 
 
 def serve(
-    store: Path = typer.Option(Path("model_store"), "--store", help="Model store: the five .mar archives."),
-    embedded: bool = typer.Option(False, "--embedded", help="Run the models in this process, without TorchServe."),
-    grpc_port: int = typer.Option(50051, "--grpc-port", min=1, max=65535, help="gRPC port."),
-    rest_port: int = typer.Option(8000, "--rest-port", min=1, max=65535, help="REST port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address the gRPC and REST servers bind."),
-    ready_timeout_s: float = typer.Option(300.0, "--ready-timeout", help="Seconds TorchServe may take to load."),
+    store: StoreFlag = None,
+    embedded: EmbeddedFlag = False,
+    grpc_port: GrpcPortFlag = None,
+    rest_port: RestPortFlag = None,
+    host: HostFlag = None,
+    ready_timeout_s: ReadyTimeoutFlag = None,
+    config: ConfigFlag = None,
 ) -> None:
-    """Serve diagnoses over gRPC and REST (TorchServe started on --store, or --embedded)."""
-    from avn.pipeline.backend import MODELS  # noqa: PLC0415
-    from gateway.settings import Settings  # noqa: PLC0415
+    """Serve diagnoses over gRPC and REST (TorchServe started on the store, or --embedded).
 
-    if not store.is_dir() or not any(store.glob("*.mar")):
-        raise typer.BadParameter(
-            f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store"
-        )
-    store = store.resolve()
-    overrides = {
-        "model_store": store,
-        "grpc_host": host,
-        "grpc_port": grpc_port,
-        "rest_host": host,
-        "rest_port": rest_port,
-    }
-    # Before anything starts: a signal raises _Stop in the main thread. While uvicorn serves it
-    # takes the signal over, shuts down gracefully and then re-raises it here.
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    Settings: a flag given > AVN_* environment > settings file > default (`avn config show`)."""
+    from gateway.service import Stopped, stopping_on_signals  # noqa: PLC0415 — loads the pipeline
+
+    flags = serve_flags(store, embedded, grpc_port, rest_port, host, ready_timeout_s, config)
+    settings = _checked_settings("serve", flags, serves_store=True).settings
     torchserve = None
+    # From before anything starts, a signal raises Stopped: TorchServe is stopped whenever it comes.
+    with stopping_on_signals():
+        try:
+            if settings.backend == "torchserve":
+                torchserve, settings = _start_torchserve(settings)
+            _serve_until_stopped(settings)
+        except Stopped:
+            console.print("stopped")
+        finally:
+            if torchserve is not None:
+                console.print("stopping TorchServe")
+                torchserve.stop()
+
+
+def serve_flags(
+    store: Path | None = None,
+    embedded: bool = False,
+    grpc_port: int | None = None,
+    rest_port: int | None = None,
+    host: str | None = None,
+    ready_timeout_s: float | None = None,
+    config: Path | None = None,
+) -> dict[str, object]:
+    """The settings the given flags set (None: not given), as :data:`gateway.configuration.SERVE_FLAGS` maps them."""
+    return {
+        "config": config,
+        "model_store": store,
+        "backend": "embedded" if embedded else None,
+        "grpc_port": grpc_port,
+        "rest_port": rest_port,
+        "grpc_host": host,
+        "rest_host": host,
+        "ready_timeout_s": ready_timeout_s,
+    }
+
+
+def _checked_settings(command: str, flags: dict[str, object], *, serves_store: bool):
+    """Settings that passed the start-up checks, with logging configured and warnings logged; a
+    setting that cannot work ends the command with one line on stderr and exit code 2."""
     try:
-        settings = Settings(**overrides, backend="embedded") if embedded else None
-        logging.basicConfig(
-            level=(settings or Settings()).log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        if settings is None:
-            torchserve, settings = _start_torchserve(store, MODELS, ready_timeout_s, overrides)
-        _serve_until_stopped(settings)
-    except _Stop:
-        console.print("stopped")
-    finally:
-        if torchserve is not None:
-            console.print("stopping TorchServe")
-            torchserve.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        loaded = load_settings(flags, flag_names=SERVE_FLAGS)
+        warnings = check_startup(loaded, serves_store=serves_store)
+    except ConfigurationError as error:
+        typer.echo(f"avn {command}: {error}", err=True)
+        raise typer.Exit(EXIT_CONFIGURATION) from None
+    logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in warnings:
+        logging.getLogger("gateway.configuration").warning("%s", warning)
+    return loaded
 
 
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
-def _start_torchserve(store: Path, models: tuple[str, ...], timeout_s: float, overrides: dict):
-    """A ready TorchServe on loopback over ``store`` and the settings pointing the gateway at it."""
+def _start_torchserve(settings):
+    """A ready TorchServe on loopback over the settings' store, and the settings pointing the gateway at it."""
+    from avn.pipeline.backend import MODELS  # noqa: PLC0415
     from avn.serving.torchserve import LOOPBACK, TorchServe  # noqa: PLC0415
-    from gateway.settings import Settings  # noqa: PLC0415
 
+    store = settings.model_store.resolve()
     work_dir = Path(tempfile.mkdtemp(prefix="avn-serve-"))
     # Loopback only, so token authorisation may be (and is) off: nothing off this host reaches it.
     torchserve = TorchServe(store, work_dir, disable_token_auth=True)
     console.print(f"starting TorchServe on {store} (logs in {torchserve.log_dir})")
     torchserve.start()
     try:
-        torchserve.wait_until_ready(models, timeout_s=timeout_s)
+        torchserve.wait_until_ready(MODELS, timeout_s=settings.ready_timeout_s)
     except BaseException:
         torchserve.stop()
         raise
-    console.print(f"TorchServe ready: {', '.join(models)}")
-    settings = Settings(
-        **overrides,
-        backend="torchserve",
-        torchserve_grpc=f"{LOOPBACK}:{torchserve.ports.grpc_inference}",
-        torchserve_management=f"{LOOPBACK}:{torchserve.ports.grpc_management}",
-        torchserve_inference_key=None,
-        torchserve_management_key=None,
-        torchserve_key_file=None,
-    )
-    return torchserve, settings
+    console.print(f"TorchServe ready: {', '.join(MODELS)}")
+    # This TorchServe is avn serve's own: its address and (absent) tokens replace whatever the
+    # settings said about a TorchServe elsewhere.
+    own = {
+        "model_store": store,
+        "torchserve_grpc": f"{LOOPBACK}:{torchserve.ports.grpc_inference}",
+        "torchserve_management": f"{LOOPBACK}:{torchserve.ports.grpc_management}",
+        "torchserve_inference_key": None,
+        "torchserve_management_key": None,
+        "torchserve_key_file": None,
+    }
+    return torchserve, settings.model_copy(update=own)
 
 
 def _serve_until_stopped(settings) -> None:
@@ -276,6 +332,60 @@ def _serve_until_stopped(settings) -> None:
         f"REST on http://{settings.rest_host}:{settings.rest_port} ({settings.backend} backend)"
     )
     asyncio.run(serve_gateway(settings))
+
+
+# --------------------------------------------------------------------------------------- config
+
+config_app = typer.Typer(help="The gateway's effective settings and their documentation.", no_args_is_help=True)
+
+
+@config_app.command("show")
+def config_show(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+    store: StoreFlag = None,
+    embedded: EmbeddedFlag = False,
+    grpc_port: GrpcPortFlag = None,
+    rest_port: RestPortFlag = None,
+    host: HostFlag = None,
+    ready_timeout_s: ReadyTimeoutFlag = None,
+    config: ConfigFlag = None,
+) -> None:
+    """Every setting in effect, with its source (flag, environment, file, default); secrets masked.
+    Takes `avn serve`'s flags, to show what it would run with."""
+    flags = serve_flags(store, embedded, grpc_port, rest_port, host, ready_timeout_s, config)
+    try:
+        loaded = load_settings(flags, flag_names=SERVE_FLAGS)
+    except ConfigurationError as error:
+        typer.echo(f"avn config show: {error}", err=True)
+        raise typer.Exit(EXIT_CONFIGURATION) from None
+    for warning in unknown_name_warnings(loaded, os.environ):
+        typer.echo(f"warning: {warning}", err=True)
+    shown = shown_settings(loaded)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {item.name: {"value": item.value, "source": item.source, "variable": item.variable} for item in shown},
+                indent=2,
+            )
+        )
+        return
+    table = Table(title="effective settings (flag > environment > file > default); variables: AVN_<SETTING>")
+    for column in ("setting", "value", "source"):
+        table.add_column(column, overflow="fold")
+    for item in shown:
+        table.add_row(item.name, "" if item.value is None else str(item.value), item.source)
+    console.print(table)
+
+
+@config_app.command("docs")
+def config_docs(
+    out: Path = typer.Option(Path("docs/configuration.md"), "--out", help="Markdown file to write."),
+) -> None:
+    """Write the settings reference (docs/configuration.md), generated from the settings class."""
+    from gateway.configuration_docs import configuration_markdown  # noqa: PLC0415
+
+    out.write_text(configuration_markdown())
+    console.print(f"wrote {out}")
 
 
 # ---------------------------------------------------------------------------------------- bench
@@ -372,6 +482,7 @@ def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
 app.command()(diagnose)
 app.command()(serve)
 app.command()(bench)
+app.add_typer(config_app, name="config")
 
 if __name__ == "__main__":
     app()

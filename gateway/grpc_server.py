@@ -11,6 +11,8 @@ and server reflection (``grpcurl`` and similar tools discover the contract witho
 * Failures are mapped once, by :func:`gateway.errors.status_of`; the trailing metadata carries the
   error type (``avn-error-type``), ``retry-after`` seconds for UNAVAILABLE, and ``x-request-id``.
   A client may send its own ``x-request-id`` metadata; otherwise the server makes one.
+* Every call is a trace span (:mod:`gateway.tracing`) continuing the client's ``traceparent``
+  metadata; its trace id is in the trailing metadata (``x-trace-id``), failed or not.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from avn.pipeline.results import (
     StudyDiagnosis,
     StudyRequest,
 )
+from avn.pipeline.tracing import mark_failed
 from gateway import proto
 from gateway.errors import REQUEST_ID_KEY, as_gateway_error, error_metadata, status_of
 from gateway.metrics import GatewayMetrics
 from gateway.proto_mapping import from_proto, to_proto
+from gateway.tracing import TRACE_ID_KEY, log_request, request_span, trace_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the image bytes
 HEALTH_INTERVAL_S = 5.0
 PROTOCOL = "grpc"
+METHODS = {"diagnose": "Diagnose", "study": "DiagnoseStudy", "models": "ListModels"}  # operation → RPC
 
 
 # ---------------------------------------------------------------- the service
@@ -65,6 +70,7 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
         self.pipeline = pipeline
         self.deadline_s = deadline_s
         self.metrics = metrics or GatewayMetrics()
+        self.metrics.track_pipeline(pipeline)
 
     async def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext) -> pb.DiagnoseResponse:
         request_id = _request_id(context)
@@ -97,19 +103,42 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
     async def _observed(
         self, operation: str, context: grpc.aio.ServicerContext, request_id: str
     ) -> AsyncIterator[None]:
-        """Count and time the call whatever the outcome; a failure ends the RPC with its mapped status."""
+        """The call's trace span (continuing the client's ``traceparent`` metadata), counted in flight;
+        then count, time and log it whatever the outcome. A failure ends the RPC with its mapped
+        status; the trace id goes back in the trailing metadata either way."""
         started = time.perf_counter()
         error: str | None = None
+        failure: Exception | None = None
+        trace_id = ""
+        method = METHODS[operation]
         try:
-            yield
-        except Exception as failure:
-            error = type(as_gateway_error(failure)).__name__
-            await _abort(context, failure, request_id)
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            error = "Cancelled"
-            raise
+            with (
+                request_span(
+                    f"{SERVICE_NAME}/{method}",
+                    dict(context.invocation_metadata() or ()),
+                    **{"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
+                    **{"avn.operation": operation},
+                ) as span,
+                self.metrics.answering(PROTOCOL, operation),
+            ):
+                trace_id = trace_id_of(span)
+                try:
+                    yield
+                except Exception as caught:
+                    failure, typed = caught, as_gateway_error(caught)
+                    error = type(typed).__name__
+                    mark_failed(span, typed)
+                except asyncio.CancelledError:  # the client went away or its deadline passed
+                    error = "Cancelled"
+                    raise
+            if failure is not None:
+                await _abort(context, failure, request_id, trace_id)  # raises: the RPC ends here
+            if trace_id:
+                context.set_trailing_metadata(((TRACE_ID_KEY, trace_id),))
         finally:
-            self.metrics.observe_request(PROTOCOL, operation, time.perf_counter() - started, error)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(PROTOCOL, operation, seconds, error)
+            log_request(PROTOCOL, operation, request_id, trace_id, seconds, error)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -121,7 +150,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return accepted_request_id(given)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str, trace_id: str) -> None:
     """End the RPC with the mapped status; untyped errors are logged and reported as INTERNAL."""
     typed = as_gateway_error(error)
     if typed is not error:
@@ -133,7 +162,11 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id
     await context.abort(
         status_of(typed).grpc_code,
         f"{typed} (request {request_id})",
-        trailing_metadata=(*error_metadata(typed), (REQUEST_ID_KEY, request_id)),
+        trailing_metadata=(
+            *error_metadata(typed),
+            (REQUEST_ID_KEY, request_id),
+            *(((TRACE_ID_KEY, trace_id),) if trace_id else ()),
+        ),
     )
 
 

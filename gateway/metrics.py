@@ -9,9 +9,17 @@ its own registry (several apps in one process — tests — never collide in the
 * ``avn_request_duration_seconds{protocol, operation}`` — latency histogram;
 * ``avn_step_duration_seconds{step}`` — pipeline step times (decode, detect, crop, classify, fuse,
   output, total) of every computed radiograph;
+* ``avn_requests_in_flight{protocol, operation}`` — requests being answered now;
+* ``avn_model_call_duration_seconds{model}`` — each model call as the gateway waits for it
+  (TorchServe's queue and batch wait included);
 * ``avn_diagnoses_total{cache}`` — radiographs answered from the cache (``hit``) or computed (``miss``);
-* ``avn_cache_lookups_total{result}`` and ``avn_cache_errors_total`` — the cache's own counters
-  (Redis failures served uncached), read from the cache at scrape time.
+* read from the pipeline at scrape time: ``avn_cache_lookups_total{result}`` and
+  ``avn_cache_errors_total`` (the cache's own counters; Redis failures are served uncached),
+  ``avn_cache_up`` (0 while Redis is unreachable) and ``avn_model_ready{model}`` (the last
+  readiness probe of each model: ``/readyz`` and the gRPC health watcher, every few seconds).
+
+``deploy/observability/`` holds a Grafana dashboard and Prometheus alert rules over these names
+(``tests/test_observability.py`` checks that every name they use is exported here).
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 OK = "ok"
@@ -66,7 +74,20 @@ class GatewayMetrics:
         self.diagnoses = Counter(
             "avn_diagnoses", "Radiographs diagnosed, by whether the cache answered.", ["cache"], registry=self.registry
         )
-        self._cache_collector: _CacheCollector | None = None
+        self.in_flight = Gauge(
+            "avn_requests_in_flight",
+            "Requests being answered now.",
+            ["protocol", "operation"],
+            registry=self.registry,
+        )
+        self.model_calls = Histogram(
+            "avn_model_call_duration_seconds",
+            "Model call time as the gateway waits for it (model server queue and batch wait included).",
+            ["model"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self._pipeline: Any = None
 
     def observe_request(self, protocol: str, operation: str, seconds: float, error: str | None = None) -> None:
         """One finished request; ``error`` is the gateway error's type name when it failed."""
@@ -87,25 +108,46 @@ class GatewayMetrics:
             if milliseconds > 0:
                 self.steps.labels(field.name.removesuffix("_ms")).observe(milliseconds / 1000.0)
 
-    def track_cache(self, cache: Any) -> None:
-        """Export ``cache.stats`` (hits, misses, errors) at every scrape; one cache per registry."""
-        if cache is None or self._cache_collector is not None:
+    def answering(self, protocol: str, operation: str) -> Any:
+        """``with metrics.answering(...):`` counts the request in flight for the block's duration."""
+        return self.in_flight.labels(protocol, operation).track_inprogress()
+
+    def observe_model_call(self, model: str, seconds: float) -> None:
+        self.model_calls.labels(model).observe(seconds)
+
+    def track_pipeline(self, pipeline: Any) -> None:
+        """Time the pipeline's model calls, and export its cache's counters and its models' readiness
+        at every scrape; one pipeline per registry (the first one given)."""
+        if self._pipeline is not None:
             return
-        self._cache_collector = _CacheCollector(cache)
-        self.registry.register(self._cache_collector)
+        self._pipeline = pipeline
+        pipeline.model_call_observers.append(self.observe_model_call)
+        self.registry.register(_PipelineCollector(pipeline))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _CacheCollector(Collector):
-    """Reads the cache's counters when scraped, so the cache does not depend on Prometheus."""
+class _PipelineCollector(Collector):
+    """Reads the cache's counters and the models' readiness when scraped, so that neither the cache
+    nor the pipeline depends on Prometheus."""
 
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        stats = self.cache.stats
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "avn_model_ready", "1 when the model's last readiness probe answered, else 0.", labels=["model"]
+        )
+        for model, answered in self.pipeline.model_readiness.items():
+            ready.add_metric([model], 1.0 if answered else 0.0)
+        yield ready
+        if self.pipeline.cache is not None:
+            yield from self._cache_families(self.pipeline.cache)
+
+    @staticmethod
+    def _cache_families(cache: Any) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = cache.stats
         lookups = CounterMetricFamily("avn_cache_lookups", "Result-cache lookups by result.", labels=["result"])
         lookups.add_metric(["hit"], stats.hits)
         lookups.add_metric(["miss"], stats.misses)
@@ -114,4 +156,10 @@ class _CacheCollector(Collector):
             "avn_cache_errors",
             "Cache failures (Redis unreachable): those requests were served uncached.",
             value=stats.errors,
+        )
+        # Only Redis can be down; the in-process caches are always up.
+        yield GaugeMetricFamily(
+            "avn_cache_up",
+            "0 while the result cache (Redis) is unreachable, else 1.",
+            value=float(getattr(cache, "available", True)),
         )

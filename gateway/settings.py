@@ -1,34 +1,70 @@
-"""Every setting of the gateway, read from ``AVN_*`` environment variables (pydantic-settings).
+"""Every setting of the gateway and of ``avn serve``, and the one rule that decides each value.
 
-One ``Settings`` object is built at start-up and handed to the pieces that need it (backend,
-cache, gRPC server, REST app); nothing else reads the environment. ``docs/deployment.md`` has the
-table of variables; keep the two in step (a test checks that every field is documented there).
+Precedence, highest first, for every setting alike:
+
+1. a command-line flag that was given (passed as keyword arguments: a flag left out is not passed);
+2. the ``AVN_<SETTING>`` environment variable;
+3. the TOML settings file named by ``--config FILE`` or ``AVN_CONFIG`` (keys are the setting names);
+4. the default below.
+
+pydantic-settings does the merging (:meth:`Settings.settings_customise_sources`); :func:`layered_sources`
+is the one list of layers, used both to build settings and to tell where each value came from
+(:mod:`gateway.configuration`). One ``Settings`` object is built at start-up and handed to the pieces
+that need it (backend, cache, gRPC server, REST app). ``docs/configuration.md`` is generated from
+this class (``avn config docs``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
+from avn.pipeline.backend import MODELS
 from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES
 from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, DEFAULT_MAX_STUDY_BYTES, DEFAULT_MAX_STUDY_RADIOGRAPHS
 from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD
 
 ENV_PREFIX = "AVN_"
+CONFIG_SETTING = "config"
+# Where a value came from, highest precedence first.
+FLAG, ENVIRONMENT, FILE, DEFAULT = "flag", "environment", "file", "default"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+OTLP_SCHEMES = ("http", "https")
+WORKERS_ENV_PREFIX = "AVN_WORKERS_"  # AVN_WORKERS_DETECTION=2, …: read by the TorchServe container only
 
 
 class Settings(BaseSettings):
-    """The gateway's configuration; ``Settings()`` reads ``AVN_<FIELD>`` (case-insensitive)."""
+    """The gateway's configuration; ``Settings()`` reads ``AVN_<FIELD>`` (case-insensitive) and the
+    settings file; keyword arguments are the flags given on the command line."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
+    config: Path | None = Field(
+        None,
+        description="TOML settings file: `setting = value` lines, keys as in the first column's setting names. "
+        "Below the environment and flags, above the defaults.",
+    )
+
     # ---- models
-    model_store: Path = Field(Path("model_store"), description="Folder of the five .mar archives.")
+    model_store: Path = Field(
+        Path("model_store"),
+        description="Folder of the five .mar archives: what `avn serve` serves, and what the embedded backend loads.",
+    )
     backend: Literal["torchserve", "embedded"] = Field(
-        "torchserve", description="`torchserve`: call TorchServe over gRPC; `embedded`: run the models in-process."
+        "torchserve",
+        description="`torchserve`: call TorchServe over gRPC; `embedded`: load the archives and run the models in "
+        "the gateway process (no TorchServe; one process, no batching across requests).",
     )
     torchserve_grpc: str = Field(
         "127.0.0.1:7070", description="host:port of TorchServe's gRPC inference API (`grpc_inference_port`)."
@@ -37,15 +73,19 @@ class Settings(BaseSettings):
         "127.0.0.1:7071", description="host:port of TorchServe's gRPC management API (`grpc_management_port`)."
     )
     torchserve_inference_key: SecretStr | None = Field(
-        None, description="TorchServe's inference token (its `key_file.json`); unset when token auth is off."
+        None,
+        description="TorchServe's inference token; unset when token authorisation is off or the key file is used.",
     )
     torchserve_management_key: SecretStr | None = Field(
-        None, description="TorchServe's management token; unset when token auth is off."
+        None, description="TorchServe's management token (model cards, scaling)."
     )
     torchserve_key_file: Path | None = Field(
         None,
         description="TorchServe's `key_file.json` (shared volume): tokens read from it, re-read when it changes. "
-        "Ignored for a token given above.",
+        "A token set above wins. Its folder must exist at start-up; the file may appear later.",
+    )
+    ready_timeout_s: float = Field(
+        300.0, gt=0, description="`avn serve` only: seconds the TorchServe it starts may take to load every model."
     )
 
     # ---- serving
@@ -56,7 +96,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         DEFAULT_MAX_IMAGE_BYTES,
         gt=0,
-        description="Largest radiograph accepted, bytes; larger ones get 413 / RESOURCE_EXHAUSTED.",
+        description="Largest radiograph file accepted, bytes; larger: 413 / `RESOURCE_EXHAUSTED`. Kept under the "
+        "64 MiB gRPC message limit so that the gateway, not the transport, names the problem. A study may carry "
+        "this much per file.",
     )
     max_decode_bytes: int = Field(
         DEFAULT_MAX_DECODE_BYTES,
@@ -78,23 +120,26 @@ class Settings(BaseSettings):
     deadline_s: float = Field(
         DEFAULT_DEADLINE_S,
         gt=0,
-        description="Deadline of one request, seconds (REST; gRPC: caps the client's deadline). "
-        "Past it: 504 / DEADLINE_EXCEEDED.",
+        description="Deadline of one request, seconds (REST; for gRPC it caps the client's deadline). "
+        "Past it: 504 / `DEADLINE_EXCEEDED`. Also bounds each TorchServe call.",
     )
     note_threshold: float = Field(
         DEFAULT_NOTE_THRESHOLD,
         ge=0,
         le=1,
-        description="A fused note probability at or above this is reported as present.",
+        description="Default threshold: a fused note probability at or above it is reported as present "
+        "(a request may set its own).",
     )
 
     # ---- cache
     cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
     redis_url: str | None = Field(
-        None, description="e.g. `redis://redis:6379/0`; unset: an in-process LRU cache instead of Redis."
+        None,
+        description="e.g. `redis://redis:6379/0` (`rediss://` for TLS, `redis://:password@host:6379/0`); "
+        "unset or empty: an in-process LRU cache instead of Redis.",
     )
     cache_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of a cached result in Redis, seconds.")
-    cache_entries: int = Field(256, ge=1, description="Entries the in-process LRU cache holds (no Redis).")
+    cache_entries: int = Field(256, ge=1, description="Results the in-process LRU cache holds (no Redis).")
     redis_retry_s: float = Field(
         5.0, gt=0, description="While Redis is unreachable, how often the gateway tries it again, seconds."
     )
@@ -102,28 +147,64 @@ class Settings(BaseSettings):
     # ---- web application
     case_bank: Path | None = Field(
         Path("data/demo"),
-        description="Data-set folder of the web app's self-study case bank: its E3 split when that holds at least "
-        "10 cases, else every radiograph; empty: no case bank.",
+        description="Data-set folder (docs/dataset.md) of the web app's self-study case bank: its E3 split when that "
+        "holds at least 10 annotated radiographs, else every annotated radiograph. Relative to the working "
+        "directory. Missing or empty (`AVN_CASE_BANK=`): the gateway still starts, `GET /v1/cases` says why "
+        "there is no bank.",
     )
 
+    # ---- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector for traces (OTLP over gRPC), e.g. `http://otel-collector:4317`. "
+        "Unset: the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`; none of "
+        "them set: tracing is off.",
+    )
+    trace_service_name: str = Field("avn-gateway", description="`service.name` of the gateway's traces.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: one story for operators, flags > environment > file > defaults.
+        return tuple(source for _, source in layered_sources(settings_cls, init_settings, env_settings))
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "otlp_endpoint", mode="before")
     @classmethod
     def _empty_url_is_unset(cls, value: object) -> object:
         # Compose files pass AVN_REDIS_URL= to mean "no Redis".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("case_bank", mode="before")
+    @field_validator("case_bank", "config", "torchserve_key_file", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value, REDIS_SCHEMES)
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value, OTLP_SCHEMES)
+        return value
 
     @staticmethod
     def secret(value: SecretStr | None) -> str | None:
@@ -131,6 +212,130 @@ class Settings(BaseSettings):
         return value.get_secret_value() if value is not None else None
 
 
+def layered_sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[tuple[str, PydanticBaseSettingsSource], ...]:
+    """The sources of settings, highest precedence first, each with the name of its layer.
+
+    The settings file is itself a setting (``--config`` or ``AVN_CONFIG``), so it is looked up in
+    the two layers above it before it is read.
+    """
+    config_file = _given(init_settings, CONFIG_SETTING) or _given(env_settings, CONFIG_SETTING)
+    file_settings = TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file) if config_file else None)
+    return ((FLAG, init_settings), (ENVIRONMENT, env_settings), (FILE, file_settings))
+
+
+def sources_of(settings_cls: type[BaseSettings], flags: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The same layers as :meth:`Settings.settings_customise_sources`, built outside a settings object:
+    what :mod:`gateway.configuration` asks which keys each layer gives."""
+    return layered_sources(
+        settings_cls, InitSettingsSource(settings_cls, init_kwargs=flags), EnvSettingsSource(settings_cls)
+    )
+
+
+def _given(source: PydanticBaseSettingsSource, name: str) -> Any:
+    value = source.init_kwargs.get(name) if isinstance(source, InitSettingsSource) else source().get(name)
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def check_url(url: str, schemes: tuple[str, ...]) -> None:
+    """Raise ValueError unless ``url`` has one of ``schemes``, a host (but for unix sockets) and a
+    numeric port when it names one. Nothing is contacted."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"the scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path")
+        return
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    try:
+        parts.port  # noqa: B018 — the property parses the port and raises on a bad one
+    except ValueError as error:
+        raise ValueError(f"bad port: {error}") from None
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (logs, ``avn config show``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def environment_variables() -> dict[str, str]:
     """``AVN_<FIELD>`` → description, for documentation and its test."""
-    return {f"{ENV_PREFIX}{name.upper()}": field.description or "" for name, field in Settings.model_fields.items()}
+    return {env_name(name): field.description or "" for name, field in Settings.model_fields.items()}
+
+
+def env_name(setting: str) -> str:
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
+# Variables with the AVN_ prefix that are no gateway setting: read by docker-compose.yml or by the
+# TorchServe container's start-up. Known, so that they are not reported as mistyped settings.
+OTHER_VARIABLES: dict[str, str] = {
+    "AVN_IMAGE": "Compose: the image tag of every container (default `avn-serving:latest`).",
+    "AVN_MODEL_STORE_DIR": "Compose: host folder of the archives (default `./model_store`).",
+    **{
+        f"{WORKERS_ENV_PREFIX}{model.upper()}": f"TorchServe container: workers of the {model} model (default 1)."
+        for model in MODELS
+    },
+    "AVN_TS_GPUS": "TorchServe container: GPUs TorchServe may use (`0`: CPU; `-1`: every GPU it sees).",
+    "AVN_TS_TOKEN_EXPIRATION_MIN": "Compose: lifetime of TorchServe's API tokens, minutes (default a year).",
+    "AVN_GPU_COUNT": "Compose (`--profile gpu`): GPUs reserved for TorchServe (default all).",
+    "AVN_REDIS_MAXMEMORY": "Compose: Redis memory limit before LRU eviction (default `1gb`).",
+    "AVN_GATEWAY_REPLICAS": "Compose: gateway containers (default 1).",
+    "AVN_REST_PUBLISH": "Compose: host port (range) the gateways' REST port is published on (default 8000).",
+    "AVN_GRPC_PUBLISH": "Compose: host port (range) the gateways' gRPC port is published on (default 50051).",
+}
+
+
+def known_variables() -> set[str]:
+    """Every ``AVN_*`` name this project reads anywhere."""
+    return set(environment_variables()) | set(OTHER_VARIABLES)
+
+
+def expectation(setting: str) -> str:
+    """What a valid value of ``setting`` looks like, in words (error messages and the docs)."""
+    if setting in EXPECTATIONS:
+        return EXPECTATIONS[setting]
+    field = Settings.model_fields[setting]
+    annotation = field.annotation
+    if getattr(annotation, "__origin__", None) is Literal:
+        return "one of " + ", ".join(f"`{choice}`" for choice in annotation.__args__)
+    if annotation is bool:
+        return "`true` or `false`"
+    if annotation in (int, float):
+        return ("a whole number" if annotation is int else "a number") + _bounds(field.metadata)
+    if annotation in (str, str | None):
+        return "text"
+    return "a value"
+
+
+EXPECTATIONS = {
+    "config": "an existing TOML file",
+    "model_store": "a folder holding the five `.mar` archives (`avn build-store` writes them)",
+    "torchserve_grpc": "`host:port`",
+    "torchserve_management": "`host:port`",
+    "torchserve_inference_key": "the token, or unset",
+    "torchserve_management_key": "the token, or unset",
+    "torchserve_key_file": "a readable `key_file.json` (or one TorchServe will write into an existing folder), "
+    "or unset",
+    "grpc_port": "a port from 1 to 65535",
+    "rest_port": "a port from 1 to 65535",
+    "redis_url": "`redis://[:password@]host[:port][/db]`, `rediss://…` or `unix:///path`; empty for no Redis",
+    "case_bank": "a data-set folder, or empty",
+    "otlp_endpoint": "`http://host:port` or `https://host:port`, or unset",
+}
+
+
+def _bounds(metadata: list[Any]) -> str:
+    words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+    parts = [f"{words[name]} {getattr(item, name):g}" for item in metadata for name in words if hasattr(item, name)]
+    return f", {' and '.join(parts)}" if parts else ""

@@ -41,8 +41,10 @@ from avn.pipeline.errors import (
     ModelUnavailable,
     PayloadTooLarge,
 )
+from avn.pipeline.tracing import note_batch_size
 from avn.serving.codec import encode_npy
 from avn.serving.torchserve import MAX_MESSAGE_BYTES
+from gateway.settings import WORKERS_ENV_PREFIX
 from gateway.torchserve_stubs import TorchServeStubs, load_stubs
 
 logger = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class TorchServeBackend:
         response = await self._call(self._inference.Predictions, request, INFERENCE, model)
         answer = self._parse(model, response.prediction)
         self._notice_version(model, answer.get("version"))
+        note_batch_size(answer.get("batch_size"))
         return answer
 
     async def _describe(self, name: str) -> ModelInfo:
@@ -378,8 +381,6 @@ async def _awaited(future: grpc.Future) -> Any:
 
 
 # ---------------------------------------------------------------- scaling from the environment
-
-WORKERS_ENV_PREFIX = "AVN_WORKERS_"  # AVN_WORKERS_DETECTION=2, AVN_WORKERS_STAGING=4, …
 
 
 def workers_from_environment(environment: Mapping[str, str]) -> dict[str, int]:

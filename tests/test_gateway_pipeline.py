@@ -459,7 +459,10 @@ def test_a_missing_model_is_unavailable_with_a_retry_hint() -> None:
     with pytest.raises(ModelUnavailable) as raised:
         diagnose(ScriptedBackend(TWO_HEADS, [0.9, 0.8], missing={"notes"}), flat_png())
     assert raised.value.retry_after_s == 7 and dict(error_metadata(raised.value))["retry-after"] == "7"
-    assert asyncio.run(Pipeline(ScriptedBackend([], [], missing={"notes"})).ready()) is False
+    without_notes = Pipeline(ScriptedBackend([], [], missing={"notes"}))
+    assert asyncio.run(without_notes.ready()) is False
+    # The backend's catalogue itself fails (as TorchServe's does with a model missing): none is ready.
+    assert without_notes.model_readiness == dict.fromkeys(MODELS, False)
     assert asyncio.run(Pipeline(ScriptedBackend([], [])).ready()) is True
 
 
@@ -470,7 +473,10 @@ def test_readiness_sends_one_tiny_inference_per_model_and_fails_when_one_does_no
                 raise ModelUnavailable("staging worker does not answer", retry_after_s=5)
             return await super().classify(model, crops, cam_stage)
 
-    assert asyncio.run(Pipeline(WedgedStaging([], [])).ready()) is False
+    wedged = Pipeline(WedgedStaging([], []))
+    assert asyncio.run(wedged.ready()) is False
+    # Per model, for the avn_model_ready gauge: only the wedged one is down.
+    assert wedged.model_readiness == {name: name != "staging" for name in MODELS}
     backend = ScriptedBackend([], [])
     pipeline = Pipeline(backend)
 

@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -237,26 +238,24 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.parametrize("mode", ["embedded", "torchserve"])
 def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mode: str) -> None:
     """`avn serve` as an operator runs it: ready, one REST diagnosis, SIGTERM → exit 0, and in
-    TorchServe mode the TorchServe it started is gone too."""
-    grpc_port, rest_port = free_ports(2)
+    TorchServe mode the TorchServe it started is gone too. Embedded, the ports come from the
+    environment, over a settings file naming others (issue #16: flags not given never override)."""
+    grpc_port, rest_port, unused_port = free_ports(3)
     log = tmp_path / "serve.log"
     served = tmp_path / "store"  # a private copy: its path identifies this test's TorchServe processes
     shutil.copytree(store, served)
-    command = [
-        *_avn_command(),
-        "serve",
-        "--store",
-        str(served),
-        "--grpc-port",
-        str(grpc_port),
-        "--rest-port",
-        str(rest_port),
-        "--host",
-        LOOPBACK,
-    ]
-    if mode == "embedded":
-        command.append("--embedded")
+    command = [*_avn_command(), "serve", "--store", str(served), "--host", LOOPBACK]
     environment = {**os.environ, "AVN_LOG_LEVEL": "INFO"}
+    if mode == "embedded":
+        settings_file = tmp_path / "avn.toml"
+        settings_file.write_text(f'grpc_port = {unused_port}\nrest_port = {unused_port}\nbackend = "embedded"\n')
+        environment |= {
+            "AVN_GRPC_PORT": str(grpc_port),
+            "AVN_REST_PORT": str(rest_port),
+            "AVN_CONFIG": str(settings_file),
+        }
+    else:
+        command += ["--grpc-port", str(grpc_port), "--rest-port", str(rest_port)]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path)
     base = f"http://{LOOPBACK}:{rest_port}"
@@ -269,6 +268,8 @@ def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mo
             time.sleep(0.5)
         if mode == "torchserve":
             assert "TorchServe ready" in log.read_text() and _processes_mentioning(str(served))
+        with socket.create_connection((LOOPBACK, grpc_port), timeout=5):
+            pass  # gRPC listens where the flag or the environment said
         image = phantom_png(tmp_path, 0)
         request = urllib.request.Request(
             f"{base}/v1/diagnose", data=image.read_bytes(), headers={"Content-Type": "image/png"}, method="POST"

@@ -131,6 +131,8 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows(server: 
     for size, (status, answer) in zip(sizes, answers, strict=True):
         assert status == 200 and np.array(answer["probabilities"]).shape == (size, 2)
     assert max(_batched_request_counts(server, "view")) > 1
+    # Each answer says how many requests its forward pass ran (the gateway traces it).
+    assert max(answer["batch_size"] for _, answer in answers) > 1
 
 
 def _batched_request_counts(server: TorchServe, task: str) -> list[int]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from avn.intensity import standardised_ranks
 from avn.pipeline.detect import HeadCandidate
+from avn.pipeline.tracing import head_span
 
 INPUT_SIZE = 224
 SCALE_RANGE = (0.85, 1.05)  # the paper's resampling range of s
@@ -77,8 +78,15 @@ def crop_heads(
     pixels: np.ndarray, candidates: Sequence[HeadCandidate], input_sizes: Mapping[str, int], scale: float
 ) -> dict[str, np.ndarray]:
     """Per model, the (N, S, S) crops of every head at that model's input size (shared by size)."""
-    by_size = {
-        size: np.stack([crop_square(pixels, candidate.box, scale, size) for candidate in candidates])
-        for size in set(input_sizes.values())
-    }
+    sizes = sorted(set(input_sizes.values()))
+    per_head = [_head_crops(pixels, candidate, index, sizes, scale) for index, candidate in enumerate(candidates)]
+    by_size = {size: np.stack([crops[size] for crops in per_head]) for size in sizes}
     return {model: by_size[size] for model, size in input_sizes.items()}
+
+
+def _head_crops(
+    pixels: np.ndarray, candidate: HeadCandidate, index: int, sizes: Sequence[int], scale: float
+) -> dict[int, np.ndarray]:
+    """One head's crops at every size, as one trace span."""
+    with head_span(index, sizes):
+        return {size: crop_square(pixels, candidate.box, scale, size) for size in sizes}

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from opentelemetry.trace import Span
 
 from avn.dataset.images import Radiograph
 from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Detections, ModelBackend, ModelInfo
@@ -72,6 +73,19 @@ from avn.pipeline.results import (
     encode_diagnosis,
 )
 from avn.pipeline.study import aggregate_sides, split_study_outcomes
+from avn.pipeline.tracing import (
+    ATTRIBUTE_CACHE_HIT,
+    ATTRIBUTE_CANDIDATES,
+    ATTRIBUTE_HEADS,
+    ATTRIBUTE_OVERLAY,
+    ATTRIBUTE_STUDY_INDEX,
+    ATTRIBUTE_STUDY_SIZE,
+    ModelCallObserver,
+    ObservedBackend,
+    radiograph_attributes,
+    span,
+    step_span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +131,10 @@ class Pipeline:
         self.max_study_radiographs = max_study_radiographs
         self.max_study_bytes = max_study_bytes
         self.note_threshold = note_threshold  # for requests that do not set their own
+        # Told every model call's duration (the gateway's per-model latency metric).
+        self.model_call_observers: list[ModelCallObserver] = []
         self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
+        self.model_readiness: dict[str, bool] = {}  # per model, the last probe's verdict (none yet: empty)
 
     # ------------------------------------------------------------ public operations
 
@@ -143,8 +160,9 @@ class Pipeline:
         self._check_study_size(request.payloads)
         count = len(request.payloads)
         started = time.perf_counter()
-        async with deadline(timeout_s):
-            outcomes = await self._diagnose_each(request.payloads, options, request_id)
+        with span("study", **{ATTRIBUTE_STUDY_SIZE: count}):
+            async with deadline(timeout_s):
+                outcomes = await self._diagnose_each(request.payloads, options, request_id)
         radiographs, skipped = split_study_outcomes(outcomes)
         if not radiographs:
             raise NoFemoralHead(f"no femoral head found on any of the {count} radiographs of the study")
@@ -174,32 +192,45 @@ class Pipeline:
         return [by_name[name] for name in MODELS]
 
     async def ready(self) -> bool:
-        """True when every model is loaded and answers a tiny inference (health and readiness).
+        """True when every model is loaded and answers a tiny inference (health and readiness);
+        ``model_readiness`` keeps the verdict per model (the gateway's ``avn_model_ready`` gauge).
 
         Loaded is not enough: a wedged worker still reports READY. A passing probe is trusted for
         READINESS_PROBE_TTL_S so frequent health checks do not become a load of their own.
         """
         if time.monotonic() < self._ready_until:
             return True
-        try:
-            await self._probe_models(await self._model_infos())
-        except Exception as error:  # a readiness probe reports, it never raises
-            logger.info("not ready: %s", error)
+        self.model_readiness = await self._probe_models()
+        if not all(self.model_readiness.values()):
             return False
         self._ready_until = time.monotonic() + READINESS_PROBE_TTL_S
         return True
 
-    async def _probe_models(self, models: Mapping[str, ModelInfo]) -> None:
-        """One blank image to the detector and one blank crop to each classifier, concurrently."""
-        blank = np.zeros((PROBE_IMAGE_SIDE, PROBE_IMAGE_SIDE), np.float32)
-        crops = {
-            name: np.zeros((1, models[name].input_size, models[name].input_size), np.float32)
-            for name in CLASSIFIER_MODELS
-        }
-        await asyncio.gather(
-            self.backend.detect(blank),
-            *(self.backend.classify(name, crop) for name, crop in crops.items()),
-        )
+    async def _probe_models(self) -> dict[str, bool]:
+        """Per model: loaded, and answers one blank image (detector) or one blank crop (classifiers).
+        The probes run concurrently; a readiness probe reports, it never raises."""
+        readiness = dict.fromkeys(MODELS, False)
+        try:
+            loaded = {info.name: info for info in await self.backend.models()}
+        except Exception as error:  # the model server's catalogue is unreadable: no model is ready
+            logger.info("not ready: %s", error)
+            return readiness
+        names = [name for name in MODELS if name in loaded]
+        outcomes = await asyncio.gather(*(self._probe(loaded[name]) for name in names), return_exceptions=True)
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                logger.info("not ready: model %s: %s", name, outcome)
+            else:
+                readiness[name] = True
+        for name in set(MODELS) - set(loaded):
+            logger.info("not ready: model %s is not loaded", name)
+        return readiness
+
+    async def _probe(self, model: ModelInfo) -> None:
+        if model.name == "detection":
+            await self.backend.detect(np.zeros((PROBE_IMAGE_SIDE, PROBE_IMAGE_SIDE), np.float32))
+        else:
+            await self.backend.classify(model.name, np.zeros((1, model.input_size, model.input_size), np.float32))
 
     async def close(self) -> None:
         await self.backend.close()
@@ -213,21 +244,44 @@ class Pipeline:
 
     # ------------------------------------------------------------ one radiograph
 
-    async def _diagnose(self, payload: ImagePayload, options: DiagnoseOptions, request_id: str) -> Diagnosis:
-        clock = StepClock()
-        with clock.step("decode"):
-            radiograph = await asyncio.to_thread(decode_payload, payload, self.max_image_bytes, self.max_decode_bytes)
-        models = await self._model_infos()
-        key = await self._cache_key(radiograph, models, options)
-        cached = await self._cached(key)
-        if cached is not None:
-            return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
+    async def _diagnose(
+        self, payload: ImagePayload, options: DiagnoseOptions, request_id: str, study_index: int | None = None
+    ) -> Diagnosis:
+        with span("diagnose", **({} if study_index is None else {ATTRIBUTE_STUDY_INDEX: study_index})):
+            clock = StepClock()
+            with clock.step("decode") as decoding:
+                radiograph = await asyncio.to_thread(
+                    decode_payload, payload, self.max_image_bytes, self.max_decode_bytes
+                )
+                decoding.set_attributes(
+                    radiograph_attributes(
+                        len(payload.data), radiograph.source_format, radiograph.width, radiograph.height
+                    )
+                )
+            models = await self._model_infos()
+            key, cached = await self._looked_up(radiograph, models, options)
+            if cached is not None:
+                return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
 
-        steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
-        if steps.diagnosis is None:
-            raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
-        await self._store(key, steps.diagnosis)
-        return steps.diagnosis
+            steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
+            if steps.diagnosis is None:
+                raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
+            if key is not None:
+                with span("cache store"):
+                    await self._store(key, steps.diagnosis)
+            return steps.diagnosis
+
+    async def _looked_up(
+        self, radiograph: Radiograph, models: Mapping[str, ModelInfo], options: DiagnoseOptions
+    ) -> tuple[str | None, Diagnosis | None]:
+        """The cache key and the cached diagnosis, if any (no cache: neither)."""
+        if self.cache is None:
+            return None, None
+        with span("cache lookup") as lookup:
+            key = await self._cache_key(radiograph, models, options)
+            cached = await self._cached(key)
+            lookup.set_attribute(ATTRIBUTE_CACHE_HIT, cached is not None)
+        return key, cached
 
     async def run_steps(
         self,
@@ -250,22 +304,25 @@ class Pipeline:
         options = self._checked(options)  # the evaluation calls here directly, without a threshold of its own
         models = models or await self._model_infos()
         check_body_part(radiograph.body_part)
-        with clock.step("detect"):
-            detections = await detect_heads(self.backend, radiograph.pixels, models["detection"].input_size)
-        candidates = choose_heads(detections, radiograph.width)
+        backend = ObservedBackend(self.backend, models, self.model_call_observers)
+        with clock.step("detect") as detecting:
+            detections = await detect_heads(backend, radiograph.pixels, models["detection"].input_size)
+            candidates = choose_heads(detections, radiograph.width)
+            detecting.set_attributes({ATTRIBUTE_CANDIDATES: len(detections.scores), ATTRIBUTE_HEADS: len(candidates)})
         if not candidates:
             return Steps(detections, None)
         with clock.step("crop"):
             input_sizes = {name: models[name].input_size for name in CLASSIFIER_MODELS}
             crops = crop_heads(radiograph.pixels, candidates, input_sizes, self.crop_scale)
         with clock.step("classify"):
-            answers = await classify_heads(self.backend, crops, options.cam_stage)
+            answers = await classify_heads(backend, crops, options.cam_stage)
         with clock.step("fuse"):
             heads = interpret_heads(candidates, answers, options, self.crop_scale)
             view = radiograph_view(answers.view)
         overlay = None
         if render:
-            with clock.step("output"):
+            with clock.step("output") as rendering:
+                rendering.set_attribute(ATTRIBUTE_OVERLAY, options.include_overlay)
                 heads, overlay = await asyncio.to_thread(
                     render_outputs,
                     radiograph.pixels,
@@ -297,7 +354,7 @@ class Pipeline:
         async def one(index: int, payload: ImagePayload) -> Diagnosis:
             async with gate:
                 try:
-                    return await self._diagnose(payload, options, f"{request_id}/{index}")
+                    return await self._diagnose(payload, options, f"{request_id}/{index}", study_index=index)
                 except (InvalidImage, InvalidArgument, PayloadTooLarge) as error:
                     raise type(error)(f"radiograph {index}: {error}") from error
 
@@ -365,17 +422,19 @@ def diagnosis_cache_key(
 
 
 class StepClock:
-    """Wall time per pipeline step, in milliseconds."""
+    """Wall time per pipeline step, in milliseconds; each step is a trace span too."""
 
     def __init__(self) -> None:
         self._started = time.perf_counter()
         self._spent: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str) -> Iterator[Span]:
+        """Time the step, inside its trace span (which the caller may add attributes to)."""
         started = time.perf_counter()
         try:
-            yield
+            with step_span(name) as current:
+                yield current
         finally:
             self._spent[name] = self._spent.get(name, 0.0) + (time.perf_counter() - started) * 1000
 

@@ -17,8 +17,14 @@ from gateway.rest.dependencies import REQUEST_ID_HEADER
 from gateway.rest.error_handlers import add_error_handlers
 from gateway.rest.routers import diagnosis, service, web
 from gateway.settings import Settings
+from gateway.tracing import TRACE_ID_KEY
 
 PipelineSource = Pipeline | Callable[[], Pipeline | Awaitable[Pipeline]]
+# FastAPI's own OpenTelemetry spans and logs stay off: the gateway's request span
+# (gateway/tracing.py, opened per operation) is the one REST and gRPC share, with the trace id in
+# the answer and no PHI (FastAPI's would record exception messages and stack traces). FastAPI
+# versions without native telemetry keep the option as an unused extra.
+NO_NATIVE_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def create_app(
@@ -40,7 +46,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = not isinstance(pipeline, Pipeline)
         app.state.pipeline = await _resolved(pipeline)
-        metrics.track_cache(app.state.pipeline.cache)
+        metrics.track_pipeline(app.state.pipeline)
         try:
             yield
         finally:
@@ -52,6 +58,7 @@ def create_app(
         version="1",
         summary="Femoral-head avascular-necrosis staging on pelvic radiographs (PNG, JPEG, DICOM).",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     # What the routers' dependencies (gateway/rest/dependencies.py) hand to the handlers.
     app.state.settings = settings
@@ -59,7 +66,7 @@ def create_app(
     app.state.case_bank = case_bank
     if isinstance(pipeline, Pipeline):  # usable without running the lifespan too
         app.state.pipeline = pipeline
-        metrics.track_cache(pipeline.cache)
+        metrics.track_pipeline(pipeline)
     add_error_handlers(app)
     for router in (diagnosis.router, service.router, web.router):
         app.include_router(router)
@@ -76,11 +83,15 @@ async def _resolved(source: PipelineSource) -> Pipeline:
 
 
 async def _echo_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    # Successful answers carry the id too, so a client can quote it when reporting a result.
+    # Successful answers carry the ids too, so a client can quote them when reporting a result; the
+    # trace id (when the request belongs to a trace) finds the request's trace.
     response = await call_next(request)
     request_id = getattr(request.state, "request_id", None)
     if request_id and REQUEST_ID_HEADER not in response.headers:
         response.headers[REQUEST_ID_HEADER] = request_id
+    trace_id = getattr(request.state, "trace_id", "")
+    if trace_id:
+        response.headers[TRACE_ID_KEY] = trace_id
     return response
 
 

@@ -1,6 +1,7 @@
 """FastAPI dependencies of the routers: the app's pipeline, settings, metrics and case bank (held on
 ``app.state`` by :func:`gateway.rest.app.create_app`), the diagnosis options of the query, and the
-observation of an operation, which gives the request its id and counts and times it."""
+observation of an operation, which gives the request its id and trace span and counts, times and
+logs it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway.errors import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from gateway.errors import as_gateway_error
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
+from gateway.tracing import log_request, request_span, trace_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +65,37 @@ async def observer(request: Request, metrics: Annotated[GatewayMetrics, Depends(
 
 @asynccontextmanager
 async def observed(request: Request, metrics: GatewayMetrics, operation: str) -> AsyncIterator[str]:
-    """Give the request its id, and count and time it whatever the outcome. An untyped failure (a
-    bug) is logged here with its traceback and answered as :class:`Internal`."""
+    """Give the request its id and its trace span (continuing the client's ``traceparent``), count
+    it in flight, then count, time and log it whatever the outcome. An untyped failure (a bug) is
+    logged here with its traceback and answered as :class:`Internal`."""
     request_id = request.state.request_id = request_id_of(request)
+    route = getattr(request.scope.get("route"), "path", request.url.path)  # the template: no ids from the URL
     started = time.perf_counter()
     error: str | None = None
+    trace_id = ""
     try:
-        yield request_id
-    except Exception as failure:
-        typed = as_gateway_error(failure)
-        error = type(typed).__name__
-        if typed is not failure:
-            logger.error("request %s failed unexpectedly", request_id, exc_info=failure)
-            raise typed from failure
-        raise
+        with (
+            request_span(
+                f"{request.method} {route}",
+                request.headers,
+                **{"http.request.method": request.method, "http.route": route, "avn.operation": operation},
+            ) as span,
+            metrics.answering(PROTOCOL, operation),
+        ):
+            trace_id = request.state.trace_id = trace_id_of(span)
+            try:
+                yield request_id
+            except Exception as failure:
+                typed = as_gateway_error(failure)
+                error = type(typed).__name__
+                if typed is not failure:
+                    logger.error("request %s failed unexpectedly", request_id, exc_info=failure)
+                    raise typed from failure
+                raise
     finally:
-        metrics.observe_request(PROTOCOL, operation, time.perf_counter() - started, error)
+        seconds = time.perf_counter() - started
+        metrics.observe_request(PROTOCOL, operation, seconds, error)
+        log_request(PROTOCOL, operation, request_id, trace_id, seconds, error)
 
 
 def request_id_of(request: Request) -> str:
