@@ -261,7 +261,10 @@ class Pipeline:
             models = await self._model_infos()
             key, cached = await self._looked_up(radiograph, models, options)
             if cached is not None:
-                return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
+                # The key is the pixels: another file with the same pixels has UIDs of its own.
+                return replace(
+                    cached, request_id=request_id, cache_hit=True, timings=clock.timings(), source=radiograph.dicom
+                )
 
             steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
             if steps.diagnosis is None:
@@ -343,6 +346,7 @@ class Pipeline:
             cache_hit=False,
             timings=clock.timings(),
             note_threshold=options.note_threshold,
+            source=radiograph.dicom,
         )
         return Steps(detections, diagnosis)
 

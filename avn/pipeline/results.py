@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from avn import __version__ as SOFTWARE_VERSION
+from avn.dataset.images import DicomSource
 from avn.vocabulary import STAGES
 
 DEFAULT_NOTE_THRESHOLD = 0.5
@@ -193,6 +195,13 @@ class Diagnosis:
     cache_hit: bool
     timings: StepTimings
     note_threshold: float
+    # Provenance (defaults: a result built without them still names this software).
+    source: DicomSource | None = described(
+        "For DICOM input: the Study, Series and SOP Instance UIDs and the SOP Class of the radiograph; "
+        "null for PNG and JPEG.",
+        default=None,
+    )
+    software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,7 @@ class StudyDiagnosis:
     skipped: tuple[SkippedRadiograph, ...] = described("Radiographs without a femoral head.")
     models: tuple[ModelVersion, ...]
     total_ms: float = 0.0
+    software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
 
 
 # ---------------------------------------------------------------- JSON (cache, REST)
