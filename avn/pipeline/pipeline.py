@@ -17,7 +17,9 @@
 * interpret: sides (two heads: by the image layout, the head on the image's left is the patient's
   right; one head: the side model), stages and derived classes, fused notes, the radiograph's view
   (the mean of its heads' view probabilities).
-* output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`).
+* output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`); with
+  ``include_dicom`` (DICOM input only) the TID 1500 SR and the annotated Secondary Capture
+  (:mod:`avn.integration.dicom_outputs`), built after the cache for every request.
 
 :meth:`Pipeline.diagnose_study` runs this per radiograph of one subject and reports per side the
 most severe stage seen (``vocabulary.most_severe``). The model calls go through
@@ -39,6 +41,7 @@ import numpy as np
 from opentelemetry.trace import Span
 
 from avn.dataset.images import Radiograph
+from avn.integration.dicom_outputs import with_dicom_outputs
 from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Detections, ModelBackend, ModelInfo
 from avn.pipeline.caching import ResultCache
 from avn.pipeline.caching import cache_key as result_cache_key
@@ -258,21 +261,33 @@ class Pipeline:
                         len(payload.data), radiograph.source_format, radiograph.width, radiograph.height
                     )
                 )
+            if options.include_dicom and radiograph.dicom is None:
+                raise InvalidArgument(
+                    f"DICOM outputs (include_dicom) need a DICOM radiograph; this one is {radiograph.source_format}"
+                )
             models = await self._model_infos()
             key, cached = await self._looked_up(radiograph, models, options)
             if cached is not None:
                 # The key is the pixels: another file with the same pixels has UIDs of its own.
-                return replace(
-                    cached, request_id=request_id, cache_hit=True, timings=clock.timings(), source=radiograph.dicom
-                )
-
-            steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
-            if steps.diagnosis is None:
-                raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
-            if key is not None:
-                with span("cache store"):
-                    await self._store(key, steps.diagnosis)
-            return steps.diagnosis
+                diagnosis = replace(cached, request_id=request_id, cache_hit=True, source=radiograph.dicom)
+            else:
+                steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
+                if steps.diagnosis is None:
+                    raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
+                if key is not None:
+                    with span("cache store"):
+                        await self._store(key, steps.diagnosis)
+                diagnosis = steps.diagnosis
+            if options.include_dicom:
+                # Never cached: new instances with UIDs of their own, filed under this file's header.
+                with clock.step("output"):
+                    diagnosis = await asyncio.to_thread(with_dicom_outputs, diagnosis, payload.data)
+            return replace(
+                diagnosis,
+                timings=clock.timings(),
+                # Rendered for the annotated copy even when the client did not ask for it.
+                overlay_png=diagnosis.overlay_png if options.include_overlay else None,
+            )
 
     async def _looked_up(
         self, radiograph: Radiograph, models: Mapping[str, ModelInfo], options: DiagnoseOptions
@@ -332,7 +347,7 @@ class Pipeline:
                     heads,
                     answers.staging.cams,
                     view,
-                    options.include_overlay,
+                    options.include_overlay or options.include_dicom,  # the annotated copy is the overlay
                     models["staging"].input_size,
                 )
         diagnosis = Diagnosis(

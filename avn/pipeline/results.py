@@ -35,6 +35,7 @@ class DiagnoseOptions:
     include_overlay: bool = False
     cam_stage: str | None = None  # None: each head's predicted stage
     note_threshold: float | None = None  # None: the service's default (0.5 unless configured)
+    include_dicom: bool = False  # also the DICOM SR and annotated copy (DICOM input only)
 
     def problems(self) -> list[str]:
         """Why these options are invalid (empty when they are fine)."""
@@ -202,6 +203,16 @@ class Diagnosis:
         default=None,
     )
     software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
+    dicom_sr: bytes | None = described(
+        "When include_dicom was asked for: the Comprehensive SR (TID 1500 Measurement Report) of this result, "
+        "a DICOM Part 10 file in the source's study.",
+        default=None,
+    )
+    dicom_annotated: bytes | None = described(
+        "When include_dicom was asked for: the annotated radiograph as a DICOM Secondary Capture (Part 10 file) "
+        "in the source's study.",
+        default=None,
+    )
 
 
 @dataclass(frozen=True)
