@@ -3,7 +3,8 @@
 Prints one table row per femoral head and writes, per file, ``<out>/<name>.json`` (the same fields
 as the gRPC/REST result; CAM PNGs base64-encoded) and ``<out>/<name>.overlay.png``; with
 ``--dicom-out DIR``, per DICOM file, ``DIR/<name>.sr.dcm`` (the TID 1500 SR) and
-``DIR/<name>.annotated.dcm`` (the annotated Secondary Capture), both in the source's study. With
+``DIR/<name>.annotated.dcm`` (the annotated Secondary Capture), both in the source's study; with
+``--fhir``, ``<out>/<name>.fhir.json`` (the FHIR R4 Bundle: DiagnosticReport, Observations, Device). With
 ``--study`` the files are one subject's radiographs and the per-side diagnosis (the most severe
 stage across them) is printed and written to ``<out>/study.json`` as well. A file that cannot be
 diagnosed is reported with its error and the others still run; the exit status is 1 if any failed.
@@ -43,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avn.dataset.images import is_dicom_bytes
+from avn.integration.fhir import fhir_bundle
 from avn.pipeline.errors import DiagnosisError
 from avn.pipeline.results import (
     DEFAULT_NOTE_THRESHOLD,
@@ -81,6 +83,7 @@ def diagnose(
     note_threshold: float = typer.Option(DEFAULT_NOTE_THRESHOLD, min=0.0, max=1.0, help="Fused-note threshold."),
     cam_stage: str = typer.Option("", help="Stage whose heat map to show (default: each head's predicted stage)."),
     device: str = typer.Option("cpu", help="Torch device for the models, e.g. cuda:0."),
+    fhir: bool = typer.Option(False, "--fhir", help="Also write <name>.fhir.json: the FHIR R4 Bundle of the result."),
     dicom_out: Path | None = typer.Option(
         None,
         "--dicom-out",
@@ -91,7 +94,7 @@ def diagnose(
     if not models.is_dir():
         raise typer.BadParameter(f"{models} is not a folder (build one with `avn build-store`)", param_hint="--models")
     options = DiagnoseOptions(include_overlay=overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
-    outputs = Outputs(out, dicom_out)
+    outputs = Outputs(out, dicom_out, fhir)
     failures = asyncio.run(_run(files, models, outputs, study, options, device))
     raise typer.Exit(code=1 if failures else 0)
 
@@ -102,6 +105,7 @@ class Outputs:
 
     out: Path
     dicom_out: Path | None = None
+    fhir: bool = False
 
     def options_for(self, data: bytes, options: DiagnoseOptions) -> DiagnoseOptions:
         # DICOM outputs are filed under the source's study: only a DICOM file has one.
@@ -221,6 +225,8 @@ def _write(result: Diagnosis, outputs: Outputs, name: str) -> None:
         (outputs.dicom_out / f"{name}.sr.dcm").write_bytes(result.dicom_sr)
         (outputs.dicom_out / f"{name}.annotated.dcm").write_bytes(result.dicom_annotated)
     (outputs.out / f"{name}.json").write_text(json.dumps(to_json_dict(_without_files(result)), indent=2))
+    if outputs.fhir:
+        (outputs.out / f"{name}.fhir.json").write_text(json.dumps(fhir_bundle(result), indent=2))
 
 
 def _without_files(result: Diagnosis) -> Diagnosis:

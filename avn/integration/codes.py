@@ -41,6 +41,7 @@ def private(value: str, meaning: str) -> Code:
 FEMORAL_HEAD: Final = codes.SCT.FemoralHead  # 2812003
 HIP_JOINT: Final = codes.SCT.HipJoint  # 24136001
 LATERALITY: Final[dict[str, Code]] = {"right": codes.SCT.Right, "left": codes.SCT.Left}  # 24028007, 7771000
+LATERALITY_ATTRIBUTE: Final = codes.SCT.Laterality  # 272741003
 assert set(LATERALITY) == set(SIDES)
 
 # ---------------------------------------------------------------- the finding and its evaluations

@@ -4,7 +4,8 @@
 * ``multipart/related; type="application/dicom"``: the DICOM outputs as DICOMweb answers them
   (PS3.18 §8.7.3.3.2) — one ``application/dicom`` part per file, the TID 1500 SR first, then the
   annotated Secondary Capture. The request then needs a DICOM radiograph (400 otherwise).
-* ``application/fhir+json``: the FHIR R4 Bundle of :mod:`avn.integration.fhir` (added with it).
+* ``application/fhir+json``: the FHIR R4 Bundle of :mod:`avn.integration.fhir` (a DiagnosticReport,
+  an Observation per femoral head, the Device), as a FHIR server's client expects it.
 
 A client that lists several gets the first of these it names; the JSON is the fallback, so a
 client that sends ``*/*`` or nothing keeps getting what it always got.
@@ -12,11 +13,14 @@ client that sends ``*/*`` or nothing keeps getting what it always got.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from enum import Enum
 
 from fastapi import Response
+
+from avn.integration.fhir import FHIR_JSON
 
 DICOM = "application/dicom"
 MULTIPART_RELATED = "multipart/related"
@@ -25,6 +29,7 @@ MULTIPART_RELATED = "multipart/related"
 class Representation(Enum):
     JSON = "application/json"
     DICOM = f'{MULTIPART_RELATED}; type="{DICOM}"'
+    FHIR = FHIR_JSON
 
 
 def wanted_representation(accept: str) -> Representation:
@@ -34,7 +39,13 @@ def wanted_representation(accept: str) -> Representation:
         essence = essence.strip().lower()
         if essence == MULTIPART_RELATED and DICOM in parameters.lower():
             return Representation.DICOM
+        if essence == FHIR_JSON:
+            return Representation.FHIR
     return Representation.JSON
+
+
+def fhir_response(document: dict) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False).encode("utf-8"), media_type=FHIR_JSON)
 
 
 def multipart_related(parts: Sequence[bytes], part_type: str = DICOM) -> Response:

@@ -1,7 +1,7 @@
 """``POST /v1/diagnose`` (one radiograph) and ``POST /v1/studies`` (several radiographs of one subject).
 
 ``/v1/diagnose`` answers in the representation the ``Accept`` header asks for
-(:mod:`gateway.rest.representations`): JSON, or the DICOM outputs as multipart/related."""
+(:mod:`gateway.rest.representations`): JSON, a FHIR R4 Bundle, or the DICOM outputs as multipart/related."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request, Response
 
+from avn.integration.fhir import fhir_bundle
 from avn.pipeline.results import DiagnoseRequest, StudyRequest, to_json_dict
 from gateway.rest.bodies import MULTIPART_OVERHEAD_BYTES, single_payload, study_payloads
 from gateway.rest.dependencies import MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
 from gateway.rest.models import DiagnosisResponse, StudyResponse
 from gateway.rest.openapi import DIAGNOSE_BODY, DIAGNOSE_RESPONSES, ERROR_RESPONSES, STUDY_BODY
-from gateway.rest.representations import Representation, multipart_related, wanted_representation
+from gateway.rest.representations import Representation, fhir_response, multipart_related, wanted_representation
 
 router = APIRouter()
 
@@ -45,6 +46,8 @@ async def diagnose(
         metrics.observe_diagnosis(result)
         if representation is Representation.DICOM:
             return multipart_related([result.dicom_sr, result.dicom_annotated])
+        if representation is Representation.FHIR:
+            return fhir_response(fhir_bundle(result))
         return DiagnosisResponse.model_validate(to_json_dict(result))
 
 
