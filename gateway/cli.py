@@ -83,6 +83,9 @@ def diagnose(
     note_threshold: float = typer.Option(DEFAULT_NOTE_THRESHOLD, min=0.0, max=1.0, help="Fused-note threshold."),
     cam_stage: str = typer.Option("", help="Stage whose heat map to show (default: each head's predicted stage)."),
     device: str = typer.Option("cpu", help="Torch device for the models, e.g. cuda:0."),
+    operating_point: str = typer.Option(
+        "", "--operating-point", help="sensitive, specific, default or argmax (default: the staging card's default)."
+    ),
     fhir: bool = typer.Option(False, "--fhir", help="Also write <name>.fhir.json: the FHIR R4 Bundle of the result."),
     dicom_out: Path | None = typer.Option(
         None,
@@ -93,7 +96,15 @@ def diagnose(
     """Diagnose radiographs with the models of a store or run folder, in this process."""
     if not models.is_dir():
         raise typer.BadParameter(f"{models} is not a folder (build one with `avn build-store`)", param_hint="--models")
-    options = DiagnoseOptions(include_overlay=overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
+    options = DiagnoseOptions(
+        include_overlay=overlay,
+        cam_stage=cam_stage or None,
+        note_threshold=note_threshold,
+        operating_point=operating_point or None,
+    )
+    problems = options.problems()
+    if problems:
+        raise typer.BadParameter("; ".join(problems))
     outputs = Outputs(out, dicom_out, fhir)
     failures = asyncio.run(_run(files, models, outputs, study, options, device))
     raise typer.Exit(code=1 if failures else 0)

@@ -24,6 +24,7 @@ from avn.pipeline.results import (
     LabelProbability,
     ModelVersion,
     Note,
+    OperatingPoint,
     SideDiagnosis,
     SkippedRadiograph,
     StepTimings,
@@ -54,6 +55,7 @@ RESULTS = (
     StudyRadiograph,
     ModelInfo,
     DicomSource,
+    OperatingPoint,
 )
 SCALAR, MESSAGE, REPEATED = "scalar", "message", "repeated"
 
@@ -248,6 +250,7 @@ def _diagnosis(overlay: bytes | None, source: DicomSource | None = None) -> Diag
     return Diagnosis(
         "r1", 100, 200, View("AP", 0.75, probabilities), (head,), overlay, (ModelVersion("view", "1"),), False,
         StepTimings(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 21.0), 0.5, source,
+        operating_point=OperatingPoint("sensitive", 0.25, 0.96875, 0.5),
     )  # fmt: skip
 
 
@@ -274,11 +277,13 @@ def test_a_study_round_trips_through_its_message() -> None:
 
 
 def test_requests_map_with_their_declared_exceptions() -> None:
-    options = pb.DiagnoseOptions(cam_stage="IV", note_threshold=0.0)
+    options = pb.DiagnoseOptions(cam_stage="IV", note_threshold=0.0, operating_point="specific")
     single = pb.DiagnoseRequest(image=b"png", media_type="image/png", include_overlay=True, options=options)
     request = diagnose_request_from_proto(single)
     assert request.payload == ImagePayload(b"png", "image/png")
-    assert request.options == DiagnoseOptions(include_overlay=True, cam_stage="IV", note_threshold=0.0)
+    assert request.options == DiagnoseOptions(
+        include_overlay=True, cam_stage="IV", note_threshold=0.0, operating_point="specific"
+    )
     study = study_request_from_proto(pb.StudyRequest(radiographs=[pb.Radiograph(image=b"a"), pb.Radiograph()]))
     assert study == StudyRequest((ImagePayload(b"a"), ImagePayload(b"")), DiagnoseOptions())
     assert FIELD_NAMES[StudyRequest] == {"payloads": "radiographs"}

@@ -17,6 +17,7 @@ from typing import Final
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from avn.pipeline.results import Diagnosis
 from avn.vocabulary import COLLAPSE_CLASSES, NOTES, PRESENCE_CLASSES, SIDES, STAGES
 
 PRIVATE_SCHEME: Final = "99AVN"
@@ -108,6 +109,20 @@ THRESHOLD_NAME: Final = codes.DCM.ThresholdValue  # 122411
 def operating_point_value(name: str) -> Code:
     """The coded name of an operating point (``sensitive``, ``specific``, ``default``, ...)."""
     return private(f"OP-{name.upper()}", f"{name} operating point")
+
+
+def operating_point_figures(diagnosis: Diagnosis) -> list[tuple[Code, float]]:
+    """(code, value) of the result's operating point threshold and validation figures, those it has
+    (the argmax point has none)."""
+    point = diagnosis.operating_point
+    if point is None:
+        return []
+    figures = [
+        (THRESHOLD_NAME, point.threshold),
+        (VALIDATION_SENSITIVITY, point.validation_sensitivity),
+        (VALIDATION_SPECIFICITY, point.validation_specificity),
+    ]
+    return [(name, float(value)) for name, value in figures if value is not None]
 
 
 # ---------------------------------------------------------------- probabilities (UCUM "1")

@@ -7,8 +7,9 @@ One measurement group (TID 1410, planar ROI) per femoral head:
   source image by its SOP Class and Instance UIDs;
 * finding: necrosis (SNOMED CT) at the femoral head with its laterality (SNOMED CT right / left);
 * qualitative evaluations: presence (SNOMED CT present / absent), the stage, collapse, each passed
-  note, and, when set, the low-confidence flag;
-* measurements (UCUM ``1``): the probability of each stage, of presence, of each passed note;
+  note, the operating point (DCM "CAD Operating Point") and, when set, the low-confidence flag;
+* measurements (UCUM ``1``): the probability of each stage, of presence, of each passed note, and
+  the operating point's threshold with its validation sensitivity and specificity;
 * the algorithm: the staging model's name and version.
 
 Every code comes from :mod:`avn.integration.codes`. The SR goes into the source's study (patient
@@ -25,6 +26,7 @@ from pydicom.uid import generate_uid
 
 from avn import SOFTWARE_NAME
 from avn.integration import codes
+from avn.integration.codes import operating_point_figures
 from avn.integration.reporting import (
     DEVICE_UID,
     MANUFACTURER,
@@ -94,8 +96,9 @@ def _head_group(
         finding_category=codes.FINDING_CATEGORY,
         algorithm_id=hd.sr.AlgorithmIdentification(name=f"{SOFTWARE_NAME} staging", version=staging_version(diagnosis)),
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.FEMORAL_HEAD, laterality=codes.LATERALITY[head.side])],
-        measurements=_measurements(head),
-        qualitative_evaluations=_evaluations(head),
+        measurements=_measurements(head)
+        + [_probability(name, value) for name, value in operating_point_figures(diagnosis)],
+        qualitative_evaluations=_evaluations(head, diagnosis),
     )
 
 
@@ -110,7 +113,7 @@ def head_region(head: FemoralHead, source: Dataset) -> hd.sr.ImageRegion:
     )
 
 
-def _evaluations(head: FemoralHead) -> list[hd.sr.QualitativeEvaluation]:
+def _evaluations(head: FemoralHead, diagnosis: Diagnosis) -> list[hd.sr.QualitativeEvaluation]:
     evaluation = hd.sr.QualitativeEvaluation
     items = [
         evaluation(codes.PRESENCE_NAME, codes.PRESENCE_VALUE[head.presence]),
@@ -118,6 +121,10 @@ def _evaluations(head: FemoralHead) -> list[hd.sr.QualitativeEvaluation]:
         evaluation(codes.COLLAPSE_NAME, codes.COLLAPSE_VALUE[head.collapse]),
     ]
     items += [evaluation(codes.NOTE_NAME, codes.NOTE_VALUE[note.note]) for note in head.passed_notes]
+    if diagnosis.operating_point is not None:
+        items.append(
+            evaluation(codes.OPERATING_POINT_NAME, codes.operating_point_value(diagnosis.operating_point.name))
+        )
     if head.low_confidence:
         items.append(evaluation(codes.LOW_CONFIDENCE_NAME, codes.YES))
     return items

@@ -8,7 +8,8 @@
   CT), body site the femoral head with its laterality (a SNOMED CT post-coordinated expression
   ``2812003:272741003=<side>`` plus the laterality as a component, for consumers that do not
   read expressions), components for the stage, collapse, the probability of presence and of each
-  stage, each passed note with its fused probability, and the operating point; the notes in words
+  stage, each passed note with its fused probability, and the operating point (its name, threshold
+  and validation sensitivity and specificity); the notes in words
   and the low-confidence reasons as ``note``; ``derivedFrom`` the ImagingStudy;
 * a **Device**: this software and its version, and the version of every model.
 
@@ -120,7 +121,7 @@ def head_observation(head: FemoralHead, diagnosis: Diagnosis, device_url: str, i
         "valueCodeableConcept": concept(codes.PRESENCE_VALUE[head.presence]),
         "bodySite": body_site(head.side),
         "device": {"reference": device_url},
-        "component": _components(head),
+        "component": _components(head) + _operating_point_components(diagnosis),
     }
     notes = _note_texts(head)
     if notes:
@@ -155,6 +156,13 @@ def _components(head: FemoralHead) -> list[dict[str, Any]]:
     if head.low_confidence:
         components.append(_coded(codes.LOW_CONFIDENCE_NAME, codes.YES))
     return components
+
+
+def _operating_point_components(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    if diagnosis.operating_point is None:
+        return []
+    named = _coded(codes.OPERATING_POINT_NAME, codes.operating_point_value(diagnosis.operating_point.name))
+    return [named, *(_probability(name, value) for name, value in codes.operating_point_figures(diagnosis))]
 
 
 def _coded(name: Code, value: Code) -> dict[str, Any]:

@@ -57,10 +57,7 @@ from avn.pipeline.errors import (
     NoFemoralHead,
     PayloadTooLarge,
 )
-from avn.pipeline.fuse import (
-    interpret_heads,
-    radiograph_view,
-)
+from avn.pipeline.fuse import interpret_heads, radiograph_view, resolve_operating_point
 from avn.pipeline.render import render_outputs
 from avn.pipeline.results import (
     DEFAULT_NOTE_THRESHOLD,
@@ -125,6 +122,7 @@ class Pipeline:
         max_study_radiographs: int = DEFAULT_MAX_STUDY_RADIOGRAPHS,
         max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         note_threshold: float = DEFAULT_NOTE_THRESHOLD,
+        operating_point: str | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
@@ -134,6 +132,7 @@ class Pipeline:
         self.max_study_radiographs = max_study_radiographs
         self.max_study_bytes = max_study_bytes
         self.note_threshold = note_threshold  # for requests that do not set their own
+        self.operating_point = operating_point  # likewise; None: the staging card's default
         # Told every model call's duration (the gateway's per-model latency metric).
         self.model_call_observers: list[ModelCallObserver] = []
         self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
@@ -242,6 +241,8 @@ class Pipeline:
         """``options`` with the service's note threshold where the client set none; invalid → error."""
         if options.note_threshold is None:
             options = replace(options, note_threshold=self.note_threshold)
+        if options.operating_point is None and self.operating_point is not None:
+            options = replace(options, operating_point=self.operating_point)
         check_options(options)
         return options
 
@@ -322,6 +323,7 @@ class Pipeline:
         options = self._checked(options)  # the evaluation calls here directly, without a threshold of its own
         models = models or await self._model_infos()
         check_body_part(radiograph.body_part)
+        operating_point = resolve_operating_point(models["staging"], options.operating_point)  # before any model runs
         backend = ObservedBackend(self.backend, models, self.model_call_observers)
         with clock.step("detect") as detecting:
             detections = await detect_heads(backend, radiograph.pixels, models["detection"].input_size)
@@ -335,7 +337,7 @@ class Pipeline:
         with clock.step("classify"):
             answers = await classify_heads(backend, crops, options.cam_stage)
         with clock.step("fuse"):
-            heads = interpret_heads(candidates, answers, options, self.crop_scale)
+            heads = interpret_heads(candidates, answers, options, self.crop_scale, operating_point)
             view = radiograph_view(answers.view)
         overlay = None
         if render:
@@ -362,6 +364,7 @@ class Pipeline:
             timings=clock.timings(),
             note_threshold=options.note_threshold,
             source=radiograph.dicom,
+            operating_point=operating_point,
         )
         return Steps(detections, diagnosis)
 

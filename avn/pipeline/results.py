@@ -19,9 +19,11 @@ from typing import Any
 
 from avn import __version__ as SOFTWARE_VERSION
 from avn.dataset.images import DicomSource
+from avn.operating_points import ARGMAX, OPERATING_POINTS
 from avn.vocabulary import STAGES
 
 DEFAULT_NOTE_THRESHOLD = 0.5
+SELECTABLE_POINTS = (*OPERATING_POINTS, ARGMAX)
 DESCRIPTION = "description"  # the key of a result field's documentation in its dataclass metadata
 
 
@@ -36,6 +38,7 @@ class DiagnoseOptions:
     cam_stage: str | None = None  # None: each head's predicted stage
     note_threshold: float | None = None  # None: the service's default (0.5 unless configured)
     include_dicom: bool = False  # also the DICOM SR and annotated copy (DICOM input only)
+    operating_point: str | None = None  # None: the service's (AVN_OPERATING_POINT), else the card's default
 
     def problems(self) -> list[str]:
         """Why these options are invalid (empty when they are fine)."""
@@ -47,6 +50,10 @@ class DiagnoseOptions:
         threshold = self.note_threshold
         if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             problems.append(f"note_threshold must lie in [0, 1], got {self.note_threshold}")
+        if self.operating_point is not None and self.operating_point not in SELECTABLE_POINTS:
+            problems.append(
+                f"operating_point {self.operating_point!r} is not one of {', '.join(SELECTABLE_POINTS)} (or empty)"
+            )
         return problems
 
 
@@ -170,6 +177,19 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """The threshold on P(presence) a result was called at, with its sensitivity and specificity on the
+    staging model's validation fold (avn/operating_points.py)."""
+
+    name: str = described(
+        "sensitive, specific or default (chosen on validation), or argmax: a staging model without operating points."
+    )
+    threshold: float | None = described("AVN is called present when P(presence) >= threshold; null for argmax.")
+    validation_sensitivity: float | None = described("Presence sensitivity on the validation fold; null for argmax.")
+    validation_specificity: float | None = described("Presence specificity on the validation fold; null for argmax.")
+
+
+@dataclass(frozen=True)
 class StepTimings:
     """Milliseconds per step; zero for steps a cache hit skipped."""
 
@@ -203,6 +223,10 @@ class Diagnosis:
         default=None,
     )
     software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
+    operating_point: OperatingPoint | None = described(
+        "The operating point presence, stage and collapse were called at, with its validation figures.",
+        default=None,
+    )
     dicom_sr: bytes | None = described(
         "When include_dicom was asked for: the Comprehensive SR (TID 1500 Measurement Report) of this result, "
         "a DICOM Part 10 file in the source's study.",

@@ -50,6 +50,7 @@ async def diagnose_options(
     cam_stage: str | None = None,
     note_threshold: float | None = None,
     include_dicom: bool = False,
+    operating_point: str | None = None,
 ) -> DiagnoseOptions:
     """The options of both diagnosis POSTs and of a case's diagnosis, from the query."""
     # note_threshold None: the pipeline applies the service's AVN_NOTE_THRESHOLD.
@@ -58,6 +59,7 @@ async def diagnose_options(
         cam_stage=cam_stage or None,
         note_threshold=note_threshold,
         include_dicom=include_dicom,
+        operating_point=operating_point or None,
     )
 
 

@@ -29,6 +29,7 @@ from avn.pipeline.results import (
     LabelProbability,
     ModelVersion,
     Note,
+    OperatingPoint,
     SideDiagnosis,
     SkippedRadiograph,
     StepTimings,
@@ -102,6 +103,7 @@ FemoralHeadResult = model_of(FemoralHead)
 ViewResult = model_of(View)
 ModelVersionResult = model_of(ModelVersion)
 DicomSourceResult = model_of(DicomSource)
+OperatingPointResult = model_of(OperatingPoint)
 StepTimingsResult = model_of(StepTimings)
 DiagnosisResponse = model_of(Diagnosis)
 SideDiagnosisResult = model_of(SideDiagnosis)
