@@ -26,10 +26,10 @@ from avn.operating_points import (
     ChosenPoint,
     OperatingPointError,
     choose_operating_points,
+    evaluation_section,
     presence_probability,
     sensitivity_specificity,
     served_stage_indices,
-    evaluation_section,
 )
 from avn.pipeline.errors import InvalidArgument
 from avn.pipeline.pipeline import Pipeline
