@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 # redis-server (the gateway's cache tests start a real one on a free loopback port) and
 # docker-compose (its `config` validates docker-compose.yml; no Docker engine is needed for that)
 # and chromium + chromium-driver (the web app's tests drive a real headless Chromium) and
-# prometheus (its promtool checks and unit-tests the alert rules of deploy/observability/).
-APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus
+# prometheus (its promtool checks and unit-tests the alert rules of deploy/observability/) and
+# dicom3tools (its dciodvfy validates the DICOM SR and annotated copies the service writes).
+APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus dicom3tools
 
 .PHONY: install system-deps run test bench grid clean
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 system-deps:
-	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool dciodvfy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

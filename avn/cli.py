@@ -9,7 +9,7 @@ import typer
 
 from avn.dataset.cli import data_app
 from avn.evaluation.ablation_cli import ablation
-from avn.evaluation.cli import calibrate, evaluate
+from avn.evaluation.cli import calibrate, evaluate, operating_points
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
 from gateway.cli import bench, config_app, diagnose, serve
@@ -19,6 +19,7 @@ app.add_typer(data_app, name="data")
 app.command()(diagnose)
 app.command()(evaluate)
 app.command()(calibrate)
+app.command("operating-points")(operating_points)
 app.command()(ablation)
 app.command()(readers)
 app.command()(serve)

@@ -1,7 +1,10 @@
 """``avn diagnose FILE...``: the diagnosis pipeline in-process on local files, no servers.
 
 Prints one table row per femoral head and writes, per file, ``<out>/<name>.json`` (the same fields
-as the gRPC/REST result; CAM PNGs base64-encoded) and ``<out>/<name>.overlay.png``. With
+as the gRPC/REST result; CAM PNGs base64-encoded) and ``<out>/<name>.overlay.png``; with
+``--dicom-out DIR``, per DICOM file, ``DIR/<name>.sr.dcm`` (the TID 1500 SR) and
+``DIR/<name>.annotated.dcm`` (the annotated Secondary Capture), both in the source's study; with
+``--fhir``, ``<out>/<name>.fhir.json`` (the FHIR R4 Bundle: DiagnosticReport, Observations, Device). With
 ``--study`` the files are one subject's radiographs and the per-side diagnosis (the most severe
 stage across them) is printed and written to ``<out>/study.json`` as well. A file that cannot be
 diagnosed is reported with its error and the others still run; the exit status is 1 if any failed.
@@ -32,7 +35,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +43,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from avn.dataset.images import is_dicom_bytes
+from avn.integration.fhir import fhir_bundle
 from avn.pipeline.errors import DiagnosisError
 from avn.pipeline.results import (
     DEFAULT_NOTE_THRESHOLD,
@@ -78,53 +83,98 @@ def diagnose(
     note_threshold: float = typer.Option(DEFAULT_NOTE_THRESHOLD, min=0.0, max=1.0, help="Fused-note threshold."),
     cam_stage: str = typer.Option("", help="Stage whose heat map to show (default: each head's predicted stage)."),
     device: str = typer.Option("cpu", help="Torch device for the models, e.g. cuda:0."),
+    operating_point: str = typer.Option(
+        "", "--operating-point", help="sensitive, specific, default or argmax (default: the staging card's default)."
+    ),
+    fhir: bool = typer.Option(False, "--fhir", help="Also write <name>.fhir.json: the FHIR R4 Bundle of the result."),
+    dicom_out: Path | None = typer.Option(
+        None,
+        "--dicom-out",
+        help="Also write, per DICOM file, <name>.sr.dcm (TID 1500 SR) and <name>.annotated.dcm (Secondary Capture).",
+    ),
 ) -> None:
     """Diagnose radiographs with the models of a store or run folder, in this process."""
     if not models.is_dir():
         raise typer.BadParameter(f"{models} is not a folder (build one with `avn build-store`)", param_hint="--models")
-    options = DiagnoseOptions(include_overlay=overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
-    failures = asyncio.run(_run(files, models, out, study, options, device))
+    options = DiagnoseOptions(
+        include_overlay=overlay,
+        cam_stage=cam_stage or None,
+        note_threshold=note_threshold,
+        operating_point=operating_point or None,
+    )
+    problems = options.problems()
+    if problems:
+        raise typer.BadParameter("; ".join(problems))
+    outputs = Outputs(out, dicom_out, fhir)
+    failures = asyncio.run(_run(files, models, outputs, study, options, device))
     raise typer.Exit(code=1 if failures else 0)
 
 
-async def _run(files: list[Path], models: Path, out: Path, study: bool, options: DiagnoseOptions, device: str) -> int:
+@dataclass(frozen=True)
+class Outputs:
+    """Where ``avn diagnose`` writes: the JSON and overlay folder, and the DICOM outputs' folder (None: none)."""
+
+    out: Path
+    dicom_out: Path | None = None
+    fhir: bool = False
+
+    def options_for(self, data: bytes, options: DiagnoseOptions) -> DiagnoseOptions:
+        # DICOM outputs are filed under the source's study: only a DICOM file has one.
+        return replace(options, include_dicom=self.dicom_out is not None and is_dicom_bytes(data))
+
+
+async def _run(
+    files: list[Path], models: Path, outputs: Outputs, study: bool, options: DiagnoseOptions, device: str
+) -> int:
     from avn.pipeline.pipeline import Pipeline  # noqa: PLC0415
     from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the command runs
 
     pipeline = Pipeline(InProcessBackend.from_folder(models, device), note_threshold=options.note_threshold)
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in (outputs.out, outputs.dicom_out):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     names = _output_names(files)
     table = _heads_table()
     failures = 0
     try:
         if study:
-            failures = await _run_study(pipeline, files, names, out, options, table)
+            failures = await _run_study(pipeline, files, names, outputs, options, table)
         else:
             for path, name in zip(files, names, strict=True):
+                payload = _payload(path)
                 try:
-                    result = await pipeline.diagnose(DiagnoseRequest(_payload(path), options))
+                    result = await pipeline.diagnose(
+                        DiagnoseRequest(payload, outputs.options_for(payload.data, options))
+                    )
                 except DiagnosisError as error:
                     _add_failure(table, path, error)
                     failures += 1
                     continue
                 _add_rows(table, path, result)
-                _write(result, out, name)
+                _write(result, outputs, name)
     finally:
         await pipeline.close()
     console.print(table)
-    console.print(f"results in {out}/")
+    console.print(
+        f"results in {outputs.out}/" + (f", DICOM outputs in {outputs.dicom_out}/" if outputs.dicom_out else "")
+    )
     return failures
 
 
-async def _run_study(pipeline, files, names, out: Path, options: DiagnoseOptions, table: Table) -> int:
+async def _run_study(pipeline, files, names, outputs: Outputs, options: DiagnoseOptions, table: Table) -> int:
+    payloads = tuple(_payload(p) for p in files)
+    # One option set for the study: DICOM outputs only when every file is DICOM.
+    dicom = all(outputs.options_for(payload.data, options).include_dicom for payload in payloads)
     try:
-        result: StudyDiagnosis = await pipeline.diagnose_study(StudyRequest(tuple(_payload(p) for p in files), options))
+        result: StudyDiagnosis = await pipeline.diagnose_study(
+            StudyRequest(payloads, replace(options, include_dicom=dicom))
+        )
     except DiagnosisError as error:
         _add_failure(table, Path("study"), error)
         return len(files)
     for item in result.radiographs:
         _add_rows(table, files[item.index], item.result)
-        _write(item.result, out, names[item.index])
+        _write(item.result, outputs, names[item.index])
     for skipped in result.skipped:
         table.add_row(files[skipped.index].name, "", "", f"[yellow]{skipped.reason}[/]", "", "", "")
     sides = Table(title="study: per side, the most severe stage")
@@ -140,8 +190,10 @@ async def _run_study(pipeline, files, names, out: Path, options: DiagnoseOptions
             files[side.radiograph_index].name,
         )
     console.print(sides)
-    radiographs = tuple(replace(item, result=_without_overlay(item.result)) for item in result.radiographs)
-    (out / "study.json").write_text(json.dumps(to_json_dict(replace(result, radiographs=radiographs)), indent=2))
+    radiographs = tuple(replace(item, result=_without_files(item.result)) for item in result.radiographs)
+    (outputs.out / "study.json").write_text(
+        json.dumps(to_json_dict(replace(result, radiographs=radiographs)), indent=2)
+    )
     return len(result.skipped)
 
 
@@ -177,15 +229,20 @@ def _add_failure(table: Table, path: Path, error: DiagnosisError) -> None:
     table.add_row(path.name, "", "", f"[red]{type(error).__name__}: {error}[/]", "", "", "")
 
 
-def _write(result: Diagnosis, out: Path, name: str) -> None:
+def _write(result: Diagnosis, outputs: Outputs, name: str) -> None:
     if result.overlay_png:
-        (out / f"{name}.overlay.png").write_bytes(result.overlay_png)
-    (out / f"{name}.json").write_text(json.dumps(to_json_dict(_without_overlay(result)), indent=2))
+        (outputs.out / f"{name}.overlay.png").write_bytes(result.overlay_png)
+    if outputs.dicom_out is not None and result.dicom_sr and result.dicom_annotated:
+        (outputs.dicom_out / f"{name}.sr.dcm").write_bytes(result.dicom_sr)
+        (outputs.dicom_out / f"{name}.annotated.dcm").write_bytes(result.dicom_annotated)
+    (outputs.out / f"{name}.json").write_text(json.dumps(to_json_dict(_without_files(result)), indent=2))
+    if outputs.fhir:
+        (outputs.out / f"{name}.fhir.json").write_text(json.dumps(fhir_bundle(result), indent=2))
 
 
-def _without_overlay(result: Diagnosis) -> Diagnosis:
-    # The overlay is its own PNG file next to the JSON; base64 of it would only bloat the JSON.
-    return replace(result, overlay_png=None)
+def _without_files(result: Diagnosis) -> Diagnosis:
+    # The overlay and the DICOM outputs are files of their own; base64 of them would only bloat the JSON.
+    return replace(result, overlay_png=None, dicom_sr=None, dicom_annotated=None)
 
 
 def _output_names(files: list[Path]) -> list[str]:

@@ -49,6 +49,7 @@ def build_pipeline(settings: Settings, backend: ModelBackend | None = None) -> P
         max_study_radiographs=settings.max_study_radiographs,
         max_study_bytes=settings.max_study_bytes,
         note_threshold=settings.note_threshold,
+        operating_point=settings.operating_point,
     )
 
 

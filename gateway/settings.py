@@ -33,7 +33,7 @@ from pydantic_settings import (
 from avn.pipeline.backend import MODELS
 from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES
 from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, DEFAULT_MAX_STUDY_BYTES, DEFAULT_MAX_STUDY_RADIOGRAPHS
-from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD
+from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD, SELECTABLE_POINTS
 
 ENV_PREFIX = "AVN_"
 CONFIG_SETTING = "config"
@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="Default threshold: a fused note probability at or above it is reported as present "
         "(a request may set its own).",
     )
+    operating_point: str | None = Field(
+        None,
+        description="This node's operating point on AVN presence (a request may choose its own): `sensitive`, "
+        "`specific` or `default` from the staging model card, or `argmax`; unset: the card's `default` "
+        "(docs/integration.md).",
+    )
 
     # ---- cache
     cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
@@ -191,6 +197,15 @@ class Settings(BaseSettings):
     def _empty_path_is_unset(cls, value: object) -> object:
         # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("operating_point", mode="before")
+    @classmethod
+    def _known_operating_point(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # AVN_OPERATING_POINT= (empty): the card's default
+        if value is not None and value not in SELECTABLE_POINTS:
+            raise ValueError(f"not one of {', '.join(SELECTABLE_POINTS)}")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -332,6 +347,7 @@ EXPECTATIONS = {
     "redis_url": "`redis://[:password@]host[:port][/db]`, `rediss://…` or `unix:///path`; empty for no Redis",
     "case_bank": "a data-set folder, or empty",
     "otlp_endpoint": "`http://host:port` or `https://host:port`, or unset",
+    "operating_point": "one of " + ", ".join(f"`{name}`" for name in SELECTABLE_POINTS) + ", or unset",
 }
 
 

@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
-from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo, operating_points_of
 from avn.pipeline.errors import (
     DeadlineExceeded,
     DiagnosisError,
@@ -304,6 +304,7 @@ def _model_info(name: str, description: Mapping[str, Any]) -> ModelInfo:
         version=str(card.get("version") or description.get("modelVersion", "")),
         input_size=int(card.get("input_size", 0)),
         labels=tuple(card.get("labels", ())),
+        operating_points=operating_points_of(card.get("operating_points") or {}),
     )
 
 

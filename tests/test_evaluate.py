@@ -10,8 +10,10 @@ checked to produce a clear error, not a report of nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +30,7 @@ from avn.dataset.images import read_radiograph
 from avn.evaluation.cli import HEADLINE_KEYS, headline
 from avn.evaluation.collect import RadiographResult, match_heads
 from avn.evaluation.evaluate import EvaluationRequest, evaluate
+from avn.evaluation.operating_point_store import run_operating_points, store_operating_points
 from avn.evaluation.report import REPORT_HTML, REPORT_JSON, write_report
 from avn.evaluation.run_info import RunInfoError, deployed_validation_subjects, interval_over_folds
 from avn.evaluation.tables import (
@@ -44,6 +47,7 @@ from avn.letterbox import shrink_to_letterbox
 from avn.metrics import detection_prf
 from avn.models.checkpoint import read_card
 from avn.models.classifier import CLASSIFIER_TASKS
+from avn.operating_points import OPERATING_POINTS, OperatingPointError, choose_operating_points
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.pipeline.backend import Detections
 from avn.pipeline.fuse import served_stage
@@ -68,6 +72,7 @@ REPORT_KEYS = {
     "subject_level",
     "confusion",
     "calibration",
+    "operating_points",
     "uncertainty",
     "figures",
     "timing",
@@ -257,6 +262,38 @@ def test_calibrate_run_fits_on_the_validation_fold_and_stores_the_temperature(
         assert card.version == f"{VERSION}-t{card.temperature:.4f}"
         assert results[task]["fold"] == "r0f0" and results[task]["nll_after"] <= results[task]["nll_before"]
     assert read_card(run / "detection" / "model.pt").temperature == 1.0
+
+
+def test_the_report_evaluates_every_operating_point_of_the_staging_card_on_the_split(report: Path) -> None:
+    section = json.loads((report / REPORT_JSON).read_text())["operating_points"]
+    # The tiny run's card has no operating points: the argmax alone, scored on the matched heads.
+    (row,) = section["rows"]
+    assert row["name"] == "argmax" and row["threshold"] is None
+    matched = json.loads((report / REPORT_JSON).read_text())["data"]["matched_heads"]
+    assert row["positives"] + row["negatives"] == matched
+    assert "Operating points on AVN presence" in (report / "report.html").read_text()
+
+
+def test_operating_points_refuse_a_validation_fold_without_both_classes(phantom: Path, run_and_store) -> None:
+    # This small phantom's deployed validation fold holds AVN heads only: no specificity to choose by.
+    with pytest.raises(OperatingPointError, match="operating points need both"):
+        run_operating_points(run_and_store[0], phantom, write=False)
+
+
+def test_operating_points_stored_in_the_card_get_a_version_and_are_served(run_and_store, tmp_path: Path) -> None:
+    run = shutil.copytree(run_and_store[0], tmp_path / "run")
+    truth = np.array([True] * 30 + [False] * 30)
+    scores = np.concatenate([np.linspace(0.3, 1.0, 30), np.linspace(0.0, 0.7, 30)])
+    points = choose_operating_points(truth, scores)
+    version = store_operating_points(run / "staging" / "model.pt", points)
+    card = read_card(run / "staging" / "model.pt")
+    assert card.operating_points == {name: point.to_dict() for name, point in points.items()}
+    assert re.fullmatch(rf"{re.escape(VERSION)}-op[0-9a-f]{{6}}", card.version) and card.version == version
+    assert store_operating_points(run / "staging" / "model.pt", points) == version  # the same points, the same version
+    served = asyncio.run(InProcessBackend.from_run(run).models())
+    staging = next(model for model in served if model.name == "staging")
+    assert [point.name for point in staging.operating_points] == list(OPERATING_POINTS)
+    assert staging.operating_points[1].threshold == pytest.approx(points["sensitive"].threshold)
 
 
 def test_a_validation_fold_that_does_not_match_the_record_is_refused(phantom: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor
 
+from avn.dataset.images import DicomSource
 from avn.pipeline.backend import ModelInfo
 from avn.pipeline.results import (
     Box,
@@ -23,6 +24,7 @@ from avn.pipeline.results import (
     LabelProbability,
     ModelVersion,
     Note,
+    OperatingPoint,
     SideDiagnosis,
     SkippedRadiograph,
     StepTimings,
@@ -52,6 +54,8 @@ RESULTS = (
     SkippedRadiograph,
     StudyRadiograph,
     ModelInfo,
+    DicomSource,
+    OperatingPoint,
 )
 SCALAR, MESSAGE, REPEATED = "scalar", "message", "repeated"
 
@@ -164,7 +168,9 @@ def _nested_dataclasses(cls: type) -> dict[str, type]:
 
 
 def _ref_of(prop: dict[str, Any]) -> str:
-    return prop.get("$ref") or prop.get("items", {}).get("$ref", "")
+    # An optional message (X | None) is anyOf [its $ref, null].
+    alternatives = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+    return alternatives[0].get("$ref") or alternatives[0].get("items", {}).get("$ref", "")
 
 
 # ---------------------------------------------------------------- the comparison can fail
@@ -217,7 +223,7 @@ def _box_message_with(extra_field: str) -> Descriptor:
 # ---------------------------------------------------------------- the generic protobuf mapping
 
 
-def _diagnosis(overlay: bytes | None) -> Diagnosis:
+def _diagnosis(overlay: bytes | None, source: DicomSource | None = None) -> Diagnosis:
     # Values exact in float32, so that the round trip compares equal.
     probabilities = (LabelProbability("AP", 0.75), LabelProbability("FL", 0.25))
     head = FemoralHead(
@@ -243,13 +249,15 @@ def _diagnosis(overlay: bytes | None) -> Diagnosis:
     )
     return Diagnosis(
         "r1", 100, 200, View("AP", 0.75, probabilities), (head,), overlay, (ModelVersion("view", "1"),), False,
-        StepTimings(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 21.0), 0.5,
+        StepTimings(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 21.0), 0.5, source,
+        operating_point=OperatingPoint("sensitive", 0.25, 0.96875, 0.5),
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("overlay", [None, b"\x00png"])
-def test_a_diagnosis_round_trips_through_its_message(overlay: bytes | None) -> None:
-    diagnosis = _diagnosis(overlay)
+@pytest.mark.parametrize("source", [None, DicomSource("1.2.3", "1.2.3.4", "1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.1")])
+def test_a_diagnosis_round_trips_through_its_message(overlay: bytes | None, source: DicomSource | None) -> None:
+    diagnosis = _diagnosis(overlay, source)
     message = to_proto(diagnosis, pb)
     assert isinstance(message, pb.DiagnoseResponse)
     assert message.heads[0].HasField("cam_box")  # an all-zero box is still sent
@@ -269,11 +277,13 @@ def test_a_study_round_trips_through_its_message() -> None:
 
 
 def test_requests_map_with_their_declared_exceptions() -> None:
-    options = pb.DiagnoseOptions(cam_stage="IV", note_threshold=0.0)
+    options = pb.DiagnoseOptions(cam_stage="IV", note_threshold=0.0, operating_point="specific")
     single = pb.DiagnoseRequest(image=b"png", media_type="image/png", include_overlay=True, options=options)
     request = diagnose_request_from_proto(single)
     assert request.payload == ImagePayload(b"png", "image/png")
-    assert request.options == DiagnoseOptions(include_overlay=True, cam_stage="IV", note_threshold=0.0)
+    assert request.options == DiagnoseOptions(
+        include_overlay=True, cam_stage="IV", note_threshold=0.0, operating_point="specific"
+    )
     study = study_request_from_proto(pb.StudyRequest(radiographs=[pb.Radiograph(image=b"a"), pb.Radiograph()]))
     assert study == StudyRequest((ImagePayload(b"a"), ImagePayload(b"")), DiagnoseOptions())
     assert FIELD_NAMES[StudyRequest] == {"payloads": "radiographs"}

@@ -61,6 +61,8 @@ GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 JPEG_START_OF_FRAME = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
 J2K_START = b"\xff\x4f\xff\x51"  # SOC then SIZ, the first marker segment of every JPEG 2000 codestream
 J2K_SEARCH_BYTES = 4096  # a JP2 wrapper (not allowed in DICOM, written all the same) puts boxes before it
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 §9.1: digits and dots
+MAX_UID_LENGTH = 64
 CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")  # a DICOM CS value, safe to name in a message
 
 
@@ -73,6 +75,17 @@ class ImageTooLargeError(ImageReadError):
 
 
 @dataclass(frozen=True)
+class DicomSource:
+    """The DICOM identity of the radiograph a result is about: its study, series and instance UIDs and
+    its SOP class (empty where the file leaves one out). Hospital systems file results by these."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
 class Radiograph:
     """Decoded pixels (H, W) float32 in [0, 1], bone bright, with what the file told about them."""
 
@@ -82,6 +95,7 @@ class Radiograph:
     source_format: str  # "dicom", "png" or "jpeg"
     photometric: str = "MONOCHROME2"
     body_part: str | None = None  # DICOM BodyPartExamined, upper case; None when the file does not say
+    dicom: DicomSource | None = None  # the source's UIDs; None for PNG and JPEG
 
     @property
     def width(self) -> int:
@@ -262,7 +276,27 @@ def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         source_format="dicom",
         photometric=header.photometric,
         body_part=header.body_part,
+        dicom=dicom_source(ds),
     )
+
+
+def dicom_source(ds) -> DicomSource:
+    """The UIDs of a parsed data set. A UID is an identifier, not patient data, so it may be reported;
+    a malformed or missing one reads as empty rather than refusing a readable image."""
+    return DicomSource(
+        study_instance_uid=_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+    )
+
+
+def _uid(ds, keyword: str) -> str:
+    try:
+        value = str(ds.get(keyword) or "").strip().rstrip("\x00")
+    except Exception:  # pydicom raises several types on a malformed value
+        return ""
+    return value if len(value) <= MAX_UID_LENGTH and UID_PATTERN.fullmatch(value) else ""
 
 
 def _parsed_dicom(data: bytes, name: str):

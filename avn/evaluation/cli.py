@@ -1,4 +1,5 @@
-"""``avn evaluate`` and ``avn calibrate`` (registered on the main ``avn`` app in :mod:`avn.cli`)."""
+"""``avn evaluate``, ``avn calibrate`` and ``avn operating-points`` (registered on the main ``avn`` app
+in :mod:`avn.cli`)."""
 
 from __future__ import annotations
 
@@ -156,3 +157,43 @@ def calibrate(
 
         build_store(run, store, tasks=tuple(CLASSIFIER_TASKS))
         console.print(f"rebuilt {', '.join(CLASSIFIER_TASKS)} archives in {store}")
+
+
+def operating_points(
+    run: Path = typer.Option(..., "--run", help="Run folder written by `avn train`."),
+    data: Path = typer.Option(..., "--data", help="The data set the run was trained on."),
+    store: Path = typer.Option(None, "--store", help="Also rebuild the staging archive with the new card."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Choose and print, write nothing."),
+) -> None:
+    """Choose the staging model's operating points (sensitive, specific, default) on its validation
+    fold and store them in its model card (after `avn calibrate`, if you calibrate)."""
+    from avn.evaluation.operating_point_store import TASK, run_operating_points
+    from avn.evaluation.run_info import RunInfoError
+    from avn.operating_points import OperatingPointError
+
+    with progress_bar() as progress:
+        bars = StageBars(progress)
+        count = {"done": 0}
+
+        def on_image() -> None:
+            count["done"] += 1
+            bars("validation radiographs cropped", count["done"], 0)
+
+        try:
+            result = run_operating_points(run, data, write=not dry_run, on_image=on_image)
+        except (RunInfoError, OperatingPointError, FileNotFoundError) as error:
+            raise typer.BadParameter(str(error)) from error
+    typer.echo(f"validation fold {result['fold']}, {result['heads']} heads")
+    typer.echo("| operating point | threshold | sensitivity | specificity | chosen as |")
+    typer.echo("|---|---|---|---|---|")
+    for name, point in result["points"].items():
+        typer.echo(
+            f"| {name} | {point['threshold']:.4f} | {point['sensitivity']:.3f} | {point['specificity']:.3f} | "
+            f"{point['target']} |"
+        )
+    typer.echo(f"staging version: {result.get('version', '(not written)')}")
+    if store is not None and not dry_run:
+        from avn.store import build_store
+
+        build_store(run, store, tasks=(TASK,))
+        console.print(f"rebuilt the {TASK} archive in {store}")

@@ -34,6 +34,7 @@ from avn.evaluation.tables import (
 from avn.evaluation.temperature import CALIBRATION_KEY, WEIGHTS_VERSION_KEY, calibrate_run
 from avn.models.checkpoint import ModelCard, read_card
 from avn.models.classifier import CLASSIFIER_TASKS
+from avn.operating_points import evaluation_section
 from avn.pipeline.backend import MODELS
 from avn.serving.inprocess import InProcessBackend
 from avn.training.runner import MODEL_FILE, dataset_fingerprint
@@ -136,6 +137,9 @@ def evaluate(request: EvaluationRequest, backend: InProcessBackend | None = None
         "subject_level": subject_details,
         "confusion": confusion,
         "calibration": calibration,
+        "operating_points": evaluation_section(
+            collected.heads.stage_truth, collected.heads.stage_probs, cards["staging"].operating_points
+        ),
         "uncertainty": uncertainty,
         "figures": [{"file": f.name, "title": f.title, "caption": f.caption} for f in figures],
         "timing": {

@@ -45,6 +45,7 @@ def render_html(document: dict[str, Any], figures: Sequence[Figure]) -> str:
     for key in ("table_ii", "table_iii", "table_iv", "table_v"):
         _figure_table(report, document["tables"][key])
     _calibration_table(report, document["calibration"])
+    _operating_point_table(report, document["operating_points"])
     _uncertainty_table(report, document["uncertainty"])
     report.heading("Figures")
     for figure in figures:
@@ -153,6 +154,32 @@ def _calibration_table(report: Report, section: dict[str, Any]) -> None:
     report.table(headers, rows, caption=section["caption"], column_classes=[""] * 10 + [PAPER])
     for note in section.get("notes", []):
         report.paragraph(note)
+
+
+def _operating_point_table(report: Report, section: dict[str, Any]) -> None:
+    headers = [
+        "operating point",
+        "threshold",
+        "validation sensitivity",
+        "validation specificity",
+        "sensitivity",
+        "specificity",
+        "AVN / healthy heads",
+    ]
+    rows = [
+        [
+            r["name"],
+            "" if r["threshold"] is None else r["threshold"],
+            "" if r["validation_sensitivity"] is None else r["validation_sensitivity"],
+            "" if r["validation_specificity"] is None else r["validation_specificity"],
+            "" if r["sensitivity"] is None else r["sensitivity"],
+            "" if r["specificity"] is None else r["specificity"],
+            f"{r['positives']} / {r['negatives']}",
+        ]
+        for r in section["rows"]
+    ]
+    report.heading(section["title"], anchor="operating-points")
+    report.table(headers, rows, caption=section["caption"])
 
 
 def _uncertainty_table(report: Report, section: dict[str, Any]) -> None:

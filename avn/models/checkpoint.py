@@ -27,7 +27,9 @@ from avn.pipeline.crop import INPUT_SIZE
 DETECTION_TASK = "detection"
 TASKS: tuple[str, ...] = (DETECTION_TASK, *CLASSIFIER_TASKS)
 CHECKPOINT_FORMAT = "avn-checkpoint/1"
-METADATA_KEYS = frozenset({"version", "training_data_hash", "metrics", "created", "temperature", "input_size", "extra"})
+METADATA_KEYS = frozenset(
+    {"version", "training_data_hash", "metrics", "created", "temperature", "input_size", "extra", "operating_points"}
+)
 REQUIRED_METADATA = ("version", "training_data_hash")
 
 
@@ -53,6 +55,9 @@ class ModelCard:
     created: str = ""  # ISO 8601, UTC
     temperature: float = 1.0  # logits are divided by it before softmax / sigmoid
     extra: dict[str, Any] = field(default_factory=dict)  # anything else training wants to record
+    # Staging only: name -> {threshold, sensitivity, specificity, target} on presence, chosen on the
+    # validation fold (avn/operating_points.py); empty for the other models and for older cards.
+    operating_points: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         card = asdict(self)
@@ -188,6 +193,7 @@ def _card_for(model: nn.Module, task: str, metadata: Mapping[str, Any]) -> Model
         created=str(metadata.get("created") or datetime.now(UTC).isoformat(timespec="seconds")),
         temperature=temperature,
         extra=_plain(metadata.get("extra", {})),
+        operating_points=_plain(metadata.get("operating_points", {})),
     )
 
 

@@ -7,12 +7,14 @@ and return the same plain arrays, so the pipeline does not know which one it tal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from avn.pipeline.results import described
+from avn.operating_points import OPERATING_POINTS
+from avn.pipeline.results import OperatingPoint, described
 
 CLASSIFIER_MODELS = ("view", "side", "staging", "notes")
 MODELS = ("detection", *CLASSIFIER_MODELS)
@@ -26,6 +28,20 @@ class ModelInfo:
     version: str = described("The model card's version.")
     input_size: int = described("Crop side (classifiers) or detector input side, pixels.")
     labels: tuple[str, ...] = described("The labels the model outputs.")
+    operating_points: tuple[OperatingPoint, ...] = described(
+        "The staging model's operating points on presence (from its model card); empty for the others.", default=()
+    )
+
+
+def operating_points_of(card_points: Mapping[str, Mapping[str, Any]]) -> tuple[OperatingPoint, ...]:
+    """A model card's ``operating_points`` as results, in :data:`OPERATING_POINTS` order."""
+    return tuple(
+        OperatingPoint(
+            name, card_points[name]["threshold"], card_points[name]["sensitivity"], card_points[name]["specificity"]
+        )
+        for name in OPERATING_POINTS
+        if name in card_points
+    )
 
 
 @dataclass(frozen=True)

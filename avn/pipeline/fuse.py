@@ -6,10 +6,12 @@ staging model's probability of the note's stage::
 
     fused(note) = P_notes(note) × P_staging(NOTE_STAGE[note])
 
-and a note passes when ``fused ≥ threshold`` (0.5 by default). The served stage is the staging
-model's argmax (:func:`served_stage_indices`, the one statement of that rule: the evaluation scores
-the same answer). Presence and collapse are derived from the served stage through the vocabulary;
-their probability is the staging mass of every stage that maps to the derived class.
+and a note passes when ``fused ≥ threshold`` (0.5 by default). The served stage follows the
+request's operating point (:func:`avn.operating_points.served_stage_indices`, the one statement of
+that rule, which the evaluation scores too): AVN is present when P(presence) reaches the point's
+threshold, and the stage is then the most probable present stage; without operating points in the
+staging card, the argmax. Presence and collapse are derived from the served stage through the
+vocabulary; their probability is the staging mass of every stage that maps to the derived class.
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from avn.pipeline.backend import Classification
+from avn.operating_points import ARGMAX, DEFAULT, served_stage_indices
+from avn.pipeline.backend import Classification, ModelInfo
 from avn.pipeline.classify import HeadAnswers
 from avn.pipeline.confidence import classifier_certainty, low_confidence_reasons
 from avn.pipeline.detect import HeadCandidate
-from avn.pipeline.errors import Internal
+from avn.pipeline.errors import Internal, InvalidArgument
 from avn.pipeline.render import crop_window
-from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD, Box, DiagnoseOptions, FemoralHead, LabelProbability, Note, View
+from avn.pipeline.results import (
+    DEFAULT_NOTE_THRESHOLD,
+    Box,
+    DiagnoseOptions,
+    FemoralHead,
+    LabelProbability,
+    Note,
+    OperatingPoint,
+    View,
+)
 from avn.vocabulary import (
     NOTE_STAGE,
     STAGE_TO_COLLAPSE,
@@ -72,15 +84,31 @@ def fused_notes(
     )
 
 
-def served_stage_indices(stage_probabilities: np.ndarray) -> np.ndarray:
-    """The served stage of each row of staging probabilities (columns in ``STAGES`` order), as an
-    index into ``STAGES``: the argmax; on a tie the earlier (less severe) stage."""
-    return np.asarray(stage_probabilities, dtype=np.float64).argmax(axis=-1)
+def served_stage(stage_probabilities: Mapping[str, float], threshold: float | None = None) -> str:
+    """The served stage of one head, from its staging probabilities by stage name, at an operating
+    point's presence ``threshold`` (None: the argmax)."""
+    row = np.array([stage_probabilities[stage] for stage in STAGES])
+    return STAGES[int(served_stage_indices(row, threshold))]
 
 
-def served_stage(stage_probabilities: Mapping[str, float]) -> str:
-    """The served stage of one head, from its staging probabilities by stage name."""
-    return STAGES[int(served_stage_indices(np.array([stage_probabilities[stage] for stage in STAGES])))]
+ARGMAX_POINT = OperatingPoint(ARGMAX, None, None, None)
+
+
+def resolve_operating_point(staging: ModelInfo, name: str | None) -> OperatingPoint:
+    """The operating point ``name`` of the staging model's card; None: its default, or the argmax
+    when the card has none (a model trained before operating points)."""
+    points = {point.name: point for point in staging.operating_points}
+    if name is None:
+        return points.get(DEFAULT, ARGMAX_POINT)
+    if name == ARGMAX:
+        return ARGMAX_POINT
+    if name not in points:
+        have = ", ".join(points) or "none"
+        raise InvalidArgument(
+            f"operating point {name!r} is not in the staging model's card (it has: {have}); "
+            "`avn operating-points` computes them for a run"
+        )
+    return points[name]
 
 
 def presence_with_probability(stage: str, stage_probabilities: Mapping[str, float]) -> tuple[str, float]:
@@ -129,16 +157,20 @@ def radiograph_view(view: Classification) -> View:
 
 
 def interpret_heads(
-    candidates: Sequence[HeadCandidate], answers: HeadAnswers, options: DiagnoseOptions, crop_scale: float
+    candidates: Sequence[HeadCandidate],
+    answers: HeadAnswers,
+    options: DiagnoseOptions,
+    crop_scale: float,
+    operating_point: OperatingPoint = ARGMAX_POINT,
 ) -> tuple[FemoralHead, ...]:
-    """Every head's result except its CAM PNG (the output step adds it)."""
+    """Every head's result except its CAM PNG (the output step adds it), called at ``operating_point``."""
     sides = resolve_sides(answers.side)
     staging, notes = answers.staging, answers.notes
     heads = []
     for index, candidate in enumerate(candidates):
         stage_probabilities = _in_order(staging.labels, staging.probabilities[index], STAGES)
         by_stage = {item.label: item.probability for item in stage_probabilities}
-        stage = served_stage(by_stage)
+        stage = served_stage(by_stage, operating_point.threshold)
         presence, presence_probability = presence_with_probability(stage, by_stage)
         collapse, collapse_probability = collapse_with_probability(stage, by_stage)
         side, side_probability, side_corrected = sides[index]

@@ -17,7 +17,9 @@
 * interpret: sides (two heads: by the image layout, the head on the image's left is the patient's
   right; one head: the side model), stages and derived classes, fused notes, the radiograph's view
   (the mean of its heads' view probabilities).
-* output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`).
+* output: a CAM PNG per head and, when asked, the overlay (:mod:`avn.pipeline.render`); with
+  ``include_dicom`` (DICOM input only) the TID 1500 SR and the annotated Secondary Capture
+  (:mod:`avn.integration.dicom_outputs`), built after the cache for every request.
 
 :meth:`Pipeline.diagnose_study` runs this per radiograph of one subject and reports per side the
 most severe stage seen (``vocabulary.most_severe``). The model calls go through
@@ -39,6 +41,7 @@ import numpy as np
 from opentelemetry.trace import Span
 
 from avn.dataset.images import Radiograph
+from avn.integration.dicom_outputs import with_dicom_outputs
 from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Detections, ModelBackend, ModelInfo
 from avn.pipeline.caching import ResultCache
 from avn.pipeline.caching import cache_key as result_cache_key
@@ -54,10 +57,7 @@ from avn.pipeline.errors import (
     NoFemoralHead,
     PayloadTooLarge,
 )
-from avn.pipeline.fuse import (
-    interpret_heads,
-    radiograph_view,
-)
+from avn.pipeline.fuse import interpret_heads, radiograph_view, resolve_operating_point
 from avn.pipeline.render import render_outputs
 from avn.pipeline.results import (
     DEFAULT_NOTE_THRESHOLD,
@@ -122,6 +122,7 @@ class Pipeline:
         max_study_radiographs: int = DEFAULT_MAX_STUDY_RADIOGRAPHS,
         max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         note_threshold: float = DEFAULT_NOTE_THRESHOLD,
+        operating_point: str | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
@@ -131,6 +132,7 @@ class Pipeline:
         self.max_study_radiographs = max_study_radiographs
         self.max_study_bytes = max_study_bytes
         self.note_threshold = note_threshold  # for requests that do not set their own
+        self.operating_point = operating_point  # likewise; None: the staging card's default
         # Told every model call's duration (the gateway's per-model latency metric).
         self.model_call_observers: list[ModelCallObserver] = []
         self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
@@ -239,6 +241,8 @@ class Pipeline:
         """``options`` with the service's note threshold where the client set none; invalid → error."""
         if options.note_threshold is None:
             options = replace(options, note_threshold=self.note_threshold)
+        if options.operating_point is None and self.operating_point is not None:
+            options = replace(options, operating_point=self.operating_point)
         check_options(options)
         return options
 
@@ -258,18 +262,33 @@ class Pipeline:
                         len(payload.data), radiograph.source_format, radiograph.width, radiograph.height
                     )
                 )
+            if options.include_dicom and radiograph.dicom is None:
+                raise InvalidArgument(
+                    f"DICOM outputs (include_dicom) need a DICOM radiograph; this one is {radiograph.source_format}"
+                )
             models = await self._model_infos()
             key, cached = await self._looked_up(radiograph, models, options)
             if cached is not None:
-                return replace(cached, request_id=request_id, cache_hit=True, timings=clock.timings())
-
-            steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
-            if steps.diagnosis is None:
-                raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
-            if key is not None:
-                with span("cache store"):
-                    await self._store(key, steps.diagnosis)
-            return steps.diagnosis
+                # The key is the pixels: another file with the same pixels has UIDs of its own.
+                diagnosis = replace(cached, request_id=request_id, cache_hit=True, source=radiograph.dicom)
+            else:
+                steps = await self.run_steps(radiograph, options, models=models, clock=clock, request_id=request_id)
+                if steps.diagnosis is None:
+                    raise NoFemoralHead("no femoral head found on the radiograph (is it a pelvic radiograph?)")
+                if key is not None:
+                    with span("cache store"):
+                        await self._store(key, steps.diagnosis)
+                diagnosis = steps.diagnosis
+            if options.include_dicom:
+                # Never cached: new instances with UIDs of their own, filed under this file's header.
+                with clock.step("output"):
+                    diagnosis = await asyncio.to_thread(with_dicom_outputs, diagnosis, payload.data)
+            return replace(
+                diagnosis,
+                timings=clock.timings(),
+                # Rendered for the annotated copy even when the client did not ask for it.
+                overlay_png=diagnosis.overlay_png if options.include_overlay else None,
+            )
 
     async def _looked_up(
         self, radiograph: Radiograph, models: Mapping[str, ModelInfo], options: DiagnoseOptions
@@ -304,6 +323,7 @@ class Pipeline:
         options = self._checked(options)  # the evaluation calls here directly, without a threshold of its own
         models = models or await self._model_infos()
         check_body_part(radiograph.body_part)
+        operating_point = resolve_operating_point(models["staging"], options.operating_point)  # before any model runs
         backend = ObservedBackend(self.backend, models, self.model_call_observers)
         with clock.step("detect") as detecting:
             detections = await detect_heads(backend, radiograph.pixels, models["detection"].input_size)
@@ -317,7 +337,7 @@ class Pipeline:
         with clock.step("classify"):
             answers = await classify_heads(backend, crops, options.cam_stage)
         with clock.step("fuse"):
-            heads = interpret_heads(candidates, answers, options, self.crop_scale)
+            heads = interpret_heads(candidates, answers, options, self.crop_scale, operating_point)
             view = radiograph_view(answers.view)
         overlay = None
         if render:
@@ -329,7 +349,7 @@ class Pipeline:
                     heads,
                     answers.staging.cams,
                     view,
-                    options.include_overlay,
+                    options.include_overlay or options.include_dicom,  # the annotated copy is the overlay
                     models["staging"].input_size,
                 )
         diagnosis = Diagnosis(
@@ -343,6 +363,8 @@ class Pipeline:
             cache_hit=False,
             timings=clock.timings(),
             note_threshold=options.note_threshold,
+            source=radiograph.dicom,
+            operating_point=operating_point,
         )
         return Steps(detections, diagnosis)
 

@@ -17,9 +17,13 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from avn import __version__ as SOFTWARE_VERSION
+from avn.dataset.images import DicomSource
+from avn.operating_points import ARGMAX, OPERATING_POINTS
 from avn.vocabulary import STAGES
 
 DEFAULT_NOTE_THRESHOLD = 0.5
+SELECTABLE_POINTS = (*OPERATING_POINTS, ARGMAX)
 DESCRIPTION = "description"  # the key of a result field's documentation in its dataclass metadata
 
 
@@ -33,6 +37,8 @@ class DiagnoseOptions:
     include_overlay: bool = False
     cam_stage: str | None = None  # None: each head's predicted stage
     note_threshold: float | None = None  # None: the service's default (0.5 unless configured)
+    include_dicom: bool = False  # also the DICOM SR and annotated copy (DICOM input only)
+    operating_point: str | None = None  # None: the service's (AVN_OPERATING_POINT), else the card's default
 
     def problems(self) -> list[str]:
         """Why these options are invalid (empty when they are fine)."""
@@ -44,6 +50,10 @@ class DiagnoseOptions:
         threshold = self.note_threshold
         if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             problems.append(f"note_threshold must lie in [0, 1], got {self.note_threshold}")
+        if self.operating_point is not None and self.operating_point not in SELECTABLE_POINTS:
+            problems.append(
+                f"operating_point {self.operating_point!r} is not one of {', '.join(SELECTABLE_POINTS)} (or empty)"
+            )
         return problems
 
 
@@ -167,6 +177,19 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """The threshold on P(presence) a result was called at, with its sensitivity and specificity on the
+    staging model's validation fold (avn/operating_points.py)."""
+
+    name: str = described(
+        "sensitive, specific or default (chosen on validation), or argmax: a staging model without operating points."
+    )
+    threshold: float | None = described("AVN is called present when P(presence) >= threshold; null for argmax.")
+    validation_sensitivity: float | None = described("Presence sensitivity on the validation fold; null for argmax.")
+    validation_specificity: float | None = described("Presence specificity on the validation fold; null for argmax.")
+
+
+@dataclass(frozen=True)
 class StepTimings:
     """Milliseconds per step; zero for steps a cache hit skipped."""
 
@@ -193,6 +216,27 @@ class Diagnosis:
     cache_hit: bool
     timings: StepTimings
     note_threshold: float
+    # Provenance (defaults: a result built without them still names this software).
+    source: DicomSource | None = described(
+        "For DICOM input: the Study, Series and SOP Instance UIDs and the SOP Class of the radiograph; "
+        "null for PNG and JPEG.",
+        default=None,
+    )
+    software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
+    operating_point: OperatingPoint | None = described(
+        "The operating point presence, stage and collapse were called at, with its validation figures.",
+        default=None,
+    )
+    dicom_sr: bytes | None = described(
+        "When include_dicom was asked for: the Comprehensive SR (TID 1500 Measurement Report) of this result, "
+        "a DICOM Part 10 file in the source's study.",
+        default=None,
+    )
+    dicom_annotated: bytes | None = described(
+        "When include_dicom was asked for: the annotated radiograph as a DICOM Secondary Capture (Part 10 file) "
+        "in the source's study.",
+        default=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -234,6 +278,7 @@ class StudyDiagnosis:
     skipped: tuple[SkippedRadiograph, ...] = described("Radiographs without a femoral head.")
     models: tuple[ModelVersion, ...]
     total_ms: float = 0.0
+    software_version: str = described("The version of the software that produced the result.", default=SOFTWARE_VERSION)
 
 
 # ---------------------------------------------------------------- JSON (cache, REST)

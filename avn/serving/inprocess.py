@@ -32,7 +32,14 @@ from torch import nn
 from avn.models.checkpoint import ModelCard, load_checkpoint
 from avn.models.classifier import HeadClassifier
 from avn.models.detector import FemoralHeadDetector
-from avn.pipeline.backend import CLASSIFIER_MODELS, MODELS, Classification, Detections, ModelInfo
+from avn.pipeline.backend import (
+    CLASSIFIER_MODELS,
+    MODELS,
+    Classification,
+    Detections,
+    ModelInfo,
+    operating_points_of,
+)
 from avn.pipeline.errors import Internal, ModelUnavailable
 from avn.store import CHECKPOINT_NAME
 
@@ -59,7 +66,13 @@ class LoadedModel:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.card.task, self.card.version, self.card.input_size, tuple(self.card.labels))
+        return ModelInfo(
+            self.card.task,
+            self.card.version,
+            self.card.input_size,
+            tuple(self.card.labels),
+            operating_points_of(self.card.operating_points),
+        )
 
 
 class InProcessBackend:

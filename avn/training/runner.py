@@ -27,6 +27,7 @@ from avn.metrics import to_jsonable
 from avn.models.checkpoint import load_checkpoint, save_checkpoint
 from avn.models.classifier import build_classifier
 from avn.models.detector import DETECTOR_INPUT_SIZES, build_detector
+from avn.operating_points import OperatingPointError, choose_operating_points, is_present, presence_probability
 from avn.training.classifier_loop import fit_classifier, predict
 from avn.training.detection_loop import build_detection_set, choose_score_threshold, detection_metrics, fit_detector
 from avn.training.folds import Fold, subject_folds
@@ -210,7 +211,24 @@ def train_classifier_task(task: str, context: TrainingContext) -> dict[str, Any]
             context.run_dir / task / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True
         )
     )
-    return _finish(task, context, model, fold_docs, best, input_size=profile.input_size)
+    points = {}
+    if task == "staging":
+        best_fold = next(fold for fold in context.folds if fold.name == best["fold"])
+        points = staging_operating_points(model, held.select_subjects(best_fold.val_subjects), context)
+    return _finish(task, context, model, fold_docs, best, input_size=profile.input_size, operating_points=points)
+
+
+def staging_operating_points(model, val_set: CropSet, context: TrainingContext) -> dict[str, Any]:
+    """The deployed staging model's operating points on presence, chosen on its validation fold
+    (avn/operating_points.py); empty, with a note in the log, when that fold cannot define them."""
+    scores = presence_probability(predict(model, val_set.crops))
+    try:
+        chosen = choose_operating_points(is_present(val_set.labels("staging")), scores)
+    except OperatingPointError as error:
+        if context.logger:
+            context.logger(f"staging: no operating points ({error}); the model serves its argmax")
+        return {}
+    return {name: point.to_dict() for name, point in chosen.items()}
 
 
 def train_detection(context: TrainingContext) -> dict[str, Any]:
@@ -279,7 +297,13 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
 
 
 def _finish(
-    task: str, context: TrainingContext, model, fold_docs: list[dict], best: dict, input_size: int
+    task: str,
+    context: TrainingContext,
+    model,
+    fold_docs: list[dict],
+    best: dict,
+    input_size: int,
+    operating_points: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     version = f"{task}-{_weights_digest(model)[:12]}"
     doc = {
@@ -293,6 +317,7 @@ def _finish(
         "test": best["test"],
         "folds": fold_docs,
         "fold_summary": summarise_folds(task, fold_docs),
+        **({"operating_points": operating_points} if operating_points else {}),
     }
     save_checkpoint(
         context.run_dir / task / MODEL_FILE,
@@ -304,6 +329,7 @@ def _finish(
             "metrics": to_jsonable(best["test"]),
             "input_size": input_size,
             "extra": {"profile": context.profile.name, "fold": best["fold"]},
+            "operating_points": operating_points or {},
         },
     )
     return to_jsonable(doc)

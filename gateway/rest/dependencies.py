@@ -46,11 +46,21 @@ async def app_case_bank(request: Request) -> CaseBank:
 
 
 async def diagnose_options(
-    include_overlay: bool = False, cam_stage: str | None = None, note_threshold: float | None = None
+    include_overlay: bool = False,
+    cam_stage: str | None = None,
+    note_threshold: float | None = None,
+    include_dicom: bool = False,
+    operating_point: str | None = None,
 ) -> DiagnoseOptions:
     """The options of both diagnosis POSTs and of a case's diagnosis, from the query."""
     # note_threshold None: the pipeline applies the service's AVN_NOTE_THRESHOLD.
-    return DiagnoseOptions(include_overlay=include_overlay, cam_stage=cam_stage or None, note_threshold=note_threshold)
+    return DiagnoseOptions(
+        include_overlay=include_overlay,
+        cam_stage=cam_stage or None,
+        note_threshold=note_threshold,
+        include_dicom=include_dicom,
+        operating_point=operating_point or None,
+    )
 
 
 # An operation's observation: ``async with observe("diagnose") as request_id: ...``

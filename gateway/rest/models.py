@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from avn.dataset.images import DicomSource
 from avn.pipeline.backend import ModelInfo
 from avn.pipeline.results import (
     DESCRIPTION,
@@ -28,6 +29,7 @@ from avn.pipeline.results import (
     LabelProbability,
     ModelVersion,
     Note,
+    OperatingPoint,
     SideDiagnosis,
     SkippedRadiograph,
     StepTimings,
@@ -100,6 +102,8 @@ NoteResult = model_of(Note)
 FemoralHeadResult = model_of(FemoralHead)
 ViewResult = model_of(View)
 ModelVersionResult = model_of(ModelVersion)
+DicomSourceResult = model_of(DicomSource)
+OperatingPointResult = model_of(OperatingPoint)
 StepTimingsResult = model_of(StepTimings)
 DiagnosisResponse = model_of(Diagnosis)
 SideDiagnosisResult = model_of(SideDiagnosis)

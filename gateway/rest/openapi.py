@@ -31,6 +31,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+DIAGNOSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            'multipart/related; type="application/dicom"': _BINARY,
+        },
+        "description": 'The diagnosis as JSON; with Accept: multipart/related; type="application/dicom" the '
+        "TID 1500 SR and the annotated Secondary Capture as DICOM parts (DICOM input only); docs/integration.md.",
+    },
+    **ERROR_RESPONSES,
+}
 DIAGNOSE_BODY = {
     "requestBody": {
         "required": True,

@@ -1,14 +1,21 @@
-"""``POST /v1/diagnose`` (one radiograph) and ``POST /v1/studies`` (several radiographs of one subject)."""
+"""``POST /v1/diagnose`` (one radiograph) and ``POST /v1/studies`` (several radiographs of one subject).
+
+``/v1/diagnose`` answers in the representation the ``Accept`` header asks for
+(:mod:`gateway.rest.representations`): JSON, a FHIR R4 Bundle, or the DICOM outputs as multipart/related."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from dataclasses import replace
 
+from fastapi import APIRouter, Request, Response
+
+from avn.integration.fhir import fhir_bundle
 from avn.pipeline.results import DiagnoseRequest, StudyRequest, to_json_dict
 from gateway.rest.bodies import MULTIPART_OVERHEAD_BYTES, single_payload, study_payloads
 from gateway.rest.dependencies import MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
 from gateway.rest.models import DiagnosisResponse, StudyResponse
-from gateway.rest.openapi import DIAGNOSE_BODY, ERROR_RESPONSES, STUDY_BODY
+from gateway.rest.openapi import DIAGNOSE_BODY, DIAGNOSE_RESPONSES, ERROR_RESPONSES, STUDY_BODY
+from gateway.rest.representations import Representation, fhir_response, multipart_related, wanted_representation
 
 router = APIRouter()
 
@@ -16,7 +23,7 @@ router = APIRouter()
 @router.post(
     "/v1/diagnose",
     response_model=DiagnosisResponse,
-    responses=ERROR_RESPONSES,
+    responses=DIAGNOSE_RESPONSES,
     openapi_extra=DIAGNOSE_BODY,
     summary="Diagnose one radiograph",
 )
@@ -27,13 +34,20 @@ async def diagnose(
     settings: SettingsDep,
     metrics: MetricsDep,
     observe: ObserveDep,
-) -> DiagnosisResponse:
+) -> DiagnosisResponse | Response:
+    representation = wanted_representation(request.headers.get("accept", ""))
+    if representation is Representation.DICOM:
+        options = replace(options, include_dicom=True)
     async with observe("diagnose") as request_id:
         payload = await single_payload(request, settings.max_payload_bytes)
         result = await pipeline.diagnose(
             DiagnoseRequest(payload, options), request_id=request_id, timeout_s=settings.deadline_s
         )
         metrics.observe_diagnosis(result)
+        if representation is Representation.DICOM:
+            return multipart_related([result.dicom_sr, result.dicom_annotated])
+        if representation is Representation.FHIR:
+            return fhir_response(fhir_bundle(result))
         return DiagnosisResponse.model_validate(to_json_dict(result))
 
 
