@@ -12,7 +12,7 @@ from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate, operating_points
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
-from gateway.cli import bench, config_app, diagnose, serve
+from gateway.cli import bench, config_app, diagnose, dicom_node, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -23,6 +23,7 @@ app.command("operating-points")(operating_points)
 app.command()(ablation)
 app.command()(readers)
 app.command()(serve)
+app.command("dicom-node")(dicom_node)
 app.command()(bench)
 app.add_typer(config_app, name="config")
 

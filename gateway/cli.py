@@ -22,9 +22,13 @@ TorchServe, and the command exits 0.
 ``avn config show [--json]``: the settings ``avn serve`` would run with, each with its source;
 ``avn config docs``: writes ``docs/configuration.md`` from the settings class.
 
+``avn dicom-node``: the DICOM node (:mod:`gateway.dicom_node`): a Storage SCP that diagnoses the
+radiographs it receives and C-STOREs the SR and the annotated copy to the destination AE; settings
+as for ``avn serve`` (:data:`gateway.configuration.DICOM_NODE_FLAGS`).
+
 ``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
 
-``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`bench` and :data:`config_app` as
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`dicom_node`, :func:`bench` and :data:`config_app` as
 sub-commands; ``python -m gateway.cli`` runs them alone.
 """
 
@@ -35,6 +39,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -57,9 +62,12 @@ from avn.pipeline.results import (
     to_json_dict,
 )
 from gateway.configuration import (
+    DICOM_NODE_FLAGS,
     EXIT_CONFIGURATION,
     SERVE_FLAGS,
     ConfigurationError,
+    LoadedSettings,
+    check_dicom_node_startup,
     check_startup,
     load_settings,
     shown_settings,
@@ -336,12 +344,22 @@ def serve_flags(
     }
 
 
-def _checked_settings(command: str, flags: dict[str, object], *, serves_store: bool):
-    """Settings that passed the start-up checks, with logging configured and warnings logged; a
-    setting that cannot work ends the command with one line on stderr and exit code 2."""
+def _checked_settings(
+    command: str,
+    flags: dict[str, object],
+    *,
+    serves_store: bool,
+    flag_names: dict[str, str] = SERVE_FLAGS,
+    more_checks: Callable[[LoadedSettings], None] | None = None,
+):
+    """Settings that passed the start-up checks (and ``more_checks``, the command's own), with logging
+    configured and warnings logged; a setting that cannot work ends the command with one line on
+    stderr and exit code 2."""
     try:
-        loaded = load_settings(flags, flag_names=SERVE_FLAGS)
+        loaded = load_settings(flags, flag_names=flag_names)
         warnings = check_startup(loaded, serves_store=serves_store)
+        if more_checks is not None:
+            more_checks(loaded)
     except ConfigurationError as error:
         typer.echo(f"avn {command}: {error}", err=True)
         raise typer.Exit(EXIT_CONFIGURATION) from None
@@ -389,6 +407,81 @@ def _serve_until_stopped(settings) -> None:
         f"REST on http://{settings.rest_host}:{settings.rest_port} ({settings.backend} backend)"
     )
     asyncio.run(serve_gateway(settings))
+
+
+# ---------------------------------------------------------------------------------- dicom-node
+#
+# Like `avn serve`: every flag defaults to None ("not given"), so that the AVN_* environment and the
+# settings file decide what no flag says (gateway.configuration.DICOM_NODE_FLAGS).
+
+NodeHostFlag = Annotated[
+    str | None, typer.Option("--host", help="Address the Storage SCP binds [AVN_DICOM_HOST; 127.0.0.1].")
+]
+NodePortFlag = Annotated[int | None, typer.Option("--port", help="Storage SCP port [AVN_DICOM_PORT; 11112].")]
+AeTitleFlag = Annotated[
+    str | None, typer.Option("--ae-title", help="The node's AE title [AVN_DICOM_AE_TITLE; AVN_NET].")
+]
+AllowFlag = Annotated[
+    list[str] | None,
+    typer.Option("--allow", help="A calling AE title to accept (repeat it); none: any [AVN_DICOM_ALLOWED_AES]."),
+]
+DestinationFlag = Annotated[
+    str | None,
+    typer.Option("--destination", help="Where outputs go: AE_TITLE@host:port [AVN_DICOM_DESTINATION]."),
+]
+SpoolFlag = Annotated[Path | None, typer.Option("--spool", help="Spool folder [AVN_DICOM_SPOOL; dicom-spool].")]
+OperatingPointFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--operating-point",
+        help="sensitive, specific, default or argmax [AVN_OPERATING_POINT; the staging card's default].",
+    ),
+]
+
+
+def dicom_node(
+    destination: DestinationFlag = None,
+    store: StoreFlag = None,
+    embedded: EmbeddedFlag = False,
+    host: NodeHostFlag = None,
+    port: NodePortFlag = None,
+    ae_title: AeTitleFlag = None,
+    allow: AllowFlag = None,
+    spool: SpoolFlag = None,
+    operating_point: OperatingPointFlag = None,
+    config: ConfigFlag = None,
+) -> None:
+    """A DICOM node: receive radiographs by C-STORE, diagnose them, and C-STORE the SR and the annotated
+    copy to the destination AE (docs/integration.md). Files are spooled durably; a restart resumes.
+
+    Settings: a flag given > AVN_* environment > settings file > default (docs/configuration.md)."""
+    from gateway.dicom_node.node import serve_until_stopped  # noqa: PLC0415 — loads pynetdicom and the pipeline
+
+    flags = {
+        "config": config,
+        "model_store": store,
+        "backend": "embedded" if embedded else None,
+        "dicom_host": host,
+        "dicom_port": port,
+        "dicom_ae_title": ae_title,
+        "dicom_allowed_aes": allow or None,
+        "dicom_destination": destination,
+        "dicom_spool": spool,
+        "operating_point": operating_point,
+    }
+    settings = _checked_settings(
+        "dicom-node",
+        flags,
+        serves_store=False,
+        flag_names=DICOM_NODE_FLAGS,
+        more_checks=check_dicom_node_startup,
+    ).settings
+    console.print(
+        f"DICOM node {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}, "
+        f"sending to {settings.dicom_destination}, spool {settings.dicom_spool} ({settings.backend} backend)"
+    )
+    serve_until_stopped(settings)
+    console.print("stopped")
 
 
 # --------------------------------------------------------------------------------------- config
@@ -538,6 +631,7 @@ def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
 
 app.command()(diagnose)
 app.command()(serve)
+app.command("dicom-node")(dicom_node)
 app.command()(bench)
 app.add_typer(config_app, name="config")
 

@@ -50,6 +50,19 @@ SERVE_FLAGS = {
     "rest_host": "--host",
     "ready_timeout_s": "--ready-timeout",
 }
+# ``avn dicom-node``'s flags and the settings each one sets, likewise.
+DICOM_NODE_FLAGS = {
+    "config": "--config",
+    "model_store": "--store",
+    "backend": "--embedded",
+    "dicom_host": "--host",
+    "dicom_port": "--port",
+    "dicom_ae_title": "--ae-title",
+    "dicom_allowed_aes": "--allow",
+    "dicom_destination": "--destination",
+    "dicom_spool": "--spool",
+    "operating_point": "--operating-point",
+}
 EXIT_CONFIGURATION = 2  # as a usage error: the command was asked for something that cannot work
 MASK = "********"
 URL_SETTINGS = ("redis_url", "otlp_endpoint")  # may carry a password in their user-info part
@@ -216,6 +229,29 @@ def check_startup(
     if not serves_store and settings.backend == "torchserve" and settings.torchserve_key_file is not None:
         warnings += _check_key_file(loaded)
     return warnings + unknown_name_warnings(loaded, os.environ if environ is None else environ)
+
+
+def check_dicom_node_startup(loaded: LoadedSettings) -> None:
+    """What ``avn dicom-node`` needs beyond :func:`check_startup`: a destination to send to, and a
+    spool folder it can create and write (received files are acknowledged only once they are in it)."""
+    settings = loaded.settings
+    if settings.dicom_destination is None:
+        raise ConfigurationError(
+            "dicom_destination", loaded.where("dicom_destination"), "no destination AE", loaded.fix("dicom_destination")
+        )
+    spool = settings.dicom_spool
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+        probe = spool / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigurationError(
+            "dicom_spool",
+            loaded.where("dicom_spool"),
+            f"{spool} cannot be written ({error.strerror or error})",
+            loaded.fix("dicom_spool"),
+        ) from None
 
 
 def _check_store(loaded: LoadedSettings, *, archives_required: bool) -> None:

@@ -16,8 +16,10 @@ this class (``avn config docs``).
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -25,6 +27,7 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -42,6 +45,8 @@ FLAG, ENVIRONMENT, FILE, DEFAULT = "flag", "environment", "file", "default"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 OTLP_SCHEMES = ("http", "https")
 WORKERS_ENV_PREFIX = "AVN_WORKERS_"  # AVN_WORKERS_DETECTION=2, …: read by the TorchServe container only
+MAX_AE_TITLE_LENGTH = 16  # PS3.5 table 6.2-1, VR AE
+DICOM_DESTINATION = re.compile(r"(?P<ae_title>[^@]+)@(?P<host>[^@:]+):(?P<port>[0-9]+)")
 
 
 class Settings(BaseSettings):
@@ -137,6 +142,44 @@ class Settings(BaseSettings):
         "(docs/integration.md).",
     )
 
+    # ---- DICOM node (`avn dicom-node`)
+    dicom_host: str = Field(
+        "127.0.0.1",
+        description="Address the DICOM node's Storage SCP binds (`0.0.0.0` to take associations from other hosts).",
+    )
+    dicom_port: int = Field(
+        11112, ge=1, le=65535, description="Port of the DICOM node's Storage SCP (11112: DICOM's registered port)."
+    )
+    dicom_ae_title: str = Field(
+        "AVN_NET",
+        description="The DICOM node's AE title: the called AE title modalities send to, and the calling AE title of "
+        "its own C-STOREs to the destination.",
+    )
+    dicom_allowed_aes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Calling AE titles the DICOM node accepts associations from (comma-separated; a list in the "
+        "settings file); empty: any. Others are refused at association (A-ASSOCIATE-RJ).",
+    )
+    dicom_destination: str | None = Field(
+        None,
+        description="Where the DICOM node sends the SR and the annotated copy by C-STORE: `AE_TITLE@host:port` "
+        "(the PACS). `avn dicom-node` needs it.",
+    )
+    dicom_spool: Path = Field(
+        Path("dicom-spool"),
+        description="The DICOM node's spool folder: received files, outputs not yet delivered and failed files, kept "
+        "across restarts (docs/integration.md, DICOM node). On a local disk: it is fsynced and renamed into.",
+    )
+    dicom_retry_initial_s: float = Field(
+        2.0,
+        gt=0,
+        description="While the destination cannot be reached, the DICOM node's first wait before it tries again, "
+        "seconds; each further failure doubles it.",
+    )
+    dicom_retry_max_s: float = Field(
+        300.0, gt=0, description="Longest wait of the DICOM node between two tries of the destination, seconds."
+    )
+
     # ---- cache
     cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
     redis_url: str | None = Field(
@@ -207,6 +250,30 @@ class Settings(BaseSettings):
             raise ValueError(f"not one of {', '.join(SELECTABLE_POINTS)}")
         return value
 
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("dicom_allowed_aes", mode="before")
+    @classmethod
+    def _ae_title_list(cls, value: object) -> object:
+        # The environment gives "MODALITY_1,CR_ROOM" (NoDecode: no JSON); the file a TOML list.
+        if isinstance(value, str):
+            value = [title for title in value.split(",") if title.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(check_ae_title(str(title)) for title in value)
+        return value
+
+    @field_validator("dicom_destination", mode="before")
+    @classmethod
+    def _destination_parses(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            parse_dicom_destination(value)
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url_parses(cls, value: str | None) -> str | None:
@@ -271,6 +338,41 @@ def check_url(url: str, schemes: tuple[str, ...]) -> None:
         parts.port  # noqa: B018 — the property parses the port and raises on a bad one
     except ValueError as error:
         raise ValueError(f"bad port: {error}") from None
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM application entity to send to: its AE title and network address."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_dicom_destination(text: str) -> DicomDestination:
+    """``AE_TITLE@host:port`` (the notation of dcm4che's tools) as a :class:`DicomDestination`;
+    ValueError when it is not one."""
+    match = DICOM_DESTINATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("expected AE_TITLE@host:port")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not from 1 to 65535")
+    return DicomDestination(check_ae_title(match["ae_title"]), match["host"], port)
+
+
+def check_ae_title(title: str) -> str:
+    """``title`` without padding when it is a valid AE title (1 to 16 characters, no backslash or
+    control character, not blank); else ValueError."""
+    stripped = title.strip()
+    if not stripped or len(stripped) > MAX_AE_TITLE_LENGTH:
+        raise ValueError(f"an AE title has 1 to {MAX_AE_TITLE_LENGTH} characters")
+    if "\\" in stripped or not stripped.isprintable() or not stripped.isascii():
+        raise ValueError("an AE title has printable ASCII characters other than a backslash")
+    return stripped
 
 
 def redacted_url(url: str) -> str:
@@ -348,6 +450,11 @@ EXPECTATIONS = {
     "case_bank": "a data-set folder, or empty",
     "otlp_endpoint": "`http://host:port` or `https://host:port`, or unset",
     "operating_point": "one of " + ", ".join(f"`{name}`" for name in SELECTABLE_POINTS) + ", or unset",
+    "dicom_port": "a port from 1 to 65535",
+    "dicom_ae_title": f"an AE title: 1 to {MAX_AE_TITLE_LENGTH} printable ASCII characters, no backslash",
+    "dicom_allowed_aes": "AE titles separated by commas, or empty",
+    "dicom_destination": "`AE_TITLE@host:port`, e.g. `PACS@10.0.0.5:104`",
+    "dicom_spool": "a folder this user may create and write",
 }
 
 
