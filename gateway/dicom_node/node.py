@@ -15,8 +15,9 @@
 
 Both workers run on one event loop; the spool (:mod:`gateway.dicom_node.spool`) is the only state,
 so a restart resumes where the last run stopped. Logs name spool ids, error types and the
-pipeline's messages (which carry no patient data), never anything from a DICOM header; pynetdicom's
-own logger is kept at WARNING because below that it describes the messages it carries.
+pipeline's messages (which carry no patient data), never anything from a DICOM header; the loggers
+of pynetdicom and highdicom are kept at WARNING because below that they describe the messages
+they carry and the data sets they copy from.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def input_failure_reason(error: Exception) -> str:
 
 async def run_node(settings: Settings, pipeline: Pipeline | None = None) -> None:
     """The node over ``pipeline`` (default: the configured one), with tracing when configured, until cancelled."""
-    quiet_pynetdicom()
+    quiet_dicom_libraries()
     tracing = configure_tracing(settings)
     try:
         await DicomNode(settings, pipeline or build_pipeline(settings)).run()
@@ -200,9 +201,14 @@ async def run_node(settings: Settings, pipeline: Pipeline | None = None) -> None
             tracing.shutdown()
 
 
-def quiet_pynetdicom() -> None:
-    """pynetdicom describes every message it carries at INFO and DEBUG: not in these logs."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+DICOM_LIBRARY_LOGGERS = ("pynetdicom", "highdicom")
+
+
+def quiet_dicom_libraries() -> None:
+    """pynetdicom describes every message it carries, highdicom the data set it copies the patient and
+    study from, at INFO and DEBUG: not in the node's logs."""
+    for name in DICOM_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def serve_until_stopped(settings: Settings) -> None:
