@@ -35,6 +35,8 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
 )
@@ -187,8 +189,10 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S
         time.sleep(0.1)
 
 
-def storescu(port: int, *files: Path, calling_ae: str = MODALITY_AE) -> subprocess.CompletedProcess[str]:
-    command = ["storescu", "-aet", calling_ae, "-aec", NODE_AE, LOOPBACK, str(port), *map(str, files)]
+def storescu(
+    port: int, *files: Path, calling_ae: str = MODALITY_AE, options: tuple[str, ...] | list[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    command = ["storescu", *options, "-aet", calling_ae, "-aec", NODE_AE, LOOPBACK, str(port), *map(str, files)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
@@ -250,14 +254,31 @@ def test_a_cr_and_both_dx_kinds_come_back_as_one_sr_and_one_annotated_copy_each(
     assert spool_files(settings.dicom_spool, "incoming") == spool_files(settings.dicom_spool, "failed") == []
 
 
+# Per transfer syntax: storescu's flag that proposes it (storescu proposes only uncompressed ones
+# unless told), and the dcmcjpeg options that write it (None: pydicom writes it).
+TRANSFER_SYNTAXES = {
+    ImplicitVRLittleEndian: ("-xi", None),
+    DeflatedExplicitVRLittleEndian: ("-xd", None),
+    JPEGLosslessSV1: ("-xs", []),
+    JPEGExtended12Bit: ("-xx", ["+ee"]),
+    JPEGLSLossless: ("-xt", None),
+    JPEG2000Lossless: ("-xv", None),
+    RLELossless: ("-xr", None),
+}
+
+
 def recoded(source: Path, syntax: str, folder: Path) -> Path:
     """``source`` in another transfer syntax, under a new SOP Instance UID."""
     dataset = pydicom.dcmread(source)
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     path = folder / f"{syntax}.dcm"
-    if syntax in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+    dcmcjpeg_options = TRANSFER_SYNTAXES[syntax][1]
+    if dcmcjpeg_options is not None:
+        dataset.save_as(folder / "uncompressed.dcm", enforce_file_format=True)
+        subprocess.run(["dcmcjpeg", *dcmcjpeg_options, str(folder / "uncompressed.dcm"), str(path)], check=True)
+    elif syntax in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         dataset.file_meta.TransferSyntaxUID = syntax
-        dataset.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+        dataset.save_as(path, enforce_file_format=True)
     else:
         dataset.compress(syntax)
         dataset.save_as(path, enforce_file_format=True)
@@ -267,16 +288,16 @@ def recoded(source: Path, syntax: str, folder: Path) -> Path:
 def test_the_common_transfer_syntaxes_are_taken_and_diagnosed(
     run_dir: Path, sources: dict[str, Path], pacs: Pacs, tmp_path: Path
 ) -> None:
-    syntaxes = (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless)
-    files = [recoded(sources["DX"], syntax, tmp_path) for syntax in syntaxes]
-    assert [pydicom.dcmread(path).file_meta.TransferSyntaxUID for path in files] == list(syntaxes)
+    files = {syntax: recoded(sources["CR"], syntax, tmp_path) for syntax in TRANSFER_SYNTAXES}
+    assert [pydicom.dcmread(path).file_meta.TransferSyntaxUID for path in files.values()] == list(files)
     pacs.start()
     settings = node_settings(tmp_path, run_dir, pacs)
     with BackgroundNode(settings):
-        sent = storescu(settings.dicom_port, *files)
-        assert sent.returncode == 0, sent.stderr
+        for syntax, path in files.items():
+            sent = storescu(settings.dicom_port, path, options=[TRANSFER_SYNTAXES[syntax][0]])
+            assert sent.returncode == 0, f"{syntax.name}: {sent.stderr}"
         wait_for(lambda: len(pacs.received()) >= 2 * len(files), "the outputs at the PACS")
-    assert_one_sr_and_one_copy_per_source(pacs.received(), files)
+    assert_one_sr_and_one_copy_per_source(pacs.received(), list(files.values()))
     assert spool_files(settings.dicom_spool, "failed") == []
 
 
