@@ -419,7 +419,7 @@ NodeHostFlag = Annotated[
 ]
 NodePortFlag = Annotated[int | None, typer.Option("--port", help="Storage SCP port [AVN_DICOM_PORT; 11112].")]
 AeTitleFlag = Annotated[
-    str | None, typer.Option("--ae-title", help="The node's AE title [AVN_DICOM_AE_TITLE; AVN_NET].")
+    str | None, typer.Option("--ae-title", help="The node's AE title [AVN_DICOM_AE_TITLE; AVNNET].")
 ]
 AllowFlag = Annotated[
     list[str] | None,

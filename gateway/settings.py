@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         11112, ge=1, le=65535, description="Port of the DICOM node's Storage SCP (11112: DICOM's registered port)."
     )
     dicom_ae_title: str = Field(
-        "AVN_NET",
+        "AVNNET",
         description="The DICOM node's AE title: the called AE title modalities send to, and the calling AE title of "
         "its own C-STOREs to the destination.",
     )

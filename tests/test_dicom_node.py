@@ -57,7 +57,7 @@ from gateway.settings import ENV_PREFIX, Settings, parse_dicom_destination
 ROOT = Path(__file__).resolve().parent.parent
 CR_INDEX, DX_INDEX = 0, 3  # phantom radiographs written as CR and as DX (tests/test_dicom_outputs.py)
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-NODE_AE, PACS_AE, MODALITY_AE = "AVN_NET", "PACS", "MODALITY"
+NODE_AE, PACS_AE, MODALITY_AE = "AVNNET", "PACS", "MODALITY"
 WAIT_S = 120.0  # for diagnoses on a busy two-core machine
 LISTEN_TIMEOUT_S = 120.0  # a node process imports torch and loads five models first
 FAST_RETRY = {"dicom_retry_initial_s": 0.2, "dicom_retry_max_s": 1.0}
@@ -114,7 +114,12 @@ class Pacs:
             self.process.wait(timeout=10)
             self.process = None
 
+    def count(self) -> int:
+        """Files received or being received (storescp writes under the final name)."""
+        return sum(path.is_file() for path in self.folder.iterdir())
+
     def received(self) -> list[pydicom.Dataset]:
+        """Every file received; call it once the node's outbox is empty, when no write is under way."""
         return [pydicom.dcmread(path) for path in sorted(self.folder.iterdir()) if path.is_file()]
 
 
@@ -245,11 +250,12 @@ def test_a_cr_and_both_dx_kinds_come_back_as_one_sr_and_one_annotated_copy_each(
         assert echoscu(settings.dicom_port).returncode == 0
         sent = storescu(settings.dicom_port, *files)
         assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: len(pacs.received()) >= 2 * len(files), "the outputs at the PACS")
+        wait_for(lambda: pacs.count() >= 2 * len(files), "the outputs at the PACS")
         wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "an empty outbox")
     received = pacs.received()
     assert_one_sr_and_one_copy_per_source(received, files)
-    for path in sorted(pacs.folder.iterdir())[:2]:
+    for sop_class in (SR_CLASS, SC_CLASS):  # one of each kind, as the PACS stored it
+        path = next(path for path in sorted(pacs.folder.iterdir()) if pydicom.dcmread(path).SOPClassUID == sop_class)
         assert dciodvfy_errors(path.read_bytes(), tmp_path) == []
     assert spool_files(settings.dicom_spool, "incoming") == spool_files(settings.dicom_spool, "failed") == []
 
@@ -296,7 +302,8 @@ def test_the_common_transfer_syntaxes_are_taken_and_diagnosed(
         for syntax, path in files.items():
             sent = storescu(settings.dicom_port, path, options=[TRANSFER_SYNTAXES[syntax][0]])
             assert sent.returncode == 0, f"{syntax.name}: {sent.stderr}"
-        wait_for(lambda: len(pacs.received()) >= 2 * len(files), "the outputs at the PACS")
+        wait_for(lambda: pacs.count() >= 2 * len(files), "the outputs at the PACS")
+        wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "an empty outbox")
     assert_one_sr_and_one_copy_per_source(pacs.received(), list(files.values()))
     assert spool_files(settings.dicom_spool, "failed") == []
 
@@ -323,7 +330,8 @@ def test_a_non_pelvic_or_undecodable_file_goes_to_failed_with_its_reason_and_no_
     with BackgroundNode(settings):
         sent = storescu(settings.dicom_port, chest, truncated, sources["CR"])
         assert sent.returncode == 0, sent.stderr  # acknowledged: safe in the spool, whatever comes next
-        wait_for(lambda: len(pacs.received()) >= 2, "the outputs of the good file")
+        wait_for(lambda: pacs.count() >= 2, "the outputs of the good file")
+        wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "an empty outbox")
         wait_for(lambda: len(spool_files(settings.dicom_spool, "failed")) == 4, "two failures and their reasons")
         assert echoscu(settings.dicom_port).returncode == 0  # still there
     assert_one_sr_and_one_copy_per_source(pacs.received(), [sources["CR"]])
@@ -411,7 +419,7 @@ def test_a_node_killed_mid_way_loses_nothing_and_sends_nothing_twice(
     pacs.start()
     node = started(settings, log)
     try:
-        wait_for(lambda: len(pacs.received()) >= 4, "the outputs at the PACS")
+        wait_for(lambda: pacs.count() >= 4, "the outputs at the PACS")
         wait_for(lambda: not spool_files(spool, "outbox"), "an empty outbox")
     finally:
         node.send_signal(signal.SIGTERM)
