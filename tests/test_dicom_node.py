@@ -6,7 +6,8 @@ syntaxes, come back to the PACS as one SR and one annotated copy each, in the so
 referencing the source image, and valid (``dciodvfy``); a file that is not a pelvis, or cannot be
 decoded, goes to ``failed/`` with its reason, sends nothing, and leaves no patient data in the
 logs; unknown calling AEs are refused at association; with the PACS down the outputs wait and are
-delivered once when it comes back; a node killed mid-way (``kill -9``, twice) loses nothing when it
+delivered once when it comes back; an output the PACS refuses for good goes to ``failed/``, one it
+has no resources for is sent again; a node killed mid-way (``kill -9``, twice) loses nothing when it
 restarts. The node runs in this process (a thread) over tiny untrained models
 (tests/gateway_support.py), but in the restart test, where it is a ``python -m gateway.dicom_node``
 process killed outright.
@@ -40,7 +41,9 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from test_dicom_outputs import SC_CLASS, SR_CLASS, dciodvfy_errors
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from test_dicom_outputs import SC_CLASS, SR_CLASS, dciodvfy_errors, flatten
 from typer.testing import CliRunner
 
 import gateway.cli
@@ -244,7 +247,7 @@ def test_a_cr_and_both_dx_kinds_come_back_as_one_sr_and_one_annotated_copy_each(
     run_dir: Path, sources: dict[str, Path], pacs: Pacs, tmp_path: Path
 ) -> None:
     pacs.start()
-    settings = node_settings(tmp_path, run_dir, pacs)
+    settings = node_settings(tmp_path, run_dir, pacs, operating_point="argmax")
     files = list(sources.values())
     with BackgroundNode(settings):
         assert echoscu(settings.dicom_port).returncode == 0
@@ -254,6 +257,10 @@ def test_a_cr_and_both_dx_kinds_come_back_as_one_sr_and_one_annotated_copy_each(
         wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "an empty outbox")
     received = pacs.received()
     assert_one_sr_and_one_copy_per_source(received, files)
+    for sr in (item for item in received if item.SOPClassUID == SR_CLASS):  # the node's operating point
+        assert "OP-ARGMAX" in {
+            item.ConceptCodeSequence[0].CodeValue for item in flatten(sr) if "ConceptCodeSequence" in item
+        }
     for sop_class in (SR_CLASS, SC_CLASS):  # one of each kind, as the PACS stored it
         path = next(path for path in sorted(pacs.folder.iterdir()) if pydicom.dcmread(path).SOPClassUID == sop_class)
         assert dciodvfy_errors(path.read_bytes(), tmp_path) == []
@@ -372,6 +379,48 @@ def test_with_the_pacs_down_the_outputs_wait_and_are_delivered_once_when_it_is_u
         wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "the delivery")
         time.sleep(3 * settings.dicom_retry_max_s)  # more tries would have come by now
     assert_one_sr_and_one_copy_per_source(pacs.received(), [sources["CR"]])
+
+
+class ParticularPacs:
+    """A pynetdicom PACS that refuses every SR for good (0xA900, "does not match SOP class") and is
+    out of resources (0xA700) for the first annotated copy it is sent."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stored: list[pydicom.Dataset] = []
+        self.out_of_resources_once = True
+        ae = AE(ae_title=PACS_AE)
+        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+            ae.add_supported_context(sop_class)
+        self.server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: evt.Event) -> int:
+        if event.dataset.SOPClassUID == SR_CLASS:
+            return 0xA900
+        if self.out_of_resources_once:
+            self.out_of_resources_once = False
+            return 0xA700
+        self.stored.append(event.dataset)
+        return 0x0000
+
+
+def test_an_output_refused_for_good_goes_to_failed_and_out_of_resources_is_tried_again(
+    run_dir: Path, sources: dict[str, Path], pacs: Pacs, tmp_path: Path
+) -> None:
+    particular = ParticularPacs(pacs.port)
+    settings = node_settings(tmp_path, run_dir, pacs, **FAST_RETRY)
+    try:
+        with BackgroundNode(settings):
+            assert storescu(settings.dicom_port, sources["DX"]).returncode == 0
+            wait_for(lambda: particular.stored, "the annotated copy, at the second try")
+            wait_for(lambda: not spool_files(settings.dicom_spool, "outbox"), "an empty outbox")
+    finally:
+        particular.server.shutdown()
+    assert [item.SOPClassUID for item in particular.stored] == [SC_CLASS]
+    failed = spool_files(settings.dicom_spool, "failed")
+    assert [path.name.split(".", 1)[1] for path in failed] == ["1-sr.dcm", "1-sr.reason.json"]
+    reason = json.loads(failed[1].read_text())
+    assert reason["reason"] == "refused-by-destination" and "0xA900" in reason["message"]
 
 
 def node_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
