@@ -332,6 +332,8 @@ def masked_value(setting: str, value: Any) -> Any:
         return redacted_url(value)
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, tuple):
+        return list(value)  # the allowed AE titles: a JSON list, as in the settings file
     return value
 
 

@@ -173,11 +173,13 @@ class Settings(BaseSettings):
     dicom_retry_initial_s: float = Field(
         2.0,
         gt=0,
-        description="While the destination cannot be reached, the DICOM node's first wait before it tries again, "
-        "seconds; each further failure doubles it.",
+        description="While the destination cannot be reached (or the models cannot answer), the DICOM node's first "
+        "wait before it tries again, seconds; each further failure doubles it.",
     )
     dicom_retry_max_s: float = Field(
-        300.0, gt=0, description="Longest wait of the DICOM node between two tries of the destination, seconds."
+        300.0,
+        gt=0,
+        description="Longest wait of the DICOM node between two tries of the destination (or the models), seconds.",
     )
 
     # ---- cache

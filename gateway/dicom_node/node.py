@@ -121,9 +121,9 @@ class DicomNode:
         data = await asyncio.to_thread(received.path.read_bytes)
         request = DiagnoseRequest(ImagePayload(data), NODE_OPTIONS)
         try:
-            result = await self.pipeline.diagnose(
-                request, request_id=received.item_id, timeout_s=self.settings.deadline_s
-            )
+            # No deadline of the whole diagnosis: no client waits, and a slow machine must not fail files
+            # over and over; each TorchServe call is still bounded by deadline_s (the backend's own).
+            result = await self.pipeline.diagnose(request, request_id=received.item_id)
         except tuple(INPUT_FAILURES) as error:
             await self._fail(received, Failure(input_failure_reason(error), type(error).__name__, str(error)))
             return True
