@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -178,8 +179,6 @@ class BackgroundNode:
 
 def wait_until_listening(port: int, timeout_s: float, alive: Callable[[], bool]) -> None:
     """Until something answers on ``port``; fails when ``alive`` says the server died."""
-    import socket  # noqa: PLC0415
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert alive(), f"the server meant for port {port} stopped"

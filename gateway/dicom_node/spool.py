@@ -83,7 +83,10 @@ class Spool:
         for folder in (self.incoming, self.outbox, self.failed, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
         for received in self.received():
             if (self.outbox / received.item_id).is_dir():
                 _remove_durably(received.path)
