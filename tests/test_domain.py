@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from avn.training.detection_loop import augment_detection
+from avn.training.detection_loop import WARMUP_FRACTION, augment_detection, scheduled_lr
 from avn.training.domain import (
     HEAD_INPUT_PX,
     MIN_VISIBLE_FRACTION,
     FieldOfView,
     cut_field_of_view,
+    random_clutter,
     random_field_of_view,
     random_tone_curve,
     randomise_photometry,
@@ -64,3 +65,23 @@ def test_augmented_detector_inputs_keep_boxes_on_the_canvas():
         tensor, out = augment_detection(source, boxes, 320, rng)
         assert tensor.shape == (3, 320, 320)
         assert out.shape[1] == 4 and (out >= -1e-3).all() and (out <= 320 + 1e-3).all()
+
+
+def test_clutter_is_reproducible_in_range_and_darkens_with_gas():
+    image = np.full((240, 320), 0.6, np.float32)
+    outs = [random_clutter(image, np.random.default_rng(3)) for _ in range(2)]
+    assert np.array_equal(*outs)
+    changed = 0
+    for seed in range(30):
+        out = random_clutter(image, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+        changed += not np.allclose(out, image)
+    assert 10 < changed < 30  # some images keep their clean surroundings
+
+
+def test_detector_learning_rate_warms_up_then_decays_smoothly():
+    lrs = np.array([scheduled_lr(1e-3, p) for p in np.linspace(0, 1, 201)])
+    peak = int(np.argmax(lrs))
+    assert lrs[peak] == pytest.approx(1e-3, rel=0.02) and peak / 200 == pytest.approx(WARMUP_FRACTION, abs=0.01)
+    assert np.all(np.diff(lrs[: peak + 1]) >= 0) and np.all(np.diff(lrs[peak:]) <= 0)
+    assert lrs[-1] == pytest.approx(2e-5, rel=0.05)

@@ -7,6 +7,8 @@ Two kinds, mirroring the phantom's acquisition and processing parameters (docs/p
   masking (CR/DX "edge enhancement"), blur (focal spot, detector MTF), quantum and electronic
   noise, and an 8-bit JPEG round trip. Spatial parameters are in pixels of a reference size and
   scale with the image, so the same call serves a 320-px detector input and a 96-px head crop.
+* :func:`random_clutter` — what a real pelvis is seen through, for the detector: clusters of
+  bowel-gas bubbles, a smooth random field, fine texture and bright soft tissue at the sides.
 * :func:`random_field_of_view` — the detector's field-of-view jitter: a window that zooms in or
   out so that femoral heads span about 15 to 120 px of the detector input, off-centre, sometimes
   past the image edge (padded like a collimator shutter), sometimes holding no head at all (the
@@ -94,6 +96,79 @@ def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.n
 def _rescaled(image: np.ndarray) -> np.ndarray:
     low, high = float(image.min()), float(image.max())
     return (image - low) / max(high - low, 1e-6)
+
+
+# ---------------------------------------------------------------- anatomical clutter
+
+# A real pelvis is seen through its contents: bowel gas and stool over the sacrum, the iliac wings
+# and sometimes a head, thick soft tissue over the thighs, trabecular and overlapping-bone texture.
+# The phantom draws some of it; the detector input gets more, drawn anew each epoch, so that a
+# femoral head is recognised by its shape and place and not by how clean its surroundings are.
+CLUTTER_PROBABILITY = 0.7
+GAS_BLOBS = (0, 30)  # dark soft blobs per image, in one to three clusters
+GAS_SIZE = (0.015, 0.08)  # blob radius, fraction of the image's longer side
+GAS_DEPTH = (0.15, 0.6)  # how much a blob darkens (fraction of the local grey level)
+FIELD_AMPLITUDE = (0.0, 0.25)  # smooth random field added (fraction of the grey range)
+FIELD_SCALE = (0.05, 0.2)  # its correlation length, fraction of the longer side
+TEXTURE_AMPLITUDE = (0.0, 0.03)  # band-passed texture added
+TEXTURE_SCALE_PX = (0.7, 3.0)  # its grain at the reference size
+VEIL_PROBABILITY = 0.5  # thick bright soft tissue at the lateral edges (thighs, flanks)
+VEIL_LEVEL = (0.2, 0.7)
+
+
+def random_clutter(image: np.ndarray, rng: np.random.Generator, unit: float | None = None) -> np.ndarray:
+    """Gas blobs, a smooth random field, fine texture and a soft-tissue veil on an image in [0, 1]."""
+    out = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    if rng.random() >= CLUTTER_PROBABILITY:
+        return out
+    unit = max(out.shape) / REFERENCE_SIZE if unit is None else unit
+    out = out * _gas_shadow(out.shape, rng)
+    amplitude = rng.uniform(*FIELD_AMPLITUDE)
+    out = out + amplitude * _smooth_field(out.shape, rng.uniform(*FIELD_SCALE) * max(out.shape), rng)
+    amplitude = rng.uniform(*TEXTURE_AMPLITUDE)
+    out = out + amplitude * _smooth_field(out.shape, rng.uniform(*TEXTURE_SCALE_PX) * unit, rng)
+    if rng.random() < VEIL_PROBABILITY:
+        out = _soft_tissue_veil(out, rng)
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def _gas_shadow(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A multiplicative map < 1 under clusters of soft elliptical gas bubbles."""
+    height, width = shape
+    longer = max(shape)
+    shadow = np.zeros(shape, dtype=np.float32)
+    count = int(rng.integers(*GAS_BLOBS))
+    if count == 0:
+        return np.ones(shape, dtype=np.float32)
+    centres = rng.uniform([0.15 * width, 0.0], [0.85 * width, 0.8 * height], size=(int(rng.integers(1, 4)), 2))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for _ in range(count):
+        cx, cy = centres[int(rng.integers(len(centres)))] + rng.normal(0, 0.12 * longer, 2)
+        rx, ry = rng.uniform(*GAS_SIZE, 2) * longer
+        angle = rng.uniform(0, np.pi)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
+        v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
+        blob = np.clip(1.0 - (u * u + v * v), 0.0, 1.0) ** 0.5
+        shadow = np.maximum(shadow, rng.uniform(*GAS_DEPTH) * blob)
+    return 1.0 - shadow
+
+
+def _smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise scaled to unit standard deviation."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    field = cv2.GaussianBlur(noise, (0, 0), max(float(sigma_px), 0.5))
+    return field / max(float(field.std()), 1e-6)
+
+
+def _soft_tissue_veil(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brighten towards the lateral edges, as thick thighs and flanks do on a real pelvis."""
+    width = image.shape[1]
+    x = np.linspace(-1.0, 1.0, width, dtype=np.float32)
+    start = rng.uniform(0.3, 0.8)
+    ramp = np.clip((np.abs(x) - start) / (1.0 - start), 0.0, 1.0) ** rng.uniform(0.7, 2.0)
+    veil = rng.uniform(*VEIL_LEVEL) * ramp[None, :]
+    return image * (1.0 - veil) + veil * rng.uniform(0.6, 0.9)
 
 
 # ---------------------------------------------------------------- field of view

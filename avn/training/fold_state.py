@@ -78,10 +78,24 @@ def save(work_dir: Path, model: nn.Module, optimiser, scheduler, state: FoldStat
     (work_dir / HISTORY_FILE).write_text(json.dumps(state.history, indent=1))
 
 
+class FixedSchedule:
+    """No scheduler: the training loop sets the learning rate itself, from the epoch and step alone
+    (so a resumed fold needs no scheduler state)."""
+
+    def step(self, *_: object) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, _: dict[str, Any]) -> None:
+        pass
+
+
 def run_epochs(
     model: nn.Module,
     optimiser: torch.optim.Optimizer,
-    plateau_patience: int,
+    plateau_patience: int | None,
     work_dir: Path,
     total_epochs: int,
     train_epoch: Callable[[int], float],
@@ -91,8 +105,13 @@ def run_epochs(
     """Resume, then run epochs up to ``total_epochs``; the model ends with the best weights.
 
     ``train_epoch(epoch)`` returns the mean training loss; ``validate()`` the score to maximise.
+    ``plateau_patience`` None: the loop keeps the learning rate ``train_epoch`` sets.
     """
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=plateau_patience)
+    scheduler = (
+        FixedSchedule()
+        if plateau_patience is None
+        else torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=plateau_patience)
+    )
     state = resume(work_dir, model, optimiser, scheduler)
     for epoch in range(len(state.history), total_epochs):
         loss = train_epoch(epoch)
