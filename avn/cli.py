@@ -12,7 +12,7 @@ from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
-from gateway.cli import bench, config_app, diagnose, serve
+from gateway.cli import bench, config_app, diagnose, keys_app, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -24,6 +24,7 @@ app.command()(readers)
 app.command()(serve)
 app.command()(bench)
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 DEMO_DATA = Path("data/demo")
 TRAINING_DATA = Path("data/phantom-quick")

@@ -19,10 +19,13 @@ TorchServe, and the command exits 0.
 ``avn config show [--json]``: the settings ``avn serve`` would run with, each with its source;
 ``avn config docs``: writes ``docs/configuration.md`` from the settings class.
 
+``avn keys add ID | revoke ID | list``: the API keys of the gateway (:mod:`gateway.auth`), in the
+file ``--file`` or ``AVN_API_KEYS_FILE`` names; ``add`` prints the new key once, on stdout.
+
 ``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
 
-``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`bench` and :data:`config_app` as
-sub-commands; ``python -m gateway.cli`` runs them alone.
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`bench`, :data:`config_app` and
+:data:`keys_app` as sub-commands; ``python -m gateway.cli`` runs them alone.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from avn.pipeline.results import (
     StudyRequest,
     to_json_dict,
 )
+from gateway.auth import KeysFile, KeysFileError
 from gateway.configuration import (
     EXIT_CONFIGURATION,
     SERVE_FLAGS,
@@ -388,6 +392,78 @@ def config_docs(
     console.print(f"wrote {out}")
 
 
+# ---------------------------------------------------------------------------------------- keys
+
+keys_app = typer.Typer(
+    help="The gateway's API keys: hashed in a keys file, several valid at once, no restart needed.",
+    no_args_is_help=True,
+)
+KeysFileFlag = Annotated[
+    Path | None, typer.Option("--file", help="The keys file [AVN_API_KEYS_FILE, or the settings file's api_keys_file].")
+]
+
+
+@keys_app.command("add")
+def keys_add(
+    key_id: str = typer.Argument(..., metavar="ID", help="Who holds the key (the audit log's caller), e.g. ward-3."),
+    file: KeysFileFlag = None,
+) -> None:
+    """Add a key: its hash goes into the file, the key itself is printed once, on stdout."""
+    keys = _keys_file("add", file)
+    try:
+        key = keys.add(key_id)
+    except KeysFileError as error:
+        typer.echo(f"avn keys add: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"key {key_id!r} added to {keys.path}; shown only now (send `authorization: Bearer <key>`):", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., metavar="ID", help="The key to remove."),
+    file: KeysFileFlag = None,
+) -> None:
+    """Remove a key; running gateways refuse it from their next request on."""
+    keys = _keys_file("revoke", file)
+    try:
+        keys.revoke(key_id)
+    except KeysFileError as error:
+        typer.echo(f"avn keys revoke: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"key {key_id!r} revoked in {keys.path}")
+
+
+@keys_app.command("list")
+def keys_list(file: KeysFileFlag = None) -> None:
+    """The keys' ids and when each was made (never a key or a hash)."""
+    keys = _keys_file("list", file)
+    try:
+        entries = keys.entries()
+    except KeysFileError as error:
+        typer.echo(f"avn keys list: {error}", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"API keys in {keys.path}")
+    table.add_column("id")
+    table.add_column("created (UTC)")
+    for entry in entries.values():
+        table.add_row(entry.id, entry.created)
+    console.print(table)
+
+
+def _keys_file(command: str, file: Path | None) -> KeysFile:
+    if file is None:
+        try:
+            file = load_settings().settings.api_keys_file
+        except ConfigurationError as error:
+            typer.echo(f"avn keys {command}: {error}", err=True)
+            raise typer.Exit(EXIT_CONFIGURATION) from None
+    if file is None:
+        typer.echo(f"avn keys {command}: no keys file: give --file FILE or set AVN_API_KEYS_FILE", err=True)
+        raise typer.Exit(EXIT_CONFIGURATION)
+    return KeysFile(file)
+
+
 # ---------------------------------------------------------------------------------------- bench
 
 
@@ -483,6 +559,7 @@ app.command()(diagnose)
 app.command()(serve)
 app.command()(bench)
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

@@ -19,10 +19,12 @@ from collections.abc import Iterator
 
 from avn.pipeline.backend import ModelBackend
 from avn.pipeline.pipeline import Pipeline
+from gateway.auth import authenticator_from
 from gateway.cache import build_cache
 from gateway.configuration import EXIT_CONFIGURATION, ConfigurationError, check_startup, load_settings
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
+from gateway.tls import tls_files
 from gateway.tracing import configure_tracing
 
 logger = logging.getLogger(__name__)
@@ -60,14 +62,28 @@ async def serve(settings: Settings, pipeline: Pipeline | None = None) -> None:
     tracing = configure_tracing(settings)
     pipeline = pipeline or build_pipeline(settings)
     metrics = GatewayMetrics()
+    authenticator = authenticator_from(settings)  # one for both servers: one view of the keys file
+    tls = tls_files(settings)
     grpc_server = await start_grpc_server(
-        pipeline, settings.grpc_host, settings.grpc_port, deadline_s=settings.deadline_s, metrics=metrics
+        pipeline,
+        settings.grpc_host,
+        settings.grpc_port,
+        deadline_s=settings.deadline_s,
+        metrics=metrics,
+        authenticator=authenticator,
+        credentials=tls.grpc_credentials() if tls else None,
     )
     logger.info(
-        "gRPC on %s:%d, REST on %s:%d", settings.grpc_host, grpc_server.port, settings.rest_host, settings.rest_port
+        "gRPC on %s:%d, REST on %s:%d (%s, authentication %s)",
+        settings.grpc_host,
+        grpc_server.port,
+        settings.rest_host,
+        settings.rest_port,
+        ("mutual TLS" if tls.mutual else "TLS") if tls else "plain text",
+        authenticator.mode,
     )
     try:
-        await serve_rest(create_app(pipeline, settings, metrics), settings)
+        await serve_rest(create_app(pipeline, settings, metrics, authenticator=authenticator), settings)
     finally:
         await grpc_server.stop()
         await pipeline.close()

@@ -131,6 +131,30 @@ class Settings(BaseSettings):
         "(a request may set its own).",
     )
 
+    # ---- who may call, and over what
+    auth: Literal["api-key", "off"] = Field(
+        "api-key",
+        description="`api-key`: every request but the health checks needs `authorization: Bearer <key>` (REST "
+        "header, gRPC metadata) with a key of `api_keys_file`; `off`: no authentication, allowed only while both "
+        "servers bind loopback (development).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="The API keys file (salted scrypt hashes, never the keys): `avn keys add ID --file FILE` writes "
+        "it and prints the key once. Re-read when it changes: keys are added and revoked without a restart.",
+    )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) both servers present; with `tls_key_file` it turns TLS on for REST "
+        "and gRPC. Unset: plain text (terminate TLS in front, or stay on loopback).",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: when set (with TLS on), both servers require a client certificate signed by "
+        "it (mutual TLS), in addition to the API key.",
+    )
+
     # ---- cache
     cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
     redis_url: str | None = Field(
@@ -186,7 +210,16 @@ class Settings(BaseSettings):
         # Compose files pass AVN_REDIS_URL= to mean "no Redis".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("case_bank", "config", "torchserve_key_file", mode="before")
+    @field_validator(
+        "case_bank",
+        "config",
+        "torchserve_key_file",
+        "api_keys_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        mode="before",
+    )
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
@@ -332,6 +365,10 @@ EXPECTATIONS = {
     "redis_url": "`redis://[:password@]host[:port][/db]`, `rediss://…` or `unix:///path`; empty for no Redis",
     "case_bank": "a data-set folder, or empty",
     "otlp_endpoint": "`http://host:port` or `https://host:port`, or unset",
+    "api_keys_file": "a keys file written by `avn keys add`",
+    "tls_cert_file": "a readable PEM certificate, or unset",
+    "tls_key_file": "the readable PEM key of the certificate, or unset",
+    "tls_client_ca_file": "a readable PEM CA bundle, or unset",
 }
 
 

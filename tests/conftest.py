@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gateway_support import ApiKey, write_api_key
 
 from avn.models import TASKS, build_classifier, build_detector, save_checkpoint
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
@@ -42,6 +43,12 @@ def build_test_store(root: Path, version: str = MODEL_VERSION) -> Path:
         )
     build_store(root / "run", root / "model_store", serving=TEST_SERVING)
     return root / "model_store"
+
+
+@pytest.fixture(scope="session")
+def api_key(tmp_path_factory: pytest.TempPathFactory) -> ApiKey:
+    """A keys file with one key (id ``test``) for the servers, and the key for the clients."""
+    return write_api_key(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="session")

@@ -27,11 +27,10 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
-import grpc
 import numpy as np
 import pydicom
 import pytest
-from gateway_support import TINY_INPUT, VERSION, phantom_dicom, phantom_png, write_tiny_store
+from gateway_support import TINY_INPUT, VERSION, ApiKey, keyed_channel, phantom_dicom, phantom_png, write_tiny_store
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -92,15 +91,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(client, store: Path) -> BackgroundGrpcServer:  # the client first: it swaps `avn` modules briefly
-    with BackgroundGrpcServer(Pipeline(InProcessBackend.from_store(store))) as running:  # no cache
+def server(client, store: Path, api_key: ApiKey) -> BackgroundGrpcServer:  # the client first: it swaps `avn` briefly
+    pipeline = Pipeline(InProcessBackend.from_store(store))  # no cache
+    with BackgroundGrpcServer(pipeline, authenticator=api_key.authenticator()) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def call(client, server: BackgroundGrpcServer):
+def call(client, server: BackgroundGrpcServer, api_key: ApiKey):
     messages, services = client
-    with grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", MAX_MESSAGE)]) as channel:
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
+    with keyed_channel(server.target, api_key.key, options) as channel:
         stub = services.DiagnosisStub(channel)
 
         def diagnose(data: bytes, **fields):

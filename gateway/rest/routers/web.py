@@ -76,7 +76,7 @@ async def cases(case_bank: CaseBankDep, observe: ObserveDep) -> CaseBankResponse
     async with observe("cases"):
         return CaseBankResponse(
             available=case_bank.available,
-            source=str(case_bank.folder or ""),
+            source=case_bank.folder.name if case_bank.folder is not None else "",  # never the server's path
             split=case_bank.split,
             message=case_bank.problem,
             cases=[CaseSummary(id=c.id, name=c.file_name, sides=list(c.sides)) for c in case_bank.cases],
