@@ -242,7 +242,8 @@ def _check_auth(loaded: LoadedSettings) -> list[str]:
     if settings.auth == "off":
         return [f"{loaded.where('auth')}: authentication is off; development on loopback only"]
     path = settings.api_keys_file
-    where, fix = loaded.where("api_keys_file"), f"`avn keys add ID --file FILE`, then {loaded.fix('api_keys_file')}"
+    where = loaded.where("api_keys_file")
+    fix = f"`avn keys add ID --file FILE` writes one; {_knob_phrase(loaded, 'api_keys_file')} that file"
     if path is None:
         raise ConfigurationError("api_keys_file", where, "authentication is on and no API keys file is set", fix)
     if not path.is_file():

@@ -39,14 +39,16 @@ export class ApiError extends Error {
 }
 
 async function call(url, options = {}) {
+  const key = apiKey();
   let response;
   try {
-    response = await fetch(url, withKey(options));
+    response = await fetch(url, withKey(options, key));
   } catch (error) {
     throw new ApiError(0, "Unreachable", `the gateway cannot be reached (${error.message})`, "");
   }
   if (!response.ok) {
-    if (response.status === 401) {
+    if (response.status === 401 && apiKey() === key) {
+      // Only the key this call sent is forgotten: one entered meanwhile may be good.
       forgetKey();
       window.dispatchEvent(new CustomEvent(SIGNED_OUT_EVENT));
     }
@@ -55,8 +57,7 @@ async function call(url, options = {}) {
   return response;
 }
 
-function withKey(options) {
-  const key = apiKey();
+function withKey(options, key) {
   if (!key) return options;
   return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } };
 }
