@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gateway.cli
+from gateway.auth import KeysFile
 from gateway.configuration import (
     EXIT_CONFIGURATION,
     SERVE_FLAGS,
@@ -29,7 +30,6 @@ from gateway.configuration import (
     load_settings,
     unknown_name_warnings,
 )
-from gateway.auth import KeysFile
 from gateway.configuration_docs import DOC_PATH, configuration_markdown
 from gateway.settings import ENV_PREFIX, known_variables
 
