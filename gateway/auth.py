@@ -165,7 +165,8 @@ class KeysFile:
 
     def _write(self, entries: dict[str, KeyEntry]) -> None:
         """Replace the file atomically (a reader sees the old file or the new one, never half of
-        one), readable by its owner only."""
+        one). A new file is readable by its owner only; a replaced one keeps its mode and group
+        (e.g. 0640 and the group of the container's user, docs/security.md)."""
         document = {
             "version": KEYS_FILE_VERSION,
             "keys": [{"id": e.id, "hash": e.hash, "created": e.created} for e in entries.values()],
@@ -176,11 +177,25 @@ class KeysFile:
             with os.fdopen(handle, "w") as output:
                 json.dump(document, output, indent=2)
                 output.write("\n")
-            os.chmod(temporary, 0o600)
+            _keep_access(temporary, self.path)
             os.replace(temporary, self.path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _keep_access(new: str, old: Path) -> None:
+    """Give ``new`` the mode and group of ``old`` when there is one, else owner-only access."""
+    try:
+        previous = old.stat()
+    except FileNotFoundError:
+        os.chmod(new, 0o600)
+        return
+    os.chmod(new, previous.st_mode & 0o777)
+    try:
+        os.chown(new, -1, previous.st_gid)
+    except PermissionError:  # not a member of that group: the file keeps ours, as it would anyway
+        pass
 
 
 def _entries_of(document: Any, path: Path) -> dict[str, KeyEntry]:

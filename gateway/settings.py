@@ -326,6 +326,10 @@ OTHER_VARIABLES: dict[str, str] = {
     "AVN_GATEWAY_REPLICAS": "Compose: gateway containers (default 1).",
     "AVN_REST_PUBLISH": "Compose: host port (range) the gateways' REST port is published on (default 8000).",
     "AVN_GRPC_PUBLISH": "Compose: host port (range) the gateways' gRPC port is published on (default 50051).",
+    "AVN_PUBLISH_ADDRESS": "Compose: host address the gateway's ports are published on (default `127.0.0.1`; "
+    "`0.0.0.0`: every interface).",
+    "AVN_SECRETS_DIR": "Compose: host folder mounted read-only at `/run/secrets/avn` in the gateway: `api_keys.json`, "
+    "and the TLS files when TLS is on (default `./secrets`).",
 }
 
 

@@ -136,6 +136,9 @@ def test_avn_keys_adds_lists_and_revokes_keys_stored_only_as_salted_hashes(tmp_p
     revoked = runner.invoke(gateway.cli.app, ["keys", "revoke", "a", "--file", str(keys_file)])
     assert revoked.exit_code == 0 and set(KeysFile(keys_file).entries()) == {"b"}
     assert runner.invoke(gateway.cli.app, ["keys", "revoke", "a", "--file", str(keys_file)]).exit_code == 1
+    keys_file.chmod(0o640)  # shared with the container's group: later edits keep it so
+    runner.invoke(gateway.cli.app, ["keys", "add", "c", "--file", str(keys_file)])
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o640
 
 
 def test_the_keys_file_comes_from_the_settings_when_not_given(tmp_path: Path, monkeypatch) -> None:
@@ -436,6 +439,10 @@ def test_both_servers_speak_mutual_tls_from_the_settings(
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "mutual TLS" in gateway.output()
+        # The container's health check gets through: TLS, its own certificate as the client's.
+        check = [sys.executable, "-m", "gateway.healthcheck"]
+        result = subprocess.run(check, env=gateway.environment, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
     assert gateway.wait() == 0
 
 

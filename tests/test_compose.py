@@ -79,8 +79,18 @@ def test_the_gateway_gets_only_real_settings_and_waits_for_redis() -> None:
     unknown = [name for name in gateway["environment"] if name not in environment_variables()]
     assert not unknown, f"the gateway gets variables that are no setting: {unknown}"
     assert gateway["environment"]["AVN_TORCHSERVE_GRPC"] == "torchserve:7070"
-    assert sorted(int(port["target"]) for port in gateway["ports"]) == [8000, 50051]
+    assert sorted(int(port["target"]) for port in _ports(gateway)) == [8000, 50051]
     assert "redis" in gateway["depends_on"]
+    assert gateway["environment"]["AVN_API_KEYS_FILE"].startswith("/run/secrets/avn/")
+    assert any(volume["target"] == "/run/secrets/avn" and volume.get("read_only") for volume in _volumes(gateway))
+
+
+def test_the_gateway_is_published_on_loopback_unless_told_otherwise() -> None:
+    services = resolved("cpu")["services"]
+    assert [port["host_ip"] for port in _ports(services["gateway"])] == ["127.0.0.1", "127.0.0.1"]
+    assert [name for name, service in services.items() if "ports" in service] == ["gateway"]  # nothing else
+    exposed = resolved("cpu", AVN_PUBLISH_ADDRESS="0.0.0.0")["services"]["gateway"]
+    assert [port["host_ip"] for port in _ports(exposed)] == ["0.0.0.0", "0.0.0.0"]
 
 
 def test_environment_variables_reach_the_resolved_file() -> None:
@@ -108,4 +118,15 @@ def _volumes(service: dict) -> list[dict]:
             source, target, *mode = volume.split(":")
             volume = {"source": source, "target": target, "read_only": mode == ["ro"]}
         out.append(volume)
+    return out
+
+
+def _ports(service: dict) -> list[dict]:
+    """Compose v1 prints `host_ip:published:target/protocol` strings, v2 long mappings: give both as mappings."""
+    out = []
+    for port in service["ports"]:
+        if isinstance(port, str):
+            *host, published, target = port.split("/")[0].split(":")
+            port = {"host_ip": ":".join(host) or None, "published": published, "target": target}
+        out.append(port)
     return out
