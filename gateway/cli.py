@@ -451,6 +451,25 @@ def keys_list(file: KeysFileFlag = None) -> None:
     console.print(table)
 
 
+LOCAL_KEYS_FILE = Path("data/api_keys.json")
+LOCAL_KEY_ID = "local"
+
+
+def prepare_local_key(keys_file: Path = LOCAL_KEYS_FILE) -> None:
+    """`avn run` on one machine: when authentication is on and no keys file is configured, a fresh
+    key ``local`` in ``keys_file`` (git-ignored data/), printed for the web app's sign-in, and
+    ``AVN_API_KEYS_FILE`` pointing `avn serve` at it. A configured keys file is left alone."""
+    settings = load_settings().settings
+    if settings.auth == "off" or settings.api_keys_file is not None:
+        return
+    keys = KeysFile(keys_file)
+    if LOCAL_KEY_ID in keys.entries():
+        keys.revoke(LOCAL_KEY_ID)  # its key was shown once, by an earlier run: a new one is shown now
+    key = keys.add(LOCAL_KEY_ID)
+    os.environ["AVN_API_KEYS_FILE"] = str(keys_file.resolve())
+    console.print(f"API key for this run (the web app asks for it once per tab): [bold]{key}[/]")
+
+
 def _keys_file(command: str, file: Path | None) -> KeysFile:
     if file is None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import json
 import ssl
 import stat
@@ -467,3 +468,19 @@ def test_tls_files_that_do_not_fit_stop_the_start(certificates: Certificates, ap
         }
     )
     assert check_startup(loaded, {}) == []
+
+
+def test_avn_run_serves_with_a_fresh_local_key_unless_keys_are_configured(tmp_path: Path, monkeypatch) -> None:
+    for name in ("AVN_API_KEYS_FILE", "AVN_AUTH", "AVN_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    keys_file = tmp_path / "data" / "api_keys.json"
+    gateway.cli.prepare_local_key(keys_file)
+    first = KeysFile(keys_file).entries()["local"].hash
+    assert Path(os.environ["AVN_API_KEYS_FILE"]) == keys_file.resolve()
+    monkeypatch.delenv("AVN_API_KEYS_FILE")
+    gateway.cli.prepare_local_key(keys_file)  # a new run: a new key, the old one gone
+    assert set(KeysFile(keys_file).entries()) == {"local"} and KeysFile(keys_file).entries()["local"].hash != first
+    configured = tmp_path / "mine.json"
+    monkeypatch.setenv("AVN_API_KEYS_FILE", str(configured))
+    gateway.cli.prepare_local_key(keys_file)
+    assert not configured.exists() and os.environ["AVN_API_KEYS_FILE"] == str(configured)
