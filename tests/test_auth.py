@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import os
 import json
+import os
 import ssl
 import stat
 import subprocess
