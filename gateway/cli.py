@@ -54,6 +54,7 @@ from avn.pipeline.results import (
     StudyRequest,
     to_json_dict,
 )
+from gateway.audit import configure_audit_log
 from gateway.auth import KeysFile, KeysFileError
 from gateway.configuration import (
     EXIT_CONFIGURATION,
@@ -293,6 +294,8 @@ def _checked_settings(command: str, flags: dict[str, object], *, serves_store: b
         typer.echo(f"avn {command}: {error}", err=True)
         raise typer.Exit(EXIT_CONFIGURATION) from None
     logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if command == "serve":
+        configure_audit_log(loaded.settings.audit_log_file)
     for warning in warnings:
         logging.getLogger("gateway.configuration").warning("%s", warning)
     return loaded

@@ -214,6 +214,7 @@ def check_startup(
     settings = loaded.settings
     if serves_store or settings.backend == "embedded":
         _check_store(loaded, archives_required=serves_store)
+    _check_audit_log(loaded)
     warnings = _check_auth(loaded) + _check_tls(loaded)
     if not serves_store and settings.backend == "torchserve" and settings.torchserve_key_file is not None:
         warnings += _check_key_file(loaded)
@@ -274,6 +275,20 @@ def _check_tls(loaded: LoadedSettings) -> list[str]:
                 "proxy in front terminates TLS (AVN_TLS_CERT_FILE, AVN_TLS_KEY_FILE)"
             ]
     return []
+
+
+def _check_audit_log(loaded: LoadedSettings) -> None:
+    """The audit log's folder exists and the file can be appended to: a gateway that cannot audit must not serve."""
+    path = loaded.settings.audit_log_file
+    if path is None:
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        problem = f"{path} cannot be appended to ({error.strerror})"
+        where, fix = loaded.where("audit_log_file"), loaded.fix("audit_log_file")
+        raise ConfigurationError("audit_log_file", where, problem, fix) from None
 
 
 def _knob_phrase(loaded: LoadedSettings, setting: str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from avn.pipeline.backend import ModelBackend
 from avn.pipeline.pipeline import Pipeline
+from gateway.audit import configure_audit_log
 from gateway.auth import authenticator_from
 from gateway.cache import build_cache
 from gateway.configuration import EXIT_CONFIGURATION, ConfigurationError, check_startup, load_settings
@@ -123,6 +124,7 @@ def main() -> None:
         print(f"gateway: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIGURATION) from None
     logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_audit_log(loaded.settings.audit_log_file)
     for warning in warnings:
         logger.warning("%s", warning)
     with stopping_on_signals(), contextlib.suppress(Stopped):

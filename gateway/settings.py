@@ -179,6 +179,12 @@ class Settings(BaseSettings):
 
     # ---- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level.")
+    audit_log_file: Path | None = Field(
+        None,
+        description="Where the audit log goes: one JSON line per request (who, what, when, outcome, ids, model "
+        "versions; no PHI), appended to this file (reopened when rotated away). Unset: standard output, apart "
+        "from the other logs (standard error).",
+    )
     otlp_endpoint: str | None = Field(
         None,
         description="OpenTelemetry collector for traces (OTLP over gRPC), e.g. `http://otel-collector:4317`. "
@@ -218,6 +224,7 @@ class Settings(BaseSettings):
         "tls_cert_file",
         "tls_key_file",
         "tls_client_ca_file",
+        "audit_log_file",
         mode="before",
     )
     @classmethod
@@ -373,6 +380,7 @@ EXPECTATIONS = {
     "tls_cert_file": "a readable PEM certificate, or unset",
     "tls_key_file": "the readable PEM key of the certificate, or unset",
     "tls_client_ca_file": "a readable PEM CA bundle, or unset",
+    "audit_log_file": "a file in a writable folder, or unset",
 }
 
 

@@ -160,6 +160,7 @@ async def serve_rest(app: FastAPI, settings: Settings) -> None:
         port=settings.rest_port,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        access_log=False,  # the audit line (gateway/audit.py) is the one line per request
         **(tls.uvicorn_options() if tls else {}),
     )
     await uvicorn.Server(config).serve()
