@@ -52,6 +52,13 @@ class AuditRecord:
     status: int | str | None = None
     models: dict[str, str] = field(default_factory=dict)
     _started: float = field(default_factory=perf_counter, repr=False)
+    _written: bool = field(default=False, repr=False)
+
+    def write(self) -> None:
+        """Log the line, once (a transport may write it before the answer's last byte leaves)."""
+        if not self._written:
+            self._written = True
+            audit_logger.info("%s", self.as_line())
 
     def as_line(self) -> str:
         fields = {
@@ -82,7 +89,7 @@ def audited(protocol: str, operation: str, client: str = "") -> Iterator[AuditRe
         yield record
     finally:
         _CURRENT.reset(token)
-        audit_logger.info("%s", record.as_line())
+        record.write()
 
 
 def current() -> AuditRecord | None:

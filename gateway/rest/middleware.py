@@ -3,7 +3,8 @@
 A plain ASGI middleware rather than FastAPI's ``@app.middleware("http")``: it runs in the request's
 own task, so the record it opens (:func:`gateway.audit.audited`) is the one the dependencies and
 handlers fill in, and it sees the status actually sent, whichever layer sent it (a handler, an
-error handler, the router's 404).
+error handler, the router's 404). The line is written just before the answer's last part leaves:
+a request is in the audit log by the time its client has the answer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.audit import audited
+from gateway.audit import AuditRecord, audited
 
 PROTOCOL = "rest"
 Scope = dict[str, Any]
@@ -37,6 +38,9 @@ class AuditMiddleware:
             async def sending(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     record.status = message["status"]
+                elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                    _complete(record, scope)
+                    record.write()
                 await send(message)
 
             try:
@@ -46,12 +50,17 @@ class AuditMiddleware:
                 record.outcome = record.outcome or "Internal"
                 raise
             finally:
-                if record.operation == scope["method"]:
-                    record.operation = f"{scope['method']} {_route_template(scope)}"
-                if record.status is None:
-                    record.status = 500  # nothing was sent: the server answers 500 or drops the connection
-                if not record.outcome and isinstance(record.status, int) and record.status >= 400:
-                    record.outcome = f"HTTP{record.status}"
+                _complete(record, scope)
+
+
+def _complete(record: AuditRecord, scope: Scope) -> None:
+    """What the handlers did not say: the route's template as the operation, the outcome of an error status."""
+    if record.operation == scope["method"]:
+        record.operation = f"{scope['method']} {_route_template(scope)}"
+    if record.status is None:
+        record.status = 500  # nothing was sent: the server answers 500 or drops the connection
+    if not record.outcome and isinstance(record.status, int) and record.status >= 400:
+        record.outcome = f"HTTP{record.status}"
 
 
 def _route_template(scope: Scope) -> str:

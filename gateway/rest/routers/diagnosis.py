@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from avn.pipeline.results import DiagnoseRequest, StudyRequest, to_json_dict
+from gateway import audit
 from gateway.rest.bodies import MULTIPART_OVERHEAD_BYTES, single_payload, study_payloads
 from gateway.rest.dependencies import MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
 from gateway.rest.models import DiagnosisResponse, StudyResponse
@@ -34,6 +35,7 @@ async def diagnose(
             DiagnoseRequest(payload, options), request_id=request_id, timeout_s=settings.deadline_s
         )
         metrics.observe_diagnosis(result)
+        audit.note_models(result.models)
         return DiagnosisResponse.model_validate(to_json_dict(result))
 
 
@@ -61,4 +63,5 @@ async def studies(
         )
         for radiograph in result.radiographs:
             metrics.observe_diagnosis(radiograph.result)
+            audit.note_models(radiograph.result.models)
         return StudyResponse.model_validate(to_json_dict(result))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from avn.pipeline.results import to_json_dict
+from gateway import audit
 from gateway.rest.dependencies import CallerDep, MetricsDep, ObserveDep, PipelineDep
 from gateway.rest.models import HealthResponse, ModelDescription, ReadinessResponse, WhoAmIResponse
 from gateway.rest.openapi import ERROR_RESPONSES
@@ -22,6 +23,7 @@ health_router = APIRouter()  # included without authentication: load balancers a
 async def models(pipeline: PipelineDep, observe: ObserveDep) -> list[ModelDescription]:
     async with observe("models"):
         infos = await pipeline.models()
+        audit.note_models(infos)
         return [ModelDescription.model_validate(to_json_dict(info)) for info in infos]
 
 

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from avn.pipeline.decode import decode_payload
 from avn.pipeline.results import DiagnoseRequest, ImagePayload, to_json_dict
+from gateway import audit
 from gateway.display import windowed_png
 from gateway.rest.bodies import single_payload
 from gateway.rest.dependencies import CaseBankDep, MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
@@ -125,6 +126,7 @@ async def case_diagnosis(
             DiagnoseRequest(ImagePayload(data), options), request_id=request_id, timeout_s=settings.deadline_s
         )
         metrics.observe_diagnosis(result)
+        audit.note_models(result.models)
         return DiagnosisResponse.model_validate(to_json_dict(result))
 
 
