@@ -46,6 +46,7 @@ from avn.pipeline.results import (
 )
 from avn.pipeline.tracing import mark_failed
 from gateway import audit, proto
+from gateway.admission import Admission
 from gateway.auth import Authenticator, KeyAuthenticator
 from gateway.errors import REQUEST_ID_KEY, as_gateway_error, error_metadata, status_of
 from gateway.grpc_interceptor import GatewayInterceptor
@@ -63,6 +64,7 @@ MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the im
 HEALTH_INTERVAL_S = 5.0
 PROTOCOL = "grpc"
 METHODS = {"diagnose": "Diagnose", "study": "DiagnoseStudy", "models": "ListModels"}  # operation → RPC
+TRANSPORT_MARGIN_RPCS = 16  # calls beyond the in-flight limit the transport still lets in: health, reflection
 
 
 # ---------------------------------------------------------------- the service
@@ -73,10 +75,15 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
     ``metrics`` (shared with the REST app of the same process, so ``/metrics`` shows both)."""
 
     def __init__(
-        self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S, metrics: GatewayMetrics | None = None
+        self,
+        pipeline: Pipeline,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        metrics: GatewayMetrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.deadline_s = deadline_s
+        self.admission = admission or Admission()
         self.metrics = metrics or GatewayMetrics()
         self.metrics.track_pipeline(pipeline)
 
@@ -136,7 +143,8 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
                 trace_id = trace_id_of(span)
                 audit.note_trace(trace_id)
                 try:
-                    yield
+                    with self.admission.admitted():  # the in-flight limit, shared with REST
+                        yield
                 except Exception as caught:
                     failure, typed = caught, as_gateway_error(caught)
                     error = type(typed).__name__
@@ -226,12 +234,16 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def stop(self, grace_s: float = 2.0) -> None:
-        """Report NOT_SERVING (load balancers drain), then let requests in flight finish for ``grace_s``."""
+    async def report_not_serving(self) -> None:
+        """NOT_SERVING from now on, whatever the models say (load balancers stop sending work here)."""
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # sets NOT_SERVING and ignores later updates
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Report NOT_SERVING, then let calls in flight finish for ``grace_s`` before cancelling them."""
+        await self.report_not_serving()
         await self.server.stop(grace_s)
 
 
@@ -246,12 +258,15 @@ async def start_grpc_server(
     metrics: GatewayMetrics | None = None,
     authenticator: Authenticator | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    admission: Admission | None = None,
 ) -> RunningServer:
     """Bind (``port`` 0: a free port), start, and report health once before returning.
 
     ``max_message_bytes`` defaults to 64 MiB, or more when the pipeline accepts larger images or
     studies, so that the pipeline — not the transport — rejects an oversized one with a specific message.
     ``authenticator`` None refuses every call but the health checks; ``credentials`` None serves plain text.
+    ``admission`` (shared with the REST app of the process) limits the calls in flight; the
+    transport's own cap (``maximum_concurrent_rpcs``) is that limit plus a margin for health checks.
     """
     largest_request = max(pipeline.max_image_bytes, pipeline.max_study_bytes) + MESSAGE_OVERHEAD_BYTES
     max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, largest_request)
@@ -259,9 +274,16 @@ async def start_grpc_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+    admission = admission or Admission()
     interceptor = GatewayInterceptor(authenticator or KeyAuthenticator(None))
-    server = grpc.aio.server(options=options, interceptors=[interceptor])
-    STUBS.services.add_DiagnosisServicer_to_server(DiagnosisServicer(pipeline, deadline_s, metrics), server)
+    server = grpc.aio.server(
+        options=options,
+        interceptors=[interceptor],
+        # A backstop behind the admission's answer (which says Retry-After and is audited).
+        maximum_concurrent_rpcs=admission.max_in_flight + TRANSPORT_MARGIN_RPCS,
+    )
+    servicer = DiagnosisServicer(pipeline, deadline_s, metrics, admission)
+    STUBS.services.add_DiagnosisServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

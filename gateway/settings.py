@@ -34,6 +34,8 @@ from avn.pipeline.backend import MODELS
 from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES
 from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, DEFAULT_MAX_STUDY_BYTES, DEFAULT_MAX_STUDY_RADIOGRAPHS
 from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD
+from avn.pipeline.threads import DEFAULT_IMAGE_THREADS, DEFAULT_MODEL_THREADS
+from gateway.admission import DEFAULT_MAX_IN_FLIGHT
 
 ENV_PREFIX = "AVN_"
 CONFIG_SETTING = "config"
@@ -122,6 +124,38 @@ class Settings(BaseSettings):
         gt=0,
         description="Deadline of one request, seconds (REST; for gRPC it caps the client's deadline). "
         "Past it: 504 / `DEADLINE_EXCEEDED`. Also bounds each TorchServe call.",
+    )
+    max_in_flight: int = Field(
+        DEFAULT_MAX_IN_FLIGHT,
+        ge=1,
+        description="Requests the gateway works on at once, REST and gRPC together (health checks aside); one "
+        "more is refused at once: 429 / RESOURCE_EXHAUSTED with Retry-After. gRPC's transport also caps "
+        "concurrent calls at this plus a margin for health checks (`maximum_concurrent_rpcs`).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="REST: seconds a request body may take to arrive, whole; a slower upload gets 408 and its "
+        "slot back.",
+    )
+    image_threads: int = Field(
+        DEFAULT_IMAGE_THREADS,
+        ge=1,
+        description="Threads that decode radiographs, hash them for the cache and draw CAMs, overlays and "
+        "renditions: at most this many images are decoded at once (memory: about the decode budget plus 12 "
+        "bytes a pixel each).",
+    )
+    model_threads: int = Field(
+        DEFAULT_MODEL_THREADS,
+        ge=1,
+        description="Embedded backend: threads running model forward passes (a pool apart from the image threads).",
+    )
+    drain_s: float = Field(
+        25.0,
+        gt=0,
+        description="On SIGTERM: seconds the requests in flight get to finish (both protocols report not ready "
+        "and refuse new work meanwhile) before the servers stop. Keep it under the orchestrator's grace period "
+        "(compose `stop_grace_period`: 30 s).",
     )
     note_threshold: float = Field(
         DEFAULT_NOTE_THRESHOLD,

@@ -1,5 +1,5 @@
 """The REST app: :func:`create_app` assembles the routers, the error handlers, the audit middleware
-and the request-id echo over one pipeline, and :func:`serve_rest` serves it with uvicorn.
+and the request-id echo over one pipeline, and :func:`rest_server` serves it with uvicorn.
 
 Closed by default: every router is included behind the API-key dependency
 (:func:`gateway.rest.dependencies.authenticated`) — the diagnosis and web API, ``/v1/models``,
@@ -13,15 +13,18 @@ refuses a request without a key.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from avn.pipeline.pipeline import Pipeline
+from gateway.admission import Admission
 from gateway.auth import Authenticator, authenticator_from
 from gateway.cases import CaseBank
 from gateway.metrics import GatewayMetrics
@@ -55,11 +58,13 @@ def create_app(
     metrics: GatewayMetrics | None = None,
     case_bank: CaseBank | None = None,
     authenticator: Authenticator | None = None,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """The REST app over ``pipeline`` — a :class:`Pipeline`, or a (sync or async) factory called at
     start-up whose pipeline the app also closes at shutdown. A pipeline passed in stays the
     caller's to close. ``metrics`` and ``authenticator`` may be shared with the gRPC server of the
-    same process; the latter defaults to the one ``AVN_AUTH`` and ``AVN_API_KEYS_FILE`` give.
+    same process; the latter defaults to the one ``AVN_AUTH`` and ``AVN_API_KEYS_FILE`` give. So may
+    ``admission`` (the in-flight limit and the drain; default: its own, of ``AVN_MAX_IN_FLIGHT``).
     ``case_bank`` defaults to the folder ``AVN_CASE_BANK`` names."""
     settings = settings or Settings()
     metrics = metrics or GatewayMetrics()
@@ -94,6 +99,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.case_bank = case_bank
     app.state.authenticator = authenticator
+    app.state.admission = admission or Admission(settings.max_in_flight)
     if isinstance(pipeline, Pipeline):  # usable without running the lifespan too
         app.state.pipeline = pipeline
         metrics.track_pipeline(pipeline)
@@ -148,11 +154,21 @@ async def _echo_request_id(request: Request, call_next: Callable[[Request], Awai
     return response
 
 
-async def serve_rest(app: FastAPI, settings: Settings) -> None:
-    """Serve ``app`` with uvicorn on ``AVN_REST_HOST:AVN_REST_PORT`` in the running event loop
-    (beside the gRPC server) until cancelled."""
-    import uvicorn  # noqa: PLC0415 — only the serving process needs it
+REST_CONNECTION_MARGIN = 32  # connections beyond the in-flight limit uvicorn keeps (idle keep-alives, health checks)
 
+
+class RestServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the gateway's service decides when to stop, after
+    draining (gateway/service.py), and tells it through ``should_exit``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def rest_server(app: FastAPI, settings: Settings) -> RestServer:
+    """``app`` under uvicorn on ``AVN_REST_HOST:AVN_REST_PORT`` (TLS when configured); ``await
+    server.serve()`` to run it, ``server.should_exit = True`` to stop it."""
     tls = tls_files(settings)
     config = uvicorn.Config(
         app,
@@ -161,6 +177,11 @@ async def serve_rest(app: FastAPI, settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         lifespan="on",
         access_log=False,  # the audit line (gateway/audit.py) is the one line per request
+        # A backstop behind the admission's 429 (which says Retry-After and is audited): uvicorn
+        # answers a bare 503 beyond this many connections and requests.
+        limit_concurrency=settings.max_in_flight + REST_CONNECTION_MARGIN,
+        # The service drains first; this bounds what is left (a response still being written).
+        timeout_graceful_shutdown=max(1, round(settings.drain_s)),
         **(tls.uvicorn_options() if tls else {}),
     )
-    await uvicorn.Server(config).serve()
+    return RestServer(config)

@@ -87,10 +87,11 @@ async def observer(request: Request, metrics: Annotated[GatewayMetrics, Depends(
 
 @asynccontextmanager
 async def observed(request: Request, metrics: GatewayMetrics, operation: str) -> AsyncIterator[str]:
-    """Give the request its id and its trace span (continuing the client's ``traceparent``), count
-    it in flight, then count and time it whatever the outcome; its audit line gets the operation,
-    the ids and the outcome. An untyped failure (a bug) is logged here with its traceback and
-    answered as :class:`Internal`."""
+    """Give the request its id and its trace span (continuing the client's ``traceparent``), admit it
+    (:mod:`gateway.admission`: Overloaded or ShuttingDown when it may not run), count it in flight,
+    then count and time it whatever the outcome; its audit line gets the operation, the ids and the
+    outcome. An untyped failure (a bug) is logged here with its traceback and answered as
+    :class:`Internal`."""
     request_id = request.state.request_id = request_id_of(request)
     audit.note_request(operation, request_id)
     route = getattr(request.scope.get("route"), "path", request.url.path)  # the template: no ids from the URL
@@ -108,7 +109,8 @@ async def observed(request: Request, metrics: GatewayMetrics, operation: str) ->
             trace_id = request.state.trace_id = trace_id_of(span)
             audit.note_trace(trace_id)
             try:
-                yield request_id
+                with request.app.state.admission.admitted():  # the in-flight limit, shared with gRPC
+                    yield request_id
             except Exception as failure:
                 typed = as_gateway_error(failure)
                 error = type(typed).__name__

@@ -30,7 +30,7 @@ async def diagnose(
     observe: ObserveDep,
 ) -> DiagnosisResponse:
     async with observe("diagnose") as request_id:
-        payload = await single_payload(request, settings.max_payload_bytes)
+        payload = await single_payload(request, settings.max_payload_bytes, settings.body_timeout_s)
         result = await pipeline.diagnose(
             DiagnoseRequest(payload, options), request_id=request_id, timeout_s=settings.deadline_s
         )
@@ -57,7 +57,7 @@ async def studies(
     async with observe("study") as request_id:
         # The pipeline checks the study's total again, on both protocols; here it bounds the body read.
         limit = pipeline.max_study_bytes + MULTIPART_OVERHEAD_BYTES
-        payloads = await study_payloads(request, limit, settings.max_payload_bytes)
+        payloads = await study_payloads(request, limit, settings.max_payload_bytes, settings.body_timeout_s)
         result = await pipeline.diagnose_study(
             StudyRequest(tuple(payloads), options), request_id=request_id, timeout_s=settings.deadline_s
         )

@@ -41,11 +41,12 @@ async def healthz() -> HealthResponse:
 @health_router.get(
     "/readyz",
     response_model=ReadinessResponse,
-    responses={503: {"model": ReadinessResponse, "description": "Not every model is loaded and answering"}},
-    summary="Readiness: every model is loaded and answers",
+    responses={503: {"model": ReadinessResponse, "description": "A model does not answer, or the gateway is stopping"}},
+    summary="Readiness: every model is loaded and answers, and the gateway is not stopping",
 )
-async def readyz(pipeline: PipelineDep) -> Response:
-    if await pipeline.ready():
+async def readyz(pipeline: PipelineDep, request: Request) -> Response:
+    # Draining (SIGTERM): not ready at once, so that load balancers send no more work here.
+    if not request.app.state.admission.draining and await pipeline.ready():
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": str(NOT_READY_RETRY_S)})
 

@@ -3,17 +3,17 @@ window/level, the self-study case bank (:mod:`gateway.cases`), and the page itse
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from avn.dataset.images import Radiograph
 from avn.pipeline.decode import decode_payload
+from avn.pipeline.pipeline import Pipeline, deadline
 from avn.pipeline.results import DiagnoseRequest, ImagePayload, to_json_dict
 from gateway import audit
 from gateway.display import windowed_png
@@ -65,11 +65,12 @@ async def render(
     window_width: float | None = WINDOW_WIDTH_QUERY,
 ) -> Response:
     async with observe("render"):
-        payload = await single_payload(request, settings.max_payload_bytes)
-        radiograph = await asyncio.to_thread(
-            decode_payload, payload, pipeline.max_image_bytes, pipeline.max_decode_bytes
-        )
-        return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+        payload = await single_payload(request, settings.max_payload_bytes, settings.body_timeout_s)
+        async with deadline(settings.deadline_s):  # the body has its own deadline; decoding and drawing this one
+            radiograph = await pipeline.run_image_work(
+                decode_payload, payload, pipeline.max_image_bytes, pipeline.max_decode_bytes
+            )
+            return await _display_response(pipeline, radiograph, window_center, window_width)
 
 
 @router.get("/v1/cases", response_model=CaseBankResponse, summary="The self-study case bank")
@@ -93,16 +94,17 @@ async def cases(case_bank: CaseBankDep, observe: ObserveDep) -> CaseBankResponse
 async def case_image(
     case_id: str,
     pipeline: PipelineDep,
+    settings: SettingsDep,
     case_bank: CaseBankDep,
     observe: ObserveDep,
     window_center: float | None = WINDOW_CENTER_QUERY,
     window_width: float | None = WINDOW_WIDTH_QUERY,
 ) -> Response:
-    async with observe("case_image"):
-        radiograph = await asyncio.to_thread(
+    async with observe("case_image"), deadline(settings.deadline_s):
+        radiograph = await pipeline.run_image_work(
             case_bank.radiograph, case_id, pipeline.max_image_bytes, pipeline.max_decode_bytes
         )
-        return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+        return await _display_response(pipeline, radiograph, window_center, window_width)
 
 
 @router.get(
@@ -121,7 +123,7 @@ async def case_diagnosis(
     observe: ObserveDep,
 ) -> DiagnosisResponse:
     async with observe("case_diagnosis") as request_id:
-        data = await asyncio.to_thread(case_bank.file_bytes, case_id)
+        data = await pipeline.run_image_work(case_bank.file_bytes, case_id)
         result = await pipeline.diagnose(
             DiagnoseRequest(ImagePayload(data), options), request_id=request_id, timeout_s=settings.deadline_s
         )
@@ -181,9 +183,10 @@ def _box(xyxy: tuple[float, float, float, float]) -> BoxResult:
 
 
 async def _display_response(
-    pixels: np.ndarray, center: float | None, width: float | None, source_format: str
+    pipeline: Pipeline, radiograph: Radiograph, center: float | None, width: float | None
 ) -> Response:
-    png, window = await asyncio.to_thread(windowed_png, pixels, center, width)  # percentiles and PNG: off the loop
+    pixels, source_format = radiograph.pixels, radiograph.source_format
+    png, window = await pipeline.run_image_work(windowed_png, pixels, center, width)  # off the loop, bounded
     headers = {
         WINDOW_CENTER_HEADER: f"{window.center:.6g}",
         WINDOW_WIDTH_HEADER: f"{window.width:.6g}",
