@@ -369,6 +369,9 @@ OTHER_VARIABLES: dict[str, str] = {
     "AVN_GRPC_PUBLISH": "Compose: host port (range) the gateways' gRPC port is published on (default 50051).",
     "AVN_PUBLISH_ADDRESS": "Compose: host address the gateway's ports are published on (default `127.0.0.1`; "
     "`0.0.0.0`: every interface).",
+    "AVN_GATEWAY_MEMORY": "Compose: memory limit of each gateway container (default `4g`).",
+    "AVN_TORCHSERVE_MEMORY": "Compose: memory limit of the TorchServe container (default `8g`).",
+    "AVN_REDIS_MEMORY": "Compose: memory limit of the Redis container (default `1536m`, above AVN_REDIS_MAXMEMORY).",
     "AVN_SECRETS_DIR": "Compose: host folder mounted read-only at `/run/secrets/avn` in the gateway: `api_keys.json`, "
     "and the TLS files when TLS is on (default `./secrets`).",
 }

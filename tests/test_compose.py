@@ -93,6 +93,18 @@ def test_the_gateway_is_published_on_loopback_unless_told_otherwise() -> None:
     assert [port["host_ip"] for port in _ports(exposed)] == ["0.0.0.0", "0.0.0.0"]
 
 
+def test_every_container_has_a_memory_limit_and_the_gateway_time_to_drain() -> None:
+    """Memory limits (a runaway container is killed, not the host), and a grace period between
+    SIGTERM and SIGKILL longer than the gateway's drain, with time left to stop its servers."""
+    services = resolved("cpu")["services"]
+    limits = {name: _bytes(services[name]["mem_limit"]) for name in ("redis", "torchserve", "gateway")}
+    assert limits["redis"] > _bytes("1g") and limits["gateway"] >= _bytes("2g") and limits["torchserve"] >= _bytes("4g")
+    gateway = services["gateway"]
+    drain_s = float(gateway["environment"]["AVN_DRAIN_S"])
+    assert _seconds(gateway["stop_grace_period"]) >= drain_s + 5
+    assert _bytes(resolved("cpu", AVN_GATEWAY_MEMORY="6g")["services"]["gateway"]["mem_limit"]) == _bytes("6g")
+
+
 def test_environment_variables_reach_the_resolved_file() -> None:
     services = resolved("gpu", AVN_WORKERS_STAGING="4", AVN_GPU_COUNT="2", AVN_GATEWAY_REPLICAS="3")["services"]
     assert services["torchserve-gpu"]["environment"]["AVN_WORKERS_STAGING"] == "4"
@@ -130,3 +142,24 @@ def _ports(service: dict) -> list[dict]:
             port = {"host_ip": ":".join(host) or None, "published": published, "target": target}
         out.append(port)
     return out
+
+
+def _bytes(limit: str | int) -> int:
+    """A Compose memory size ("1536m", "4g", or bytes) in bytes."""
+    text = str(limit).strip().lower().removesuffix("b")
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def _seconds(duration: str | int | float) -> float:
+    """A Compose duration ("30s", "1m30s") or a number of seconds (v2 prints nanoseconds as "30s")."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    total, number = 0.0, ""
+    for char in duration:
+        if char.isdigit() or char == ".":
+            number += char
+        else:
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+    return total
