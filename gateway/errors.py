@@ -73,6 +73,19 @@ ERROR_STATUS: dict[type[DiagnosisError], ErrorStatus] = {
     RequestTimeout: ErrorStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 408),
 }
 
+# 5xx rows that are no failure of the service: a replica draining before it stops refuses new work
+# on purpose, at every rollout. The error-rate alert and the dashboard count the other 5xx rows.
+PLANNED_UNAVAILABILITY: frozenset[type[DiagnosisError]] = frozenset({ShuttingDown})
+
+
+def service_failures() -> list[str]:
+    """The error types that count as the service failing (alerts, dashboards): 5xx, unplanned."""
+    rows = ERROR_STATUS.items()
+    return sorted(
+        cls.__name__ for cls, status in rows if status.http_status >= 500 and cls not in PLANNED_UNAVAILABILITY
+    )
+
+
 # Metadata (gRPC) / header (HTTP) names, the same on both transports: the request id, and the
 # machine-readable parts of an error.
 REQUEST_ID_KEY = "x-request-id"
