@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,22 @@ def test_every_container_has_a_memory_limit_and_the_gateway_time_to_drain() -> N
     drain_s = float(gateway["environment"]["AVN_DRAIN_S"])
     assert _seconds(gateway["stop_grace_period"]) >= drain_s + 5
     assert _bytes(resolved("cpu", AVN_GATEWAY_MEMORY="6g")["services"]["gateway"]["mem_limit"]) == _bytes("6g")
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_the_torchserve_container_writes_a_hardened_config(profile: str, tmp_path: Path) -> None:
+    """The container's own start-up script, run here: token authorisation on, models from the store
+    only, the REST and metrics APIs on loopback, only the gRPC APIs the gateway calls exposed."""
+    torchserve = resolved(profile)["services"]["torchserve" if profile == "cpu" else "torchserve-gpu"]
+    script = torchserve["command"][-1].split("<<'PY'\n", 1)[1].split("PY\n", 1)[0]
+    environment = {**os.environ, **{k: str(v) for k, v in torchserve["environment"].items()}, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=environment, check=True)
+    written = dict(line.split("=", 1) for line in (tmp_path / "config.properties").read_text().splitlines())
+    assert written["disable_token_authorization"] == "false" and written["enable_model_api"] == "false"
+    assert written["allowed_urls"] == "file:///model_store/[^/]+"
+    assert all(written[api].startswith("http://127.0.0.1:") for api in ("management_address", "metrics_address"))
+    assert written["inference_address"].startswith("http://127.0.0.1:")
+    assert sorted(torchserve["expose"]) == [written["grpc_inference_port"], written["grpc_management_port"]]
 
 
 def test_environment_variables_reach_the_resolved_file() -> None:
