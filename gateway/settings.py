@@ -196,6 +196,21 @@ class Settings(BaseSettings):
         description="e.g. `redis://redis:6379/0` (`rediss://` for TLS, `redis://:password@host:6379/0`); "
         "unset or empty: an in-process LRU cache instead of Redis.",
     )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis's password (`requirepass`, or the ACL user's); one in `redis_url` wins. Compose sets "
+        "it on both sides.",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user (unset: the default user).")
+    redis_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed Redis's certificate, for a `rediss://` URL (unset: the system's)."
+    )
+    cache_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that signs every value written to Redis; an entry without a valid signature "
+        "(forged, altered) is a miss. The same on every replica; at least 16 characters. Unset: a random one per "
+        "process (replicas and restarts then share no entries).",
+    )
     cache_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of a cached result in Redis, seconds.")
     cache_entries: int = Field(256, ge=1, description="Results the in-process LRU cache holds (no Redis).")
     redis_retry_s: float = Field(
@@ -244,10 +259,10 @@ class Settings(BaseSettings):
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "otlp_endpoint", mode="before")
+    @field_validator("redis_url", "otlp_endpoint", "redis_password", "redis_username", "cache_secret", mode="before")
     @classmethod
-    def _empty_url_is_unset(cls, value: object) -> object:
-        # Compose files pass AVN_REDIS_URL= to mean "no Redis".
+    def _empty_text_is_unset(cls, value: object) -> object:
+        # Compose files pass AVN_REDIS_URL= to mean "no Redis", and empty variables for unset secrets.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
@@ -259,12 +274,20 @@ class Settings(BaseSettings):
         "tls_key_file",
         "tls_client_ca_file",
         "audit_log_file",
+        "redis_ca_file",
         mode="before",
     )
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the cache secret must be at least 16 characters")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -418,6 +441,9 @@ EXPECTATIONS = {
     "tls_key_file": "the readable PEM key of the certificate, or unset",
     "tls_client_ca_file": "a readable PEM CA bundle, or unset",
     "audit_log_file": "a file in a writable folder, or unset",
+    "redis_password": "the password, or unset",
+    "cache_secret": "a random text of at least 16 characters (e.g. `openssl rand -hex 32`), or unset",
+    "redis_ca_file": "a readable PEM CA bundle, or unset",
 }
 
 

@@ -66,11 +66,13 @@ def torchserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Torc
 
 class RedisServer:
     """One ``redis-server`` process on a loopback port, without persistence; can be stopped and
-    started again on the same port (an outage in the middle of a run)."""
+    started again on the same port (an outage in the middle of a run). ``password``: its
+    ``requirepass``."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, password: str | None = None) -> None:
         self.port = free_ports(1)[0]
         self.work_dir = work_dir
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,6 +84,8 @@ class RedisServer:
         if executable is None:
             pytest.fail("redis-server is not installed (make system-deps installs it)")
         command = [executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
         with open(self.work_dir / "redis.out", "ab") as output:
             self.process = subprocess.Popen(command, cwd=self.work_dir, stdout=output, stderr=subprocess.STDOUT)
         self._wait_until_listening()

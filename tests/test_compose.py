@@ -31,9 +31,15 @@ def compose_command() -> list[str]:
     return [legacy]
 
 
-def compose_config(compose_file: Path, profile: str, **variables: str) -> subprocess.CompletedProcess[str]:
+# The secrets compose insists on (it refuses to start without them).
+SECRETS = {"AVN_REDIS_PASSWORD": "redis-password-for-config", "AVN_CACHE_SECRET": "cache-secret-for-config-0123"}
+
+
+def compose_config(
+    compose_file: Path, profile: str, with_secrets: bool = True, **variables: str
+) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AVN_")}
-    environment.update(variables)
+    environment.update({**(SECRETS if with_secrets else {}), **variables})
     return subprocess.run(
         [
             *compose_command(),
@@ -128,6 +134,21 @@ def test_environment_variables_reach_the_resolved_file() -> None:
     assert services["torchserve-gpu"]["environment"]["AVN_WORKERS_STAGING"] == "4"
     assert str(services["torchserve-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["count"]) == "2"
     assert services["gateway"]["deploy"]["replicas"] == 3
+
+
+def test_redis_requires_the_password_the_gateway_is_given_and_values_are_signed() -> None:
+    services = resolved("cpu")["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == SECRETS["AVN_REDIS_PASSWORD"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == SECRETS["AVN_REDIS_PASSWORD"]  # the health check
+    gateway = services["gateway"]["environment"]
+    assert gateway["AVN_REDIS_PASSWORD"] == SECRETS["AVN_REDIS_PASSWORD"]
+    assert gateway["AVN_CACHE_SECRET"] == SECRETS["AVN_CACHE_SECRET"]
+    for missing in SECRETS:  # secure by default: no password, no start
+        run = compose_config(
+            ROOT / "docker-compose.yml", "cpu", with_secrets=False, **{k: v for k, v in SECRETS.items() if k != missing}
+        )
+        assert run.returncode != 0 and missing in run.stderr
 
 
 def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
