@@ -124,12 +124,25 @@ def note_models(models: Iterable[Any]) -> None:
         record.models.update({str(model.name): str(model.version) for model in models})
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a line is written (as logging's last-resort handler
+    does for stderr), not to the stream that was there when it was made."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_audit_log(path: Path | None) -> None:
     """Send the audit lines, bare JSON, to ``path`` (appended; reopened when rotated away) or to stdout,
-    and not through the root logger's format."""
+    and not through the root logger's format. Called by the serving process's entry points only."""
     handler: logging.Handler
     if path is None:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
     else:
         from logging.handlers import WatchedFileHandler  # noqa: PLC0415
 

@@ -294,8 +294,6 @@ def _checked_settings(command: str, flags: dict[str, object], *, serves_store: b
         typer.echo(f"avn {command}: {error}", err=True)
         raise typer.Exit(EXIT_CONFIGURATION) from None
     logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command == "serve":
-        configure_audit_log(loaded.settings.audit_log_file)
     for warning in warnings:
         logging.getLogger("gateway.configuration").warning("%s", warning)
     return loaded
@@ -334,6 +332,7 @@ def _start_torchserve(settings):
 def _serve_until_stopped(settings) -> None:
     from gateway.service import serve as serve_gateway  # noqa: PLC0415 — loads the servers
 
+    configure_audit_log(settings.audit_log_file)
     console.print(
         f"serving gRPC on {settings.grpc_host}:{settings.grpc_port}, "
         f"REST on http://{settings.rest_host}:{settings.rest_port} ({settings.backend} backend)"

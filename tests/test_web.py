@@ -163,6 +163,10 @@ def test_the_page_is_served_at_the_root(gateway: LiveGateway) -> None:
         assert status == 200 and headers["cache-control"] == "no-cache", (
             asset
         )  # a new release is never mixed with old modules
+    status, headers, _ = http(gateway, "/app/")
+    assert "script-src 'self'" in headers["content-security-policy"]  # no script but the page's own
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
     paths = http_json(gateway, "/openapi.json")["paths"]
     assert {"/v1/render", "/v1/cases", "/v1/cases/{case_id}/image", "/v1/cases/{case_id}/truth"} <= set(paths)
     assert "/" not in paths and "image/png" in paths["/v1/render"]["post"]["responses"]["200"]["content"]

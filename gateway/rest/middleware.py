@@ -3,8 +3,8 @@
 A plain ASGI middleware rather than FastAPI's ``@app.middleware("http")``: it runs in the request's
 own task, so the record it opens (:func:`gateway.audit.audited`) is the one the dependencies and
 handlers fill in, and it sees the status actually sent, whichever layer sent it (a handler, an
-error handler, the router's 404). The line is written just before the answer's last part leaves:
-a request is in the audit log by the time its client has the answer.
+error handler, the router's 404). The line is written when the answer starts, before its first
+byte leaves: a request is in the audit log by the time its client has any of the answer.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class AuditMiddleware:
 
             async def sending(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
+                    # The handler is done (it has its answer): the line goes out before the first byte does.
                     record.status = message["status"]
-                elif message["type"] == "http.response.body" and not message.get("more_body", False):
                     _complete(record, scope)
                     record.write()
                 await send(message)

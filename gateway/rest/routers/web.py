@@ -167,13 +167,30 @@ def mount_web_app(app: FastAPI) -> None:
     app.mount(WEB_PATH, RevalidatedStaticFiles(directory=WEB_DIR, html=True), name="web")
 
 
+# The page runs only its own scripts (no inline script, no eval, nothing from another origin): the
+# API key it keeps in sessionStorage is readable by any script of the page, so no other may run.
+# It fetches from its own origin and data: URLs (CAM PNGs), draws blobs and data: images, sets
+# element styles from script, and may not be framed (clickjacking).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; connect-src 'self' data:; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    # Re-checked on every load (a cheap 304 by ETag): without it, a browser's heuristic caching
+    # could mix modules of a new release with cached ones of the old.
+    "cache-control": "no-cache",
+}
+
+
 class RevalidatedStaticFiles(StaticFiles):
-    """Static files the browser revalidates on every load (a cheap 304 by ETag): without it, a
-    browser's heuristic caching could mix modules of a new release with cached ones of the old."""
+    """The web app's static files, with :data:`PAGE_HEADERS`."""
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
-        response.headers["cache-control"] = "no-cache"
+        response.headers.update(PAGE_HEADERS)
         return response
 
 
