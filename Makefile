@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every dependency pinned with its hashes (scripts/lock_dependencies.py; `make lock` after editing
+# pyproject.toml's dependencies); `make install` refuses a file whose hash differs.
+LOCK   := requirements.lock
+# `make test AUDIT=no` skips the dependency audit (it needs PyPI's vulnerability data).
+AUDIT  ?= yes
 # Debian packages the tests and tools call: dcmtk (dcmdump validates our DICOM files) and
 # redis-server (the gateway's cache tests start a real one on a free loopback port) and
 # docker-compose (its `config` validates docker-compose.yml; no Docker engine is needed for that)
@@ -12,15 +17,19 @@ STAMP  := $(VENV)/.installed
 # dicom3tools (its dciodvfy validates the DICOM SR and annotated copies the service writes).
 APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus dicom3tools
 
-.PHONY: install system-deps run test bench grid clean
+.PHONY: install system-deps run test audit lock bench grid clean
 
 install: system-deps $(STAMP)
 
-$(STAMP): pyproject.toml
-	@echo ">> creating $(VENV) and installing the project (torch comes from this machine's disk)"
+$(STAMP): pyproject.toml $(LOCK)
+	@echo ">> creating $(VENV) and installing the locked dependencies (torch comes from this machine's disk)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar on -e '.[test]'
+	$(BIN)/pip install --progress-bar on --require-hashes -r $(LOCK)
+	$(BIN)/pip install --no-deps -e '.[test]'
 	@touch $(STAMP)
+
+lock: install
+	$(BIN)/python scripts/lock_dependencies.py
 
 system-deps:
 	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool dciodvfy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
@@ -33,10 +42,17 @@ system-deps:
 run: install
 	$(BIN)/avn run
 
-test: install
+test: install audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+audit: install
+ifeq ($(AUDIT),no)
+	@echo ">> dependency audit skipped (AUDIT=no)"
+else
+	$(BIN)/python scripts/audit_dependencies.py $(LOCK)
+endif
 
 bench: install
 	$(BIN)/python scripts/bench_phantom.py

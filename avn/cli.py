@@ -12,7 +12,7 @@ from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate, operating_points
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
-from gateway.cli import bench, config_app, diagnose, dicom_node, serve
+from gateway.cli import bench, config_app, diagnose, dicom_node, keys_app, prepare_local_key, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -26,6 +26,7 @@ app.command()(serve)
 app.command("dicom-node")(dicom_node)
 app.command()(bench)
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 DEMO_DATA = Path("data/demo")
 TRAINING_DATA = Path("data/phantom-quick")
@@ -245,6 +246,7 @@ def run(
     console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
     if then_serve:
         console.print("[bold]serving:[/] TorchServe on the store, then gRPC and REST (Ctrl-C stops)")
+        prepare_local_key()
         serve(store=store)  # ports, host and the rest: AVN_* environment, settings file or defaults
 
 

@@ -31,6 +31,8 @@ import numpy as np
 
 from avn.pipeline.backend import Classification, Detections, ModelBackend, ModelInfo
 from avn.pipeline.pipeline import Pipeline
+from gateway.admission import DEFAULT_MAX_IN_FLIGHT, Admission
+from gateway.auth import OpenAuthenticator
 from gateway.grpc_server import MAX_MESSAGE_BYTES, BackgroundGrpcServer, pb
 from gateway.proto import load
 
@@ -133,8 +135,11 @@ class OneHeadAtATime:
 
 
 def measure(configuration: str, pipeline: Pipeline, payloads: Sequence[bytes], concurrency: int) -> BenchFigures:
-    """Serve ``pipeline`` over gRPC on loopback and time ``payloads`` sent by ``concurrency`` clients."""
-    with BackgroundGrpcServer(pipeline) as server:
+    """Serve ``pipeline`` over gRPC on loopback and time ``payloads`` sent by ``concurrency`` clients.
+    The server is this process's own, on loopback: no API key (authentication off, as AVN_AUTH=off
+    allows on loopback only), and an in-flight limit above the clients, so that none is refused."""
+    admission = Admission(max_in_flight=max(DEFAULT_MAX_IN_FLIGHT, concurrency + WARMUP_REQUESTS))
+    with BackgroundGrpcServer(pipeline, authenticator=OpenAuthenticator(), admission=admission) as server:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -6,7 +6,12 @@ the implementations the gateway plugs in:
 * :class:`RedisCache` when ``AVN_REDIS_URL`` is set: shared by every gateway replica, entries
   expire after ``AVN_CACHE_TTL_S``. Redis unreachable is never the client's problem: the request
   is served uncached, ONE warning is logged per outage, and Redis is tried again at most every
-  ``AVN_REDIS_RETRY_S`` seconds (requests in between do not touch the network at all).
+  ``AVN_REDIS_RETRY_S`` seconds (requests in between do not touch the network at all). Its
+  password (``AVN_REDIS_PASSWORD``, ``AVN_REDIS_USERNAME`` for an ACL user) and TLS
+  (``rediss://``, ``AVN_REDIS_CA_FILE``) come from the settings. Every value is signed
+  (:class:`ValueSigner`, HMAC-SHA256 with ``AVN_CACHE_SECRET`` over the key and the value): an
+  entry written by anyone without the secret, or moved to another key, or altered, is a miss —
+  Redis is shared, and a forged diagnosis must never reach a client.
 * :class:`LRUCache` otherwise: in-process, bounded to ``AVN_CACHE_ENTRIES`` results.
 * :class:`NullCache` when ``AVN_CACHE_ENABLED=false`` (benchmarks).
 
@@ -18,7 +23,10 @@ on a worker thread: the event loop never blocks on the network, and one client s
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +46,34 @@ REDIS_PREFIX = "avn:result:"
 # request must not wait on it.
 REDIS_CONNECT_TIMEOUT_S = 0.25
 REDIS_SOCKET_TIMEOUT_S = 0.5
+SIGNATURE_SCHEME = b"avn-cache-value-v1"
+SIGNATURE_BYTES = hashlib.sha256().digest_size
+REJECTION_LOG_EVERY_S = 60.0  # a flood of forged entries gets one warning a minute, not one each
+
+
+class ValueSigner:
+    """HMAC-SHA256 over (key, value): ``sign`` prefixes the value with its tag, ``verified`` gives
+    the value back only when the tag is right for that key (constant-time comparison)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the cache secret must be at least 16 bytes")
+        self._secret = secret
+
+    def sign(self, key: str, value: bytes) -> bytes:
+        return self._tag(key, value) + value
+
+    def verified(self, key: str, stored: bytes) -> bytes | None:
+        tag, value = stored[:SIGNATURE_BYTES], stored[SIGNATURE_BYTES:]
+        if len(tag) == SIGNATURE_BYTES and hmac.compare_digest(tag, self._tag(key, value)):
+            return value
+        return None
+
+    def _tag(self, key: str, value: bytes) -> bytes:
+        # Length-prefixed key: no (key, value) pair shares its bytes with another.
+        encoded = key.encode()
+        message = SIGNATURE_SCHEME + len(encoded).to_bytes(4, "big") + encoded + value
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
 
 
 class NullCache:
@@ -94,24 +130,45 @@ class LRUCache:
 
 
 class RedisCache:
-    """Results in Redis under ``avn:result:<key>`` with a TTL; an outage degrades to no caching."""
+    """Results in Redis under ``avn:result:<key>`` with a TTL, signed; an outage degrades to no caching.
 
-    def __init__(self, url: str, ttl_s: int = 24 * 3600, retry_s: float = 5.0) -> None:
+    ``secret`` signs the values; without one a random secret is made, so that nothing this process
+    did not write itself is believed (but replicas and restarts then share no entries).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: int = 24 * 3600,
+        retry_s: float = 5.0,
+        *,
+        secret: bytes | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         self.stats = CacheStats()
+        self.signer = ValueSigner(secret if secret is not None else secrets.token_bytes(32))
+        # A password or user in the URL wins over these (redis-py's rule); TLS options apply to rediss:// only.
+        tls = {"ssl_ca_certs": ca_file} if ca_file and url.startswith("rediss://") else {}
         # One immediate retry: a pooled connection Redis dropped (restart) reconnects at once;
         # redis-py's default back-off retries would hold requests for seconds during an outage.
         self._client = redis.Redis.from_url(
             url,
+            password=password,
+            username=username,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 1),
+            **tls,
         )
         self._state = threading.Lock()
         self._down = False
         self._next_try = 0.0
+        self._rejection_logged_at = -REJECTION_LOG_EVERY_S
 
     @property
     def available(self) -> bool:
@@ -119,15 +176,37 @@ class RedisCache:
         return not self._down
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._guarded(self._client.get, REDIS_PREFIX + key)
-        if value is None:
+        stored = await self._guarded(self._client.get, REDIS_PREFIX + key)
+        if stored is None:
             self.stats.misses += 1
             return None
+        value = self.signer.verified(key, bytes(stored))
+        if value is None:
+            self._rejected(key)
+            return None
         self.stats.hits += 1
-        return bytes(value)
+        return value
 
     async def put(self, key: str, value: bytes) -> None:
-        await self._guarded(self._client.set, REDIS_PREFIX + key, bytes(value), ex=self.ttl_s)
+        signed = self.signer.sign(key, bytes(value))
+        await self._guarded(self._client.set, REDIS_PREFIX + key, signed, ex=self.ttl_s)
+
+    def _rejected(self, key: str) -> None:
+        """A value whose signature does not match: forged, altered, moved from another key, or
+        signed with another secret (a replica configured differently). A miss; counted and logged."""
+        with self._state:
+            self.stats.rejected += 1
+            now = time.monotonic()
+            due = now - self._rejection_logged_at >= REJECTION_LOG_EVERY_S
+            if due:
+                self._rejection_logged_at = now
+        if due:
+            logger.warning(
+                "cache entry %s… has no valid signature (forged, altered, or another AVN_CACHE_SECRET): "
+                "ignored and recomputed; %d so far",
+                key[:12],
+                self.stats.rejected,
+            )
 
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)
@@ -183,5 +262,19 @@ def build_cache(settings: Any) -> ResultCache:
     if not settings.cache_enabled:
         return NullCache()
     if settings.redis_url:
-        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, retry_s=settings.redis_retry_s)
+        secret = settings.secret(settings.cache_secret)
+        if secret is None:
+            logger.warning(
+                "AVN_CACHE_SECRET is unset: cache values are signed with a secret of this process only, so "
+                "replicas and restarts share no cached results"
+            )
+        return RedisCache(
+            settings.redis_url,
+            ttl_s=settings.cache_ttl_s,
+            retry_s=settings.redis_retry_s,
+            secret=secret.encode() if secret is not None else None,
+            password=settings.secret(settings.redis_password),
+            username=settings.redis_username,
+            ca_file=str(settings.redis_ca_file) if settings.redis_ca_file else None,
+        )
     return LRUCache(settings.cache_entries)

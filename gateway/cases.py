@@ -84,17 +84,19 @@ class CaseBank:
         try:
             dataset = load_dataset(folder)
         except FileNotFoundError:
+            # Client-facing words name the folder, never its path on the server.
             problem = (
-                f"no case bank at {folder}: it has no annotations.json (`make run` builds data/demo; see AVN_CASE_BANK)"
+                f"no case bank in folder {folder.name!r}: it has no annotations.json "
+                "(`make run` builds data/demo; see AVN_CASE_BANK)"
             )
             return cls(folder, [], ALL_RADIOGRAPHS, problem)
         except Exception as error:  # JSON or schema errors: report them, do not stop the gateway
             logger.warning("case bank %s cannot be read: %s", folder, error)
             return cls(
-                folder, [], ALL_RADIOGRAPHS, f"the case bank at {folder} cannot be read (run `avn data check` on it)"
+                folder, [], ALL_RADIOGRAPHS, f"case bank {folder.name!r} cannot be read (run `avn data check` on it)"
             )
         split, cases = select_cases(dataset)
-        problem = "" if cases else f"the case bank at {folder} has no radiograph with an annotated femoral head"
+        problem = "" if cases else f"the case bank {folder.name!r} has no radiograph with an annotated femoral head"
         logger.info("case bank %s: %d cases (%s)", folder, len(cases), split)
         return cls(folder, cases, split, problem)
 

@@ -26,10 +26,13 @@ TorchServe, and the command exits 0.
 radiographs it receives and C-STOREs the SR and the annotated copy to the destination AE; settings
 as for ``avn serve`` (:data:`gateway.configuration.DICOM_NODE_FLAGS`).
 
+``avn keys add ID | revoke ID | list``: the API keys of the gateway (:mod:`gateway.auth`), in the
+file ``--file`` or ``AVN_API_KEYS_FILE`` names; ``add`` prints the new key once, on stdout.
+
 ``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
 
-``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`dicom_node`, :func:`bench` and :data:`config_app` as
-sub-commands; ``python -m gateway.cli`` runs them alone.
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`dicom_node`, :func:`bench`, :data:`config_app`
+and :data:`keys_app` as sub-commands; ``python -m gateway.cli`` runs them alone.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ from avn.pipeline.results import (
     StudyRequest,
     to_json_dict,
 )
+from gateway.audit import configure_audit_log
+from gateway.auth import KeysFile, KeysFileError
 from gateway.configuration import (
     DICOM_NODE_FLAGS,
     EXIT_CONFIGURATION,
@@ -402,6 +407,7 @@ def _start_torchserve(settings):
 def _serve_until_stopped(settings) -> None:
     from gateway.service import serve as serve_gateway  # noqa: PLC0415 — loads the servers
 
+    configure_audit_log(settings.audit_log_file)
     console.print(
         f"serving gRPC on {settings.grpc_host}:{settings.grpc_port}, "
         f"REST on http://{settings.rest_host}:{settings.rest_port} ({settings.backend} backend)"
@@ -538,6 +544,97 @@ def config_docs(
     console.print(f"wrote {out}")
 
 
+# ---------------------------------------------------------------------------------------- keys
+
+keys_app = typer.Typer(
+    help="The gateway's API keys: hashed in a keys file, several valid at once, no restart needed.",
+    no_args_is_help=True,
+)
+KeysFileFlag = Annotated[
+    Path | None, typer.Option("--file", help="The keys file [AVN_API_KEYS_FILE, or the settings file's api_keys_file].")
+]
+
+
+@keys_app.command("add")
+def keys_add(
+    key_id: str = typer.Argument(..., metavar="ID", help="Who holds the key (the audit log's caller), e.g. ward-3."),
+    file: KeysFileFlag = None,
+) -> None:
+    """Add a key: its hash goes into the file, the key itself is printed once, on stdout."""
+    keys = _keys_file("add", file)
+    try:
+        key = keys.add(key_id)
+    except KeysFileError as error:
+        typer.echo(f"avn keys add: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"key {key_id!r} added to {keys.path}; shown only now (send `authorization: Bearer <key>`):", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., metavar="ID", help="The key to remove."),
+    file: KeysFileFlag = None,
+) -> None:
+    """Remove a key; running gateways refuse it from their next request on."""
+    keys = _keys_file("revoke", file)
+    try:
+        keys.revoke(key_id)
+    except KeysFileError as error:
+        typer.echo(f"avn keys revoke: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"key {key_id!r} revoked in {keys.path}")
+
+
+@keys_app.command("list")
+def keys_list(file: KeysFileFlag = None) -> None:
+    """The keys' ids and when each was made (never a key or a hash)."""
+    keys = _keys_file("list", file)
+    try:
+        entries = keys.entries()
+    except KeysFileError as error:
+        typer.echo(f"avn keys list: {error}", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"API keys in {keys.path}")
+    table.add_column("id")
+    table.add_column("created (UTC)")
+    for entry in entries.values():
+        table.add_row(entry.id, entry.created)
+    console.print(table)
+
+
+LOCAL_KEYS_FILE = Path("data/api_keys.json")
+LOCAL_KEY_ID = "local"
+
+
+def prepare_local_key(keys_file: Path = LOCAL_KEYS_FILE) -> None:
+    """`avn run` on one machine: when authentication is on and no keys file is configured, a fresh
+    key ``local`` in ``keys_file`` (git-ignored data/), printed for the web app's sign-in, and
+    ``AVN_API_KEYS_FILE`` pointing `avn serve` at it. A configured keys file is left alone."""
+    settings = load_settings().settings
+    if settings.auth == "off" or settings.api_keys_file is not None:
+        return
+    keys = KeysFile(keys_file)
+    if LOCAL_KEY_ID in keys.entries():
+        keys.revoke(LOCAL_KEY_ID)  # its key was shown once, by an earlier run: a new one is shown now
+    key = keys.add(LOCAL_KEY_ID)
+    os.environ["AVN_API_KEYS_FILE"] = str(keys_file.resolve())
+    console.print(f"API key for this run (the web app asks for it once per tab): [bold]{key}[/]")
+
+
+def _keys_file(command: str, file: Path | None) -> KeysFile:
+    if file is None:
+        try:
+            file = load_settings().settings.api_keys_file
+        except ConfigurationError as error:
+            typer.echo(f"avn keys {command}: {error}", err=True)
+            raise typer.Exit(EXIT_CONFIGURATION) from None
+    if file is None:
+        typer.echo(f"avn keys {command}: no keys file: give --file FILE or set AVN_API_KEYS_FILE", err=True)
+        raise typer.Exit(EXIT_CONFIGURATION)
+    return KeysFile(file)
+
+
 # ---------------------------------------------------------------------------------------- bench
 
 
@@ -634,6 +731,7 @@ app.command()(serve)
 app.command("dicom-node")(dicom_node)
 app.command()(bench)
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

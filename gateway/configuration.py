@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from gateway.auth import InsecureAuthSetting, KeysFile, KeysFileError, check_auth_setting, is_loopback
 from gateway.settings import (
     CONFIG_SETTING,
     DEFAULT,
@@ -37,6 +38,7 @@ from gateway.settings import (
     redacted_url,
     sources_of,
 )
+from gateway.tls import TlsSettingError, check_tls_files
 
 # ``avn serve``'s flags and the settings each one sets (--host binds both servers; --embedded
 # chooses the embedded backend). A flag that is not given sets nothing.
@@ -225,7 +227,8 @@ def check_startup(
     settings = loaded.settings
     if serves_store or settings.backend == "embedded":
         _check_store(loaded, archives_required=serves_store)
-    warnings = []
+    _check_audit_log(loaded)
+    warnings = _check_auth(loaded) + _check_tls(loaded)
     if not serves_store and settings.backend == "torchserve" and settings.torchserve_key_file is not None:
         warnings += _check_key_file(loaded)
     return warnings + unknown_name_warnings(loaded, os.environ if environ is None else environ)
@@ -261,6 +264,72 @@ def _check_store(loaded: LoadedSettings, *, archives_required: bool) -> None:
         raise ConfigurationError("model_store", loaded.where("model_store"), f"{store} is not a folder", fix)
     if archives_required and not any(store.glob("*.mar")):
         raise ConfigurationError("model_store", loaded.where("model_store"), f"{store} holds no .mar archives", fix)
+
+
+def _check_auth(loaded: LoadedSettings) -> list[str]:
+    """Authentication off only on loopback; on, a keys file that reads (an empty one is a warning:
+    it lets no one in until a key is added, which needs no restart)."""
+    settings = loaded.settings
+    try:
+        check_auth_setting(settings)
+    except InsecureAuthSetting as error:
+        raise ConfigurationError(
+            "auth", loaded.where("auth"), str(error), f"{_knob_phrase(loaded, 'auth')} `api-key`, or bind 127.0.0.1"
+        ) from None
+    if settings.auth == "off":
+        return [f"{loaded.where('auth')}: authentication is off; development on loopback only"]
+    path = settings.api_keys_file
+    where = loaded.where("api_keys_file")
+    fix = f"`avn keys add ID --file FILE` writes one; {_knob_phrase(loaded, 'api_keys_file')} that file"
+    if path is None:
+        raise ConfigurationError("api_keys_file", where, "authentication is on and no API keys file is set", fix)
+    if not path.is_file():
+        raise ConfigurationError("api_keys_file", where, f"{path} is not a file", fix)
+    try:
+        entries = KeysFile(path).entries()
+    except KeysFileError as error:
+        raise ConfigurationError("api_keys_file", where, str(error), fix) from None
+    if not entries:
+        return [f"{where}: {path} holds no key: every request is refused until `avn keys add` adds one"]
+    return []
+
+
+def _check_tls(loaded: LoadedSettings) -> list[str]:
+    """The TLS files load together; without TLS, a server beyond loopback is worth a warning (keys
+    would cross the network in clear text unless a proxy in front terminates TLS)."""
+    settings = loaded.settings
+    try:
+        check_tls_files(settings)
+    except TlsSettingError as error:
+        setting = error.setting
+        raise ConfigurationError(setting, loaded.where(setting), str(error), loaded.fix(setting)) from None
+    if settings.tls_cert_file is None and settings.auth != "off":
+        exposed = [host for host in (settings.rest_host, settings.grpc_host) if not is_loopback(host)]
+        if exposed:
+            return [
+                f"TLS is off while a server binds {exposed[0]}: API keys cross the network in clear text unless a "
+                "proxy in front terminates TLS (AVN_TLS_CERT_FILE, AVN_TLS_KEY_FILE)"
+            ]
+    return []
+
+
+def _check_audit_log(loaded: LoadedSettings) -> None:
+    """The audit log's folder exists and the file can be appended to: a gateway that cannot audit must not serve."""
+    path = loaded.settings.audit_log_file
+    if path is None:
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        problem = f"{path} cannot be appended to ({error.strerror})"
+        where, fix = loaded.where("audit_log_file"), loaded.fix("audit_log_file")
+        raise ConfigurationError("audit_log_file", where, problem, fix) from None
+
+
+def _knob_phrase(loaded: LoadedSettings, setting: str) -> str:
+    knob = knob_of(setting, loaded.origin(setting), loaded.flag_names, loaded.config_file)
+    return f"give {knob}" if loaded.origin(setting) == FLAG else f"set {knob} to"
 
 
 def _check_key_file(loaded: LoadedSettings) -> list[str]:

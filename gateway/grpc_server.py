@@ -4,6 +4,12 @@ Besides the service itself the server carries the standard ``grpc.health.v1`` he
 (SERVING only while every model answers: a background task asks the pipeline every few seconds)
 and server reflection (``grpcurl`` and similar tools discover the contract without the .proto).
 
+* Every call but the health checks needs an API key (``authorization: Bearer <key>`` metadata) and
+  is audited: :class:`gateway.grpc_interceptor.GatewayInterceptor`. Without an authenticator the
+  server refuses every such call (secure by default); pass :class:`gateway.auth.OpenAuthenticator`
+  for a loopback tool.
+* TLS (and mutual TLS) when ``credentials`` are given (:mod:`gateway.tls`).
+
 * Messages up to 64 MiB both ways (a 16-bit 3000×3000 DICOM is ~18 MB), more when the pipeline's
   image or study limit is higher, so that the pipeline names the limit a request is over.
 * Every request runs under a deadline: the client's, capped by the server's default when the
@@ -39,11 +45,14 @@ from avn.pipeline.results import (
     StudyRequest,
 )
 from avn.pipeline.tracing import mark_failed
-from gateway import proto
+from gateway import audit, proto
+from gateway.admission import Admission
+from gateway.auth import Authenticator, KeyAuthenticator
 from gateway.errors import REQUEST_ID_KEY, as_gateway_error, error_metadata, status_of
+from gateway.grpc_interceptor import GatewayInterceptor
 from gateway.metrics import GatewayMetrics
 from gateway.proto_mapping import from_proto, to_proto
-from gateway.tracing import TRACE_ID_KEY, log_request, request_span, trace_id_of
+from gateway.tracing import TRACE_ID_KEY, request_span, trace_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,7 @@ MESSAGE_OVERHEAD_BYTES = 1024 * 1024  # the request's other fields around the im
 HEALTH_INTERVAL_S = 5.0
 PROTOCOL = "grpc"
 METHODS = {"diagnose": "Diagnose", "study": "DiagnoseStudy", "models": "ListModels"}  # operation → RPC
+TRANSPORT_MARGIN_RPCS = 16  # calls beyond the in-flight limit the transport still lets in: health, reflection
 
 
 # ---------------------------------------------------------------- the service
@@ -65,10 +75,15 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
     ``metrics`` (shared with the REST app of the same process, so ``/metrics`` shows both)."""
 
     def __init__(
-        self, pipeline: Pipeline, deadline_s: float = DEFAULT_DEADLINE_S, metrics: GatewayMetrics | None = None
+        self,
+        pipeline: Pipeline,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        metrics: GatewayMetrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.deadline_s = deadline_s
+        self.admission = admission or Admission()
         self.metrics = metrics or GatewayMetrics()
         self.metrics.track_pipeline(pipeline)
 
@@ -79,6 +94,7 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
                 diagnose_request_from_proto(request), request_id=request_id, timeout_s=self._timeout(context)
             )
             self.metrics.observe_diagnosis(result)
+            audit.note_models(result.models)
         return diagnosis_to_proto(result)
 
     async def DiagnoseStudy(self, request: pb.StudyRequest, context: grpc.aio.ServicerContext) -> pb.StudyResponse:
@@ -89,6 +105,7 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
             )
             for radiograph in result.radiographs:
                 self.metrics.observe_diagnosis(radiograph.result)
+                audit.note_models(radiograph.result.models)
         return study_to_proto(result)
 
     async def ListModels(
@@ -97,6 +114,7 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
         request_id = _request_id(context)
         async with self._observed("models", context, request_id):
             infos = await self.pipeline.models()
+            audit.note_models(infos)
         return pb.ListModelsResponse(models=[to_proto(info, pb) for info in infos])
 
     @contextlib.asynccontextmanager
@@ -104,8 +122,9 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
         self, operation: str, context: grpc.aio.ServicerContext, request_id: str
     ) -> AsyncIterator[None]:
         """The call's trace span (continuing the client's ``traceparent`` metadata), counted in flight;
-        then count, time and log it whatever the outcome. A failure ends the RPC with its mapped
-        status; the trace id goes back in the trailing metadata either way."""
+        then count and time it whatever the outcome, and fill in its audit line. A failure ends the
+        RPC with its mapped status; the trace id goes back in the trailing metadata either way."""
+        audit.note_request(operation, request_id)
         started = time.perf_counter()
         error: str | None = None
         failure: Exception | None = None
@@ -122,23 +141,25 @@ class DiagnosisServicer(STUBS.services.DiagnosisServicer):
                 self.metrics.answering(PROTOCOL, operation),
             ):
                 trace_id = trace_id_of(span)
+                audit.note_trace(trace_id)
                 try:
-                    yield
+                    with self.admission.admitted():  # the in-flight limit, shared with REST
+                        yield
                 except Exception as caught:
                     failure, typed = caught, as_gateway_error(caught)
                     error = type(typed).__name__
+                    audit.note_outcome(error)
                     mark_failed(span, typed)
                 except asyncio.CancelledError:  # the client went away or its deadline passed
                     error = "Cancelled"
+                    audit.note_outcome(error)
                     raise
             if failure is not None:
                 await _abort(context, failure, request_id, trace_id)  # raises: the RPC ends here
             if trace_id:
                 context.set_trailing_metadata(((TRACE_ID_KEY, trace_id),))
         finally:
-            seconds = time.perf_counter() - started
-            self.metrics.observe_request(PROTOCOL, operation, seconds, error)
-            log_request(PROTOCOL, operation, request_id, trace_id, seconds, error)
+            self.metrics.observe_request(PROTOCOL, operation, time.perf_counter() - started, error)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -213,12 +234,16 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def stop(self, grace_s: float = 2.0) -> None:
-        """Report NOT_SERVING (load balancers drain), then let requests in flight finish for ``grace_s``."""
+    async def report_not_serving(self) -> None:
+        """NOT_SERVING from now on, whatever the models say (load balancers stop sending work here)."""
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # sets NOT_SERVING and ignores later updates
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Report NOT_SERVING, then let calls in flight finish for ``grace_s`` before cancelling them."""
+        await self.report_not_serving()
         await self.server.stop(grace_s)
 
 
@@ -231,11 +256,17 @@ async def start_grpc_server(
     max_message_bytes: int | None = None,
     health_interval_s: float = HEALTH_INTERVAL_S,
     metrics: GatewayMetrics | None = None,
+    authenticator: Authenticator | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    admission: Admission | None = None,
 ) -> RunningServer:
     """Bind (``port`` 0: a free port), start, and report health once before returning.
 
     ``max_message_bytes`` defaults to 64 MiB, or more when the pipeline accepts larger images or
     studies, so that the pipeline — not the transport — rejects an oversized one with a specific message.
+    ``authenticator`` None refuses every call but the health checks; ``credentials`` None serves plain text.
+    ``admission`` (shared with the REST app of the process) limits the calls in flight; the
+    transport's own cap (``maximum_concurrent_rpcs``) is that limit plus a margin for health checks.
     """
     largest_request = max(pipeline.max_image_bytes, pipeline.max_study_bytes) + MESSAGE_OVERHEAD_BYTES
     max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, largest_request)
@@ -243,12 +274,21 @@ async def start_grpc_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
-    STUBS.services.add_DiagnosisServicer_to_server(DiagnosisServicer(pipeline, deadline_s, metrics), server)
+    admission = admission or Admission()
+    interceptor = GatewayInterceptor(authenticator or KeyAuthenticator(None))
+    server = grpc.aio.server(
+        options=options,
+        interceptors=[interceptor],
+        # A backstop behind the admission's answer (which says Retry-After and is audited).
+        maximum_concurrent_rpcs=admission.max_in_flight + TRANSPORT_MARGIN_RPCS,
+    )
+    servicer = DiagnosisServicer(pipeline, deadline_s, metrics, admission)
+    STUBS.services.add_DiagnosisServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind the gRPC server to {host}:{port}")
     await server.start()

@@ -151,6 +151,7 @@ class _PipelineCollector(Collector):
         lookups = CounterMetricFamily("avn_cache_lookups", "Result-cache lookups by result.", labels=["result"])
         lookups.add_metric(["hit"], stats.hits)
         lookups.add_metric(["miss"], stats.misses)
+        lookups.add_metric(["rejected"], getattr(stats, "rejected", 0))  # a forged or tampered entry
         yield lookups
         yield CounterMetricFamily(
             "avn_cache_errors",

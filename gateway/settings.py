@@ -37,6 +37,8 @@ from avn.pipeline.backend import MODELS
 from avn.pipeline.decode import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_IMAGE_BYTES
 from avn.pipeline.pipeline import DEFAULT_DEADLINE_S, DEFAULT_MAX_STUDY_BYTES, DEFAULT_MAX_STUDY_RADIOGRAPHS
 from avn.pipeline.results import DEFAULT_NOTE_THRESHOLD, SELECTABLE_POINTS
+from avn.pipeline.threads import DEFAULT_IMAGE_THREADS, DEFAULT_MODEL_THREADS
+from gateway.admission import DEFAULT_MAX_IN_FLIGHT
 
 ENV_PREFIX = "AVN_"
 CONFIG_SETTING = "config"
@@ -128,6 +130,38 @@ class Settings(BaseSettings):
         description="Deadline of one request, seconds (REST; for gRPC it caps the client's deadline). "
         "Past it: 504 / `DEADLINE_EXCEEDED`. Also bounds each TorchServe call.",
     )
+    max_in_flight: int = Field(
+        DEFAULT_MAX_IN_FLIGHT,
+        ge=1,
+        description="Requests the gateway works on at once, REST and gRPC together (health checks aside); one "
+        "more is refused at once: 429 / RESOURCE_EXHAUSTED with Retry-After. gRPC's transport also caps "
+        "concurrent calls at this plus a margin for health checks (`maximum_concurrent_rpcs`).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="REST: seconds a request body may take to arrive, whole; a slower upload gets 408 and its "
+        "slot back.",
+    )
+    image_threads: int = Field(
+        DEFAULT_IMAGE_THREADS,
+        ge=1,
+        description="Threads that decode radiographs, hash them for the cache and draw CAMs, overlays and "
+        "renditions: at most this many images are decoded at once (memory: about the decode budget plus 12 "
+        "bytes a pixel each).",
+    )
+    model_threads: int = Field(
+        DEFAULT_MODEL_THREADS,
+        ge=1,
+        description="Embedded backend: threads running model forward passes (a pool apart from the image threads).",
+    )
+    drain_s: float = Field(
+        25.0,
+        gt=0,
+        description="On SIGTERM: seconds the requests in flight get to finish (both protocols report not ready "
+        "and refuse new work meanwhile) before the servers stop. Keep it under the orchestrator's grace period "
+        "(compose `stop_grace_period`: 30 s).",
+    )
     note_threshold: float = Field(
         DEFAULT_NOTE_THRESHOLD,
         ge=0,
@@ -182,12 +216,51 @@ class Settings(BaseSettings):
         description="Longest wait of the DICOM node between two tries of the destination (or the models), seconds.",
     )
 
+    # ---- who may call, and over what
+    auth: Literal["api-key", "off"] = Field(
+        "api-key",
+        description="`api-key`: every request but the health checks needs `authorization: Bearer <key>` (REST "
+        "header, gRPC metadata) with a key of `api_keys_file`; `off`: no authentication, allowed only while both "
+        "servers bind loopback (development).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="The API keys file (salted scrypt hashes, never the keys): `avn keys add ID --file FILE` writes "
+        "it and prints the key once. Re-read when it changes: keys are added and revoked without a restart.",
+    )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) both servers present; with `tls_key_file` it turns TLS on for REST "
+        "and gRPC. Unset: plain text (terminate TLS in front, or stay on loopback).",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: when set (with TLS on), both servers require a client certificate signed by "
+        "it (mutual TLS), in addition to the API key.",
+    )
+
     # ---- cache
     cache_enabled: bool = Field(True, description="`false` turns the result cache off (benchmarks).")
     redis_url: str | None = Field(
         None,
         description="e.g. `redis://redis:6379/0` (`rediss://` for TLS, `redis://:password@host:6379/0`); "
         "unset or empty: an in-process LRU cache instead of Redis.",
+    )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis's password (`requirepass`, or the ACL user's); one in `redis_url` wins. Compose sets "
+        "it on both sides.",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user (unset: the default user).")
+    redis_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed Redis's certificate, for a `rediss://` URL (unset: the system's)."
+    )
+    cache_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that signs every value written to Redis; an entry without a valid signature "
+        "(forged, altered) is a miss. The same on every replica; at least 16 characters. Unset: a random one per "
+        "process (replicas and restarts then share no entries).",
     )
     cache_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of a cached result in Redis, seconds.")
     cache_entries: int = Field(256, ge=1, description="Results the in-process LRU cache holds (no Redis).")
@@ -206,6 +279,12 @@ class Settings(BaseSettings):
 
     # ---- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level.")
+    audit_log_file: Path | None = Field(
+        None,
+        description="Where the audit log goes: one JSON line per request (who, what, when, outcome, ids, model "
+        "versions; no PHI), appended to this file (reopened when rotated away). Unset: standard output, apart "
+        "from the other logs (standard error).",
+    )
     otlp_endpoint: str | None = Field(
         None,
         description="OpenTelemetry collector for traces (OTLP over gRPC), e.g. `http://otel-collector:4317`. "
@@ -231,13 +310,24 @@ class Settings(BaseSettings):
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "otlp_endpoint", mode="before")
+    @field_validator("redis_url", "otlp_endpoint", "redis_password", "redis_username", "cache_secret", mode="before")
     @classmethod
-    def _empty_url_is_unset(cls, value: object) -> object:
-        # Compose files pass AVN_REDIS_URL= to mean "no Redis".
+    def _empty_text_is_unset(cls, value: object) -> object:
+        # Compose files pass AVN_REDIS_URL= to mean "no Redis", and empty variables for unset secrets.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("case_bank", "config", "torchserve_key_file", mode="before")
+    @field_validator(
+        "case_bank",
+        "config",
+        "torchserve_key_file",
+        "api_keys_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "audit_log_file",
+        "redis_ca_file",
+        mode="before",
+    )
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         # AVN_CASE_BANK= (empty) turns the case bank off, as AVN_REDIS_URL= turns Redis off.
@@ -274,6 +364,13 @@ class Settings(BaseSettings):
             return None
         if isinstance(value, str):
             parse_dicom_destination(value)
+        return value
+
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the cache secret must be at least 16 characters")
         return value
 
     @field_validator("redis_url")
@@ -412,6 +509,13 @@ OTHER_VARIABLES: dict[str, str] = {
     "AVN_GATEWAY_REPLICAS": "Compose: gateway containers (default 1).",
     "AVN_REST_PUBLISH": "Compose: host port (range) the gateways' REST port is published on (default 8000).",
     "AVN_GRPC_PUBLISH": "Compose: host port (range) the gateways' gRPC port is published on (default 50051).",
+    "AVN_PUBLISH_ADDRESS": "Compose: host address the gateway's ports are published on (default `127.0.0.1`; "
+    "`0.0.0.0`: every interface).",
+    "AVN_GATEWAY_MEMORY": "Compose: memory limit of each gateway container (default `4g`).",
+    "AVN_TORCHSERVE_MEMORY": "Compose: memory limit of the TorchServe container (default `8g`).",
+    "AVN_REDIS_MEMORY": "Compose: memory limit of the Redis container (default `1536m`, above AVN_REDIS_MAXMEMORY).",
+    "AVN_SECRETS_DIR": "Compose: host folder mounted read-only at `/run/secrets/avn` in the gateway: `api_keys.json`, "
+    "and the TLS files when TLS is on (default `./secrets`).",
 }
 
 
@@ -457,6 +561,14 @@ EXPECTATIONS = {
     "dicom_allowed_aes": "AE titles separated by commas, or empty",
     "dicom_destination": "`AE_TITLE@host:port`, e.g. `PACS@10.0.0.5:104`",
     "dicom_spool": "a folder this user may create and write",
+    "api_keys_file": "a keys file written by `avn keys add`",
+    "tls_cert_file": "a readable PEM certificate, or unset",
+    "tls_key_file": "the readable PEM key of the certificate, or unset",
+    "tls_client_ca_file": "a readable PEM CA bundle, or unset",
+    "audit_log_file": "a file in a writable folder, or unset",
+    "redis_password": "the password, or unset",
+    "cache_secret": "a random text of at least 16 characters (e.g. `openssl rand -hex 32`), or unset",
+    "redis_ca_file": "a readable PEM CA bundle, or unset",
 }
 
 

@@ -8,7 +8,7 @@
   ``traceparent`` (an HTTP header, or gRPC metadata of the same name). The pipeline's spans
   (:mod:`avn.pipeline.tracing`) hang below it.
 * The trace id goes back to the client (``x-trace-id``: an HTTP response header, gRPC trailing
-  metadata) and into the request's log line (:func:`log_request`), so a slow or failed answer
+  metadata) and into the request's audit line (:mod:`gateway.audit`), so a slow or failed answer
   leads to its trace. With tracing off the trace id is the client's, when it sent a traceparent.
 """
 
@@ -84,18 +84,3 @@ def trace_id_of(current: Span) -> str:
     """32 hex digits, or '' when the span belongs to no trace (tracing off and no traceparent)."""
     context = current.get_span_context()
     return format_trace_id(context.trace_id) if context.is_valid else ""
-
-
-def log_request(
-    protocol: str, operation: str, request_id: str, trace_id: str, seconds: float, error: str | None
-) -> None:
-    """The request's log line: what, how it ended, how long, and the ids that find it again."""
-    logger.info(
-        "%s %s %s in %.0f ms (request %s, trace %s)",
-        protocol,
-        operation,
-        error or "ok",
-        seconds * 1000,
-        request_id,
-        trace_id or "-",
-    )

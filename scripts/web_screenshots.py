@@ -48,7 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(InProcessBackend.from_folder(args.models))
-    app = create_app(pipeline, Settings(), case_bank=CaseBank.from_folder(args.data))
+    # A local, loopback-only gateway for the screenshots: no API key to sign in with.
+    app = create_app(pipeline, Settings(auth="off"), case_bank=CaseBank.from_folder(args.data))
     with live_gateway(app) as gateway, tempfile.TemporaryDirectory() as downloads:
         driver = chromium(Path(downloads), DESKTOP)
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gateway_support import ApiKey, write_api_key
 
 from avn.models import TASKS, build_classifier, build_detector, save_checkpoint
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
@@ -45,6 +46,12 @@ def build_test_store(root: Path, version: str = MODEL_VERSION) -> Path:
 
 
 @pytest.fixture(scope="session")
+def api_key(tmp_path_factory: pytest.TempPathFactory) -> ApiKey:
+    """A keys file with one key (id ``test``) for the servers, and the key for the clients."""
+    return write_api_key(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
 def torchserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A ready TorchServe with the five test archives; stopped at the end of the session."""
     root = tmp_path_factory.mktemp("torchserve")
@@ -59,11 +66,13 @@ def torchserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Torc
 
 class RedisServer:
     """One ``redis-server`` process on a loopback port, without persistence; can be stopped and
-    started again on the same port (an outage in the middle of a run)."""
+    started again on the same port (an outage in the middle of a run). ``password``: its
+    ``requirepass``."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, password: str | None = None) -> None:
         self.port = free_ports(1)[0]
         self.work_dir = work_dir
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,6 +84,8 @@ class RedisServer:
         if executable is None:
             pytest.fail("redis-server is not installed (make system-deps installs it)")
         command = [executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
         with open(self.work_dir / "redis.out", "ab") as output:
             self.process = subprocess.Popen(command, cwd=self.work_dir, stdout=output, stderr=subprocess.STDOUT)
         self._wait_until_listening()

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gateway.cli
+from gateway.auth import KeysFile
 from gateway.configuration import (
     EXIT_CONFIGURATION,
     SERVE_FLAGS,
@@ -120,8 +121,11 @@ class Recorder:
 
 
 @pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+def recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     recording = Recorder()
+    # Authentication is on by default and `avn serve` insists on a keys file: give it one.
+    KeysFile(tmp_path / "keys" / "api_keys.json").add("test")
+    monkeypatch.setenv("AVN_API_KEYS_FILE", str(tmp_path / "keys" / "api_keys.json"))
     monkeypatch.setattr(gateway.cli, "_start_torchserve", recording.start_torchserve)
     monkeypatch.setattr(gateway.cli, "_serve_until_stopped", recording.serve)
     return recording
@@ -270,9 +274,10 @@ def test_documented_error_line_is_what_avn_serve_prints(tmp_path: Path, monkeypa
     assert serve_error([]) == example
 
 
-def key_file_problem(key_file: Path) -> str:
-    """check_startup's verdict on a TorchServe key file: '' (fine), a warning, or the error line."""
-    loaded = load_settings({"torchserve_key_file": key_file})
+def key_file_problem(key_file: Path, api_keys: Path) -> str:
+    """check_startup's verdict on a TorchServe key file: '' (fine), a warning, or the error line.
+    ``api_keys``: the gateway's own keys file, which start-up checks too."""
+    loaded = load_settings({"torchserve_key_file": key_file, "api_keys_file": api_keys})
     try:
         warnings = check_startup(loaded, {})
     except Exception as error:  # ConfigurationError; its text is what the operator sees
@@ -281,17 +286,21 @@ def key_file_problem(key_file: Path) -> str:
 
 
 def test_key_file_checks(tmp_path: Path) -> None:
+    api_keys = tmp_path / "gateway" / "api_keys.json"
+    KeysFile(api_keys).add("test")
     good = tmp_path / "key_file.json"
     good.write_text(json.dumps({"inference": {"key": "a"}, "management": {"key": "b"}}))
-    assert key_file_problem(good) == ""
+    assert key_file_problem(good, api_keys) == ""
     not_json = tmp_path / "broken.json"
     not_json.write_text("{")
-    assert key_file_problem(not_json).startswith("error: --torchserve-key-file (flag): ")
-    assert "is not JSON" in key_file_problem(not_json)
-    assert "cannot be read" in key_file_problem(tmp_path)  # a folder: unreadable as a file, even as root
-    assert "does not exist" in key_file_problem(tmp_path / "nowhere" / "key_file.json")
-    assert key_file_problem(tmp_path / "not-yet.json").startswith("error") is False  # TorchServe writes it later
-    assert "does not exist yet" in key_file_problem(tmp_path / "not-yet.json")
+    assert key_file_problem(not_json, api_keys).startswith("error: --torchserve-key-file (flag): ")
+    assert "is not JSON" in key_file_problem(not_json, api_keys)
+    assert "cannot be read" in key_file_problem(tmp_path, api_keys)  # a folder: unreadable as a file, even as root
+    assert "does not exist" in key_file_problem(tmp_path / "nowhere" / "key_file.json", api_keys)
+    assert (
+        key_file_problem(tmp_path / "not-yet.json", api_keys).startswith("error") is False
+    )  # TorchServe writes it later
+    assert "does not exist yet" in key_file_problem(tmp_path / "not-yet.json", api_keys)
 
 
 def test_gateway_container_command_stops_before_binding(tmp_path: Path) -> None:
@@ -324,11 +333,11 @@ def test_unknown_variables_get_the_nearest_name(tmp_path: Path) -> None:
         "AVN_WORKERS_STAGING": "2",  # read by the TorchServe container: known
         "AVN_GRPC_PORT": "1",
         "avn_log_level": "info",  # the settings are case-insensitive
-        "AVN_QUUX": "1",
+        "AVN_QUUXZORP": "1",
         "PATH": "/bin",
     }
     assert unknown_name_warnings(loaded, environ) == [
-        "AVN_QUUX is not a setting and is ignored",
+        "AVN_QUUXZORP is not a setting and is ignored",
         "AVN_REDIS_UR is not a setting and is ignored; did you mean AVN_REDIS_URL?",
         f"grpc_prot in {settings_file} is not a setting and is ignored; did you mean grpc_port?",
     ]

@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
-from gateway_support import phantom_dicom, phantom_png, write_tiny_store
+from gateway_support import ApiKey, keyed_channel, phantom_dicom, phantom_png, write_tiny_store
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_fragments
@@ -487,7 +487,7 @@ def test_the_study_caps_and_the_decode_budget_are_settings() -> None:
     settings = Settings(max_study_bytes=12345, max_study_radiographs=3, max_decode_bytes=999, case_bank=None)
     pipeline = build_pipeline(settings, backend=InProcessBackend({}))
     assert (pipeline.max_study_bytes, pipeline.max_study_radiographs, pipeline.max_decode_bytes) == (12345, 3, 999)
-    documented = (ROOT / "docs" / "configuration.md").read_text()
+    documented = (ROOT / "docs" / "configuration.md").read_text()  # generated from the settings
     for name in ("AVN_MAX_DECODE_BYTES", "AVN_MAX_STUDY_BYTES", "AVN_MAX_STUDY_RADIOGRAPHS"):
         assert f"`{name}`" in documented
 
@@ -496,20 +496,25 @@ def test_the_study_caps_and_the_decode_budget_are_settings() -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def served(tmp_path_factory: pytest.TempPathFactory, api_key: ApiKey) -> Iterator[dict]:
     """The REST app under uvicorn and the gRPC server, both on loopback, over the embedded backend."""
     root = tmp_path_factory.mktemp("hardening")
     store = write_tiny_store(root)
     png = phantom_png(root, 0).read_bytes()
     # Two phantom PNGs are one byte over the study cap; the REST body limit (cap + multipart
     # overhead) still lets them in, so the pipeline's check answers on both protocols.
-    settings = Settings(max_study_radiographs=2, max_study_bytes=2 * len(png) - 1, case_bank=None)
+    settings = Settings(
+        max_study_radiographs=2, max_study_bytes=2 * len(png) - 1, case_bank=None, api_keys_file=api_key.file
+    )
     rest_pipeline = build_pipeline(settings, InProcessBackend.from_store(store))
     grpc_pipeline = build_pipeline(settings, InProcessBackend.from_store(store))  # its own loop, its own pipeline
-    with live_gateway(create_app(rest_pipeline, settings)) as rest, BackgroundGrpcServer(grpc_pipeline) as grpc_server:
-        with grpc.insecure_channel(grpc_server.target) as channel:
+    with (
+        live_gateway(create_app(rest_pipeline, settings)) as rest,
+        BackgroundGrpcServer(grpc_pipeline, authenticator=api_key.authenticator()) as grpc_server,
+    ):
+        with keyed_channel(grpc_server.target, api_key.key) as channel:
             yield {
-                "http": Http(rest.url),
+                "http": Http(rest.url, api_key.headers),
                 "stub": load().services.DiagnosisStub(channel),
                 "png": png,
                 "dicom": phantom_dicom(root, 1).read_bytes(),
@@ -531,9 +536,10 @@ class Http:
     """Plain HTTP/1.1 to the live gateway (urllib, as the web tests)."""
 
     url: str
+    headers: dict[str, str]  # the API key's
 
     def post(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> Answer:
-        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST")
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST", headers=self.headers)
         request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:

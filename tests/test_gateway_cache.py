@@ -1,5 +1,6 @@
 """The result cache: its key, the in-process LRU, and Redis — a real redis-server on a loopback port
-(tests/conftest.py) — including one killed in the middle of a run and started again."""
+(tests/conftest.py) — including one killed in the middle of a run and started again, one that
+requires a password, and entries forged or altered behind the gateway's back (signed values)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import numpy as np
 import pytest
 import redis
 from conftest import RedisServer
+from gateway_support import phantom_png, write_tiny_store
 
 from avn.pipeline.backend import ModelInfo
-from gateway.cache import REDIS_PREFIX, LRUCache, NullCache, RedisCache, build_cache, cache_key
+from avn.pipeline.pipeline import Pipeline
+from avn.pipeline.results import DiagnoseRequest, ImagePayload
+from avn.serving.inprocess import InProcessBackend
+from gateway.cache import REDIS_PREFIX, SIGNATURE_BYTES, LRUCache, NullCache, RedisCache, build_cache, cache_key
 from gateway.settings import Settings
 
 VERSIONS = {"detection": "1.0.0", "view": "1.0.0", "side": "1.0.0", "staging": "1.0.0", "notes": "1.0.0"}
@@ -144,3 +149,67 @@ def test_redis_unreachable_from_the_start_never_fails_a_request(caplog: pytest.L
             run(cache.put(key, b"x"))
     assert len([record for record in caplog.records if record.name == "gateway.cache"]) == 1
     assert cache.stats.misses == 5 and cache.stats.errors == 1
+
+
+# ---------------------------------------------------------------- a password, and signed values
+
+PASSWORD = "redis-pass-for-tests"
+SECRET = b"cache-secret-for-tests-0123456789"
+
+
+def test_a_redis_with_a_password_refuses_a_gateway_without_it(tmp_path) -> None:  # noqa: ANN001
+    server = RedisServer(tmp_path, password=PASSWORD).start()
+    try:
+        key = cache_key(pixels(), VERSIONS, OPTIONS)
+        without = RedisCache(server.url, retry_s=RETRY_S, secret=SECRET)
+        run(without.put(key, b"result"))
+        assert run(without.get(key)) is None and without.stats.errors >= 1 and not without.available
+        assert redis.Redis.from_url(server.url, password=PASSWORD).get(REDIS_PREFIX + key) is None  # nothing written
+        settings = Settings(redis_url=server.url, redis_password=PASSWORD, cache_secret=SECRET.decode())
+        with_password = build_cache(settings)
+        run(with_password.put(key, b"result"))
+        assert run(with_password.get(key)) == b"result" and with_password.stats.errors == 0
+        run(with_password.close())
+        run(without.close())
+    finally:
+        server.stop()
+
+
+def test_a_forged_altered_or_moved_entry_is_a_miss(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    cache = RedisCache(redis_server.url, retry_s=RETRY_S, secret=SECRET)
+    raw = redis.Redis.from_url(redis_server.url)
+    key, other = (cache_key(pixels(seed), VERSIONS, OPTIONS) for seed in (0, 1))
+    run(cache.put(key, b"the real result"))
+    stored = raw.get(REDIS_PREFIX + key)
+    assert stored.endswith(b"the real result") and len(stored) == SIGNATURE_BYTES + len(b"the real result")
+    assert run(cache.get(key)) == b"the real result"
+
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        raw.set(REDIS_PREFIX + other, stored)  # a valid entry moved under another key
+        assert run(cache.get(other)) is None
+        raw.set(REDIS_PREFIX + key, stored[:-1] + b"!")  # altered
+        assert run(cache.get(key)) is None
+        raw.set(REDIS_PREFIX + key, b'{"heads": []}')  # forged by someone without the secret
+        assert run(cache.get(key)) is None
+        raw.set(REDIS_PREFIX + key, stored)
+        assert run(RedisCache(redis_server.url, secret=b"another-secret-0123456789").get(key)) is None
+    assert run(cache.get(key)) == b"the real result"  # the genuine entry still reads
+    assert (cache.stats.hits, cache.stats.rejected) == (2, 3)
+    warnings = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(warnings) == 2 and "no valid signature" in warnings[0]  # one per cache a minute, not one per entry
+    run(cache.close())
+
+
+def test_a_tampered_diagnosis_in_redis_never_reaches_a_client(redis_server: RedisServer, tmp_path) -> None:  # noqa: ANN001
+    cache = RedisCache(redis_server.url, retry_s=RETRY_S, secret=SECRET)
+    pipeline = Pipeline(InProcessBackend.from_store(write_tiny_store(tmp_path)), cache)
+    request = DiagnoseRequest(ImagePayload(phantom_png(tmp_path, 0).read_bytes()))
+    first = run(pipeline.diagnose(request))
+    raw = redis.Redis.from_url(redis_server.url)
+    [entry] = list(raw.scan_iter(f"{REDIS_PREFIX}*"))
+    stored = raw.get(entry)
+    raw.set(entry, stored.replace(f'"width":{first.width}'.encode(), b'"width":1', 1))  # altered, signature kept
+    again = run(pipeline.diagnose(request))
+    assert not again.cache_hit and again.width == first.width and cache.stats.rejected == 1
+    assert run(pipeline.diagnose(request)).cache_hit  # recomputed and stored signed again
+    run(pipeline.close())

@@ -19,7 +19,16 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
-from gateway_support import TINY_INPUT, VERSION, first_index_of_view, phantom_dicom, phantom_png, write_tiny_store
+from gateway_support import (
+    TINY_INPUT,
+    VERSION,
+    ApiKey,
+    first_index_of_view,
+    keyed_channel,
+    phantom_dicom,
+    phantom_png,
+    write_tiny_store,
+)
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -57,17 +66,16 @@ def metrics() -> GatewayMetrics:
 
 
 @pytest.fixture(scope="module")
-def server(files: dict[str, Path], metrics: GatewayMetrics) -> BackgroundGrpcServer:
+def server(files: dict[str, Path], metrics: GatewayMetrics, api_key: ApiKey) -> BackgroundGrpcServer:
     pipeline = Pipeline(InProcessBackend.from_store(files["store"]), LRUCache(16))
-    with BackgroundGrpcServer(pipeline, metrics=metrics) as running:
+    with BackgroundGrpcServer(pipeline, metrics=metrics, authenticator=api_key.authenticator()) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def channel(server: BackgroundGrpcServer) -> grpc.Channel:
-    with grpc.insecure_channel(
-        server.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    ) as channel:
+def channel(server: BackgroundGrpcServer, api_key: ApiKey) -> grpc.Channel:
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    with keyed_channel(server.target, api_key.key, options) as channel:
         yield channel
 
 
@@ -284,13 +292,14 @@ def test_an_invalid_option_is_invalid_argument(stub, files) -> None:
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cam_stage 'V'" in raised.value.details()
 
 
-def test_a_missing_model_makes_the_server_not_serving_and_requests_unavailable(files, tmp_path) -> None:
+def test_a_missing_model_makes_the_server_not_serving_and_requests_unavailable(files, tmp_path, api_key) -> None:
     partial = tmp_path / "store"
     partial.mkdir()
     for name in MODELS[:-1]:  # everything but the notes model
         (partial / f"{name}.mar").symlink_to(files["store"] / f"{name}.mar")
-    with BackgroundGrpcServer(Pipeline(InProcessBackend.from_store(partial))) as running:
-        with grpc.insecure_channel(running.target) as channel:
+    pipeline = Pipeline(InProcessBackend.from_store(partial))
+    with BackgroundGrpcServer(pipeline, authenticator=api_key.authenticator()) as running:
+        with keyed_channel(running.target, api_key.key) as channel:
             request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
             health = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -310,15 +319,19 @@ CLIENT = textwrap.dedent(
     import grpc
     from avn.v1 import diagnosis_pb2, diagnosis_pb2_grpc
     assert diagnosis_pb2.__file__.startswith(sys.argv[1]), diagnosis_pb2.__file__
+    key = [("authorization", "Bearer " + sys.argv[4])]
     with grpc.insecure_channel(sys.argv[2]) as channel:
         stub = diagnosis_pb2_grpc.DiagnosisStub(channel)
-        answer = stub.Diagnose(diagnosis_pb2.DiagnoseRequest(image=open(sys.argv[3], "rb").read()), timeout=60)
+        request = diagnosis_pb2.DiagnoseRequest(image=open(sys.argv[3], "rb").read())
+        answer = stub.Diagnose(request, timeout=60, metadata=key)
     print(len(answer.heads), answer.heads[0].stage, len(answer.heads[0].notes))
     """
 )
 
 
-def test_a_client_generated_from_the_protos_alone_gets_a_full_result_for_a_dicom(server, files, tmp_path) -> None:
+def test_a_client_generated_from_the_protos_alone_gets_a_full_result_for_a_dicom(
+    server, files, tmp_path, api_key
+) -> None:
     out = tmp_path / "client"
     out.mkdir()
     shutil.copytree(PROTO_ROOT, tmp_path / "protos")
@@ -336,7 +349,7 @@ def test_a_client_generated_from_the_protos_alone_gets_a_full_result_for_a_dicom
         (package / "__init__.py").touch()
     (out / "client.py").write_text(CLIENT)
     result = subprocess.run(
-        [sys.executable, str(out / "client.py"), str(out), server.target, str(files["dicom"])],
+        [sys.executable, str(out / "client.py"), str(out), server.target, str(files["dicom"]), api_key.key],
         cwd=out,
         capture_output=True,
         text=True,

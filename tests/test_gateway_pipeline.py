@@ -60,7 +60,11 @@ from gateway.errors import (
     InvalidImage,
     ModelUnavailable,
     NoFemoralHead,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
+    ShuttingDown,
+    Unauthenticated,
     as_gateway_error,
     error_metadata,
     status_of,
@@ -594,6 +598,10 @@ def test_every_error_maps_to_one_grpc_code_and_one_http_status() -> None:
         ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
         DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
         Internal: (grpc.StatusCode.INTERNAL, 500),
+        Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
+        Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        ShuttingDown: (grpc.StatusCode.UNAVAILABLE, 503),
+        RequestTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
     }
     assert set(ERROR_STATUS) == set(expected) == set(DiagnosisError.__subclasses__())
     for cls, (code, http) in expected.items():
@@ -602,6 +610,10 @@ def test_every_error_maps_to_one_grpc_code_and_one_http_status() -> None:
     hidden = as_gateway_error(KeyError("secret internals"))
     assert isinstance(hidden, Internal) and "secret" not in str(hidden)
     assert dict(error_metadata(InvalidImage("x"))) == {"avn-error-type": "InvalidImage"}
+    assert dict(error_metadata(Overloaded("x", retry_after_s=2.4))) == {
+        "avn-error-type": "Overloaded",
+        "retry-after": "2",
+    }
 
 
 class ShapeAwareDetector(ScriptedBackend):

@@ -27,11 +27,10 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
-import grpc
 import numpy as np
 import pydicom
 import pytest
-from gateway_support import TINY_INPUT, VERSION, phantom_dicom, phantom_png, write_tiny_store
+from gateway_support import TINY_INPUT, VERSION, ApiKey, keyed_channel, phantom_dicom, phantom_png, write_tiny_store
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -92,15 +91,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(client, store: Path) -> BackgroundGrpcServer:  # the client first: it swaps `avn` modules briefly
-    with BackgroundGrpcServer(Pipeline(InProcessBackend.from_store(store))) as running:  # no cache
+def server(client, store: Path, api_key: ApiKey) -> BackgroundGrpcServer:  # the client first: it swaps `avn` briefly
+    pipeline = Pipeline(InProcessBackend.from_store(store))  # no cache
+    with BackgroundGrpcServer(pipeline, authenticator=api_key.authenticator()) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def call(client, server: BackgroundGrpcServer):
+def call(client, server: BackgroundGrpcServer, api_key: ApiKey):
     messages, services = client
-    with grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", MAX_MESSAGE)]) as channel:
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
+    with keyed_channel(server.target, api_key.key, options) as channel:
         stub = services.DiagnosisStub(channel)
 
         def diagnose(data: bytes, **fields):
@@ -236,7 +237,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("mode", ["embedded", "torchserve"])
-def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mode: str) -> None:
+def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mode: str, api_key: ApiKey) -> None:
     """`avn serve` as an operator runs it: ready, one REST diagnosis, SIGTERM → exit 0, and in
     TorchServe mode the TorchServe it started is gone too. Embedded, the ports come from the
     environment, over a settings file naming others (issue #16: flags not given never override)."""
@@ -245,7 +246,7 @@ def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mo
     served = tmp_path / "store"  # a private copy: its path identifies this test's TorchServe processes
     shutil.copytree(store, served)
     command = [*_avn_command(), "serve", "--store", str(served), "--host", LOOPBACK]
-    environment = {**os.environ, "AVN_LOG_LEVEL": "INFO"}
+    environment = {**os.environ, "AVN_LOG_LEVEL": "INFO", "AVN_API_KEYS_FILE": str(api_key.file)}
     if mode == "embedded":
         settings_file = tmp_path / "avn.toml"
         settings_file.write_text(f'grpc_port = {unused_port}\nrest_port = {unused_port}\nbackend = "embedded"\n')
@@ -272,7 +273,10 @@ def test_avn_serve_answers_rest_and_stops_cleanly_on_sigterm(store, tmp_path, mo
             pass  # gRPC listens where the flag or the environment said
         image = phantom_png(tmp_path, 0)
         request = urllib.request.Request(
-            f"{base}/v1/diagnose", data=image.read_bytes(), headers={"Content-Type": "image/png"}, method="POST"
+            f"{base}/v1/diagnose",
+            data=image.read_bytes(),
+            headers={"Content-Type": "image/png", **api_key.headers},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=RPC_TIMEOUT_S) as response:
             assert response.status == 200

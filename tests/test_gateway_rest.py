@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import MODEL_VERSION, RedisServer
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from gateway_support import phantom_png
+from gateway_support import ApiKey, phantom_png
 from PIL import Image
 
 from avn.pipeline.backend import MODELS
@@ -31,8 +32,13 @@ def backend_for(server: TorchServe) -> TorchServeBackend:
     return TorchServeBackend(f"{LOOPBACK}:{server.ports.grpc_inference}", f"{LOOPBACK}:{server.ports.grpc_management}")
 
 
-def settings(**overrides: object) -> Settings:
-    return Settings(max_payload_bytes=MAX_PAYLOAD, **overrides)
+def settings(api_key: ApiKey, **overrides: object) -> Settings:
+    return Settings(max_payload_bytes=MAX_PAYLOAD, api_keys_file=api_key.file, **overrides)
+
+
+def keyed(app: FastAPI, api_key: ApiKey) -> TestClient:
+    """A test client whose every request carries the API key."""
+    return TestClient(app, headers=api_key.headers)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +55,12 @@ def redis_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis
 
 
 @pytest.fixture(scope="module")
-def client(torchserve_server: TorchServe, redis_for_module: RedisServer) -> Iterator[TestClient]:
+def client(torchserve_server: TorchServe, redis_for_module: RedisServer, api_key: ApiKey) -> Iterator[TestClient]:
     def make_pipeline() -> Pipeline:  # a factory: the app builds the pipeline at start-up and closes it
         cache = RedisCache(redis_for_module.url, retry_s=0.2)
         return Pipeline(backend_for(torchserve_server), cache, max_image_bytes=MAX_PAYLOAD)
 
-    with TestClient(create_app(make_pipeline, settings())) as client:
+    with keyed(create_app(make_pipeline, settings(api_key)), api_key) as client:
         yield client
 
 
@@ -156,10 +162,10 @@ def test_bad_inputs_get_400_or_413_with_a_message_and_the_service_keeps_serving(
     assert client.post("/v1/diagnose", content=files[0]).status_code == 200
 
 
-def test_model_server_down_is_503_with_retry_after_and_not_ready(files: list[bytes]) -> None:
+def test_model_server_down_is_503_with_retry_after_and_not_ready(files: list[bytes], api_key: ApiKey) -> None:
     inference, management = free_ports(2)
     backend = TorchServeBackend(f"{LOOPBACK}:{inference}", f"{LOOPBACK}:{management}", retry_after_s=9)
-    with TestClient(create_app(lambda: Pipeline(backend, LRUCache(4)), settings())) as client:
+    with keyed(create_app(lambda: Pipeline(backend, LRUCache(4)), settings(api_key)), api_key) as client:
         response = client.post("/v1/diagnose", content=files[0])
         assert_error(response, 503, "ModelUnavailable", "unavailable")
         assert response.headers["retry-after"] == "9"
@@ -168,7 +174,9 @@ def test_model_server_down_is_503_with_retry_after_and_not_ready(files: list[byt
         assert client.get("/healthz").status_code == 200  # alive, though not ready
 
 
-def test_a_bug_is_500_internal_without_its_details(files: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bug_is_500_internal_without_its_details(
+    files: list[bytes], caplog: pytest.LogCaptureFixture, api_key: ApiKey
+) -> None:
     inference, management = free_ports(2)
     pipeline = Pipeline(TorchServeBackend(f"{LOOPBACK}:{inference}", f"{LOOPBACK}:{management}"), None)
 
@@ -176,7 +184,7 @@ def test_a_bug_is_500_internal_without_its_details(files: list[bytes], caplog: p
         raise RuntimeError("secret internals")
 
     pipeline.diagnose = broken  # type: ignore[method-assign]
-    with TestClient(create_app(pipeline, settings())) as client:
+    with keyed(create_app(pipeline, settings(api_key)), api_key) as client:
         response = client.post("/v1/diagnose", content=files[0])
         assert_error(response, 500, "Internal", "internal error")
         assert "secret" not in response.text
@@ -185,9 +193,9 @@ def test_a_bug_is_500_internal_without_its_details(files: list[bytes], caplog: p
     assert any("secret internals" in record.getMessage() or record.exc_info for record in caplog.records)
 
 
-def test_a_missed_deadline_is_504(torchserve_server: TorchServe, files: list[bytes]) -> None:
-    app = create_app(lambda: Pipeline(backend_for(torchserve_server), None), settings(deadline_s=0.001))
-    with TestClient(app) as client:
+def test_a_missed_deadline_is_504(torchserve_server: TorchServe, files: list[bytes], api_key: ApiKey) -> None:
+    app = create_app(lambda: Pipeline(backend_for(torchserve_server), None), settings(api_key, deadline_s=0.001))
+    with keyed(app, api_key) as client:
         assert_error(client.post("/v1/diagnose", content=files[0]), 504, "DeadlineExceeded", "deadline")
 
 

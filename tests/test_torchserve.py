@@ -9,6 +9,7 @@ loopback only — and is stopped at the end.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +83,41 @@ def test_images_decode_from_npy_and_16_bit_png() -> None:
     np.testing.assert_allclose(decode_image_request(png.tobytes()), image, atol=1e-4)
     with pytest.raises(WireFormatError, match="neither"):
         decode_image_request(b"GIF89a....")
+
+
+def properties_of(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_the_config_pins_models_to_the_store_and_keeps_the_rest_apis_on_loopback(tmp_path: Path) -> None:
+    """Issue #11: what an unpinned TorchServe would leave to its defaults is written down."""
+    store = tmp_path / "model_store"
+    written = properties_of(write_config(tmp_path / "c.properties", store, Ports(1, 2, 3, 4, 5, 6), host="0.0.0.0"))
+    assert written["disable_token_authorization"] == "false"  # token authorisation on by default
+    assert written["enable_model_api"] == "false" and written["enable_envvars_config"] == "false"
+    for api in ("inference_address", "management_address", "metrics_address"):
+        assert written[api].startswith("http://127.0.0.1:"), api
+    assert written["grpc_inference_address"] == written["grpc_management_address"] == "0.0.0.0"
+    allowed = re.compile(written["allowed_urls"])
+    assert allowed.fullmatch(f"file://{store}/detection.mar")
+    for elsewhere in (
+        "https://example.org/detection.mar",
+        f"file://{tmp_path}/other/x.mar",
+        f"file://{store}/../x.mar",
+    ):
+        assert not allowed.fullmatch(elsewhere), elsewhere
+
+
+def test_the_running_torchserve_refuses_to_register_a_model(server: TorchServe) -> None:
+    request = urllib.request.Request(
+        f"{server.management_url}/models?url=https://example.org/evil.mar&model_name=evil", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    message = refused.value.read().decode()
+    assert refused.value.code in (400, 403, 405), (refused.value.code, message)
+    assert "disabled" in message.lower() or "not allowed" in message.lower(), message
+    assert server.describe("evil") is None and server.describe("view") is not None
 
 
 def test_token_auth_stays_on_away_from_loopback(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Traces from request to model (issue #16): the span tree of one diagnosis over REST and gRPC, the
-client's W3C traceparent continued, the trace id in the answer and the log line, no PHI in any
+client's W3C traceparent continued, the trace id in the answer and the audit line, no PHI in any
 span; and the real OTLP exporter of `python -m gateway.service` against a collector on loopback.
 
 The SDK's tracer provider with an in-memory exporter is installed once for this module (the
@@ -8,6 +8,7 @@ OpenTelemetry API allows one global provider per process) and shut down at its e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import grpc
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from gateway_support import VERSION, phantom_dicom, write_tiny_store
+from gateway_support import VERSION, ApiKey, keyed_channel, phantom_dicom, write_tiny_store
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -89,16 +90,17 @@ def new_pipeline(files: dict[str, Path]) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def client(files: dict[str, Path], spans: InMemorySpanExporter) -> Iterator[TestClient]:
-    with TestClient(create_app(new_pipeline(files), Settings(case_bank=None))) as test_client:
+def client(files: dict[str, Path], spans: InMemorySpanExporter, api_key: ApiKey) -> Iterator[TestClient]:
+    app = create_app(new_pipeline(files), Settings(case_bank=None, api_keys_file=api_key.file))
+    with TestClient(app, headers=api_key.headers) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
-def grpc_stub(files: dict[str, Path], spans: InMemorySpanExporter):
+def grpc_stub(files: dict[str, Path], spans: InMemorySpanExporter, api_key: ApiKey):
     with (
-        BackgroundGrpcServer(new_pipeline(files)) as server,
-        grpc.insecure_channel(server.target) as channel,
+        BackgroundGrpcServer(new_pipeline(files), authenticator=api_key.authenticator()) as server,
+        keyed_channel(server.target, api_key.key) as channel,
     ):
         yield STUBS.services.DiagnosisStub(channel)
 
@@ -151,7 +153,7 @@ def test_one_rest_diagnosis_is_one_trace_from_request_to_each_model(
 ) -> None:
     spans.clear()
     upload = {"file": (FILE_NAME, files["dicom"].read_bytes(), "application/dicom")}
-    with caplog.at_level(logging.INFO, logger="gateway.tracing"):
+    with caplog.at_level(logging.INFO, logger="avn.audit"):
         response = client.post("/v1/diagnose", files=upload, headers={"traceparent": TRACEPARENT})
     assert response.status_code == 200, response.text
     finished = list(spans.get_finished_spans())
@@ -163,8 +165,9 @@ def test_one_rest_diagnosis_is_one_trace_from_request_to_each_model(
     check_no_phi(finished)
     assert response.headers[TRACE_ID_KEY] == CLIENT_TRACE_ID
     request_id = response.headers["x-request-id"]
-    [line] = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
-    assert line.startswith("rest diagnose ok in ") and f"trace {CLIENT_TRACE_ID}" in line
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "avn.audit"]
+    assert (line["operation"], line["outcome"], line["request_id"]) == ("diagnose", "ok", request_id)
+    assert line["trace_id"] == CLIENT_TRACE_ID
 
 
 def test_a_cache_hit_ends_the_tree_at_the_lookup(client: TestClient, spans: InMemorySpanExporter, files) -> None:
@@ -252,7 +255,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         return found
 
 
-def test_the_gateway_exports_its_traces_over_otlp(files: dict[str, Path], tmp_path: Path) -> None:
+def test_the_gateway_exports_its_traces_over_otlp(files: dict[str, Path], tmp_path: Path, api_key: ApiKey) -> None:
     collector = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
@@ -266,6 +269,7 @@ def test_the_gateway_exports_its_traces_over_otlp(files: dict[str, Path], tmp_pa
         "AVN_GRPC_PORT": str(grpc_port),
         "AVN_REST_PORT": str(rest_port),
         "AVN_CASE_BANK": "",
+        "AVN_API_KEYS_FILE": str(api_key.file),
         "AVN_OTLP_ENDPOINT": f"http://{LOOPBACK}:{collector_port}",
         "AVN_TRACE_SERVICE_NAME": "avn-gateway-test",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -280,7 +284,7 @@ def test_the_gateway_exports_its_traces_over_otlp(files: dict[str, Path], tmp_pa
         request = urllib.request.Request(
             f"http://{LOOPBACK}:{rest_port}/v1/diagnose",
             data=files["dicom"].read_bytes(),
-            headers={"Content-Type": "application/dicom", "traceparent": TRACEPARENT},
+            headers={"Content-Type": "application/dicom", "traceparent": TRACEPARENT, **api_key.headers},
         )
         with urllib.request.urlopen(request, timeout=RPC_TIMEOUT_S) as response:
             assert response.headers[TRACE_ID_KEY] == CLIENT_TRACE_ID

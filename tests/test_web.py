@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from gateway_support import phantom_dicom, phantom_png, write_tiny_run
+from gateway_support import ApiKey, phantom_dicom, phantom_png, write_tiny_run
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -31,11 +31,13 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from web_support import (
     DESKTOP,
+    KEY_STORAGE,
     TABLET,
     LiveGateway,
     chromium,
     close_chromium,
     live_gateway,
+    load_signed_in,
     page_errors,
     set_viewport,
     wait_for,
@@ -83,11 +85,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, case_bank_dir: Path) -> Iterator[LiveGateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, case_bank_dir: Path, api_key: ApiKey) -> Iterator[LiveGateway]:
     run_dir = write_tiny_run(tmp_path_factory.mktemp("tiny-run"))
     pipeline = Pipeline(InProcessBackend.from_run(run_dir))
-    app = create_app(pipeline, Settings(), case_bank=CaseBank.from_folder(case_bank_dir))
-    with live_gateway(app) as server:
+    settings = Settings(api_keys_file=api_key.file)
+    app = create_app(pipeline, settings, case_bank=CaseBank.from_folder(case_bank_dir))
+    with live_gateway(app, api_key.headers) as server:
         yield server
     asyncio.run(pipeline.close())
 
@@ -108,10 +111,10 @@ def browser(downloads: Path) -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def page(browser: WebDriver, gateway: LiveGateway) -> Iterator[WebDriver]:
-    """The app freshly loaded at desktop size; the test fails on any script error in the page."""
+def page(browser: WebDriver, gateway: LiveGateway, api_key: ApiKey) -> Iterator[WebDriver]:
+    """The app freshly loaded at desktop size, signed in; the test fails on any script error in the page."""
     set_viewport(browser, DESKTOP)
-    browser.get(f"{gateway.url}/")
+    load_signed_in(browser, f"{gateway.url}/", api_key.key)
     wait_for(browser, "window.avn && window.avn.modes", "the app to start")
     page_errors(browser)  # drop the log of earlier pages
     yield browser
@@ -123,7 +126,9 @@ def page(browser: WebDriver, gateway: LiveGateway) -> Iterator[WebDriver]:
 
 
 def http(gateway: LiveGateway, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(f"{gateway.url}{path}", data=body, method="POST" if body is not None else "GET")
+    request = urllib.request.Request(
+        f"{gateway.url}{path}", data=body, method="POST" if body is not None else "GET", headers=gateway.headers
+    )
     if body is not None:
         request.add_header("Content-Type", "application/octet-stream")
     try:
@@ -158,6 +163,10 @@ def test_the_page_is_served_at_the_root(gateway: LiveGateway) -> None:
         assert status == 200 and headers["cache-control"] == "no-cache", (
             asset
         )  # a new release is never mixed with old modules
+    status, headers, _ = http(gateway, "/app/")
+    assert "script-src 'self'" in headers["content-security-policy"]  # no script but the page's own
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
     paths = http_json(gateway, "/openapi.json")["paths"]
     assert {"/v1/render", "/v1/cases", "/v1/cases/{case_id}/image", "/v1/cases/{case_id}/truth"} <= set(paths)
     assert "/" not in paths and "image/png" in paths["/v1/render"]["post"]["responses"]["200"]["content"]
@@ -194,7 +203,8 @@ def test_render_refuses_bad_input_through_the_error_table(gateway: LiveGateway, 
 def test_the_case_bank_lists_cases_with_their_truth(gateway: LiveGateway, case_bank_dir: Path) -> None:
     dataset = load_dataset(case_bank_dir)
     bank = http_json(gateway, "/v1/cases")
-    assert bank["available"] and bank["source"] == str(case_bank_dir) and bank["message"] == ""
+    assert bank["available"] and bank["source"] == case_bank_dir.name and bank["message"] == ""
+    assert str(case_bank_dir.parent) not in json.dumps(bank)  # the folder's name, never its path on the server
     split, cases = select_cases(dataset)
     assert bank["split"] == split == "all"  # two subjects: no E3 worth the name
     assert [case["id"] for case in bank["cases"]] == [case.id for case in cases] and len(cases) >= 4
@@ -218,11 +228,14 @@ def test_the_case_bank_lists_cases_with_their_truth(gateway: LiveGateway, case_b
     assert status == 400 and headers["avn-error-type"] == "InvalidArgument" and "unknown case" in body.decode()
 
 
-def test_a_missing_case_bank_is_reported_not_fatal(tmp_path: Path) -> None:
-    app = create_app(Pipeline(InProcessBackend({})), Settings(case_bank=tmp_path / "nowhere"))
-    with TestClient(app) as client:
+def test_a_missing_case_bank_is_reported_not_fatal(tmp_path: Path, api_key: ApiKey) -> None:
+    app = create_app(
+        Pipeline(InProcessBackend({})), Settings(case_bank=tmp_path / "nowhere", api_keys_file=api_key.file)
+    )
+    with TestClient(app, headers=api_key.headers) as client:
         bank = client.get("/v1/cases").json()
         assert bank["available"] is False and bank["cases"] == [] and "no annotations.json" in bank["message"]
+        assert str(tmp_path) not in json.dumps(bank)
         assert client.get("/v1/cases/1/image").json()["error"]["code"] == "InvalidArgument"
     assert not CaseBank.from_folder(None).available  # AVN_CASE_BANK= (empty)
 
@@ -250,6 +263,57 @@ def test_the_bank_is_the_e3_split_when_it_holds_enough_cases() -> None:
 
 
 # ---------------------------------------------------------------- the page in Chromium
+
+
+def test_the_page_signs_in_with_an_api_key_kept_in_this_tab_only(
+    browser: WebDriver, gateway: LiveGateway, api_key: ApiKey
+) -> None:
+    """No key: the page asks for one and starts no mode; a wrong key is refused and not kept; the
+    right one is kept in sessionStorage (no cookie, no localStorage), the API answers with it, and
+    signing out forgets it and asks again."""
+    set_viewport(browser, DESKTOP)
+    browser.get(f"{gateway.url}/")
+    browser.execute_script("sessionStorage.clear();")
+    browser.get(f"{gateway.url}/#self-study")
+    wait_for(browser, "document.getElementById('sign-in').open", "the sign-in dialog")
+    assert browser.execute_script("return window.avn === undefined;"), "a mode started without a key"
+    key_field = browser.find_element(By.ID, "sign-in-key")
+    assert key_field.get_attribute("type") == "password"
+
+    key_field.send_keys(f"{api_key.id}.not-the-secret")
+    browser.find_element(By.ID, "sign-in-submit").click()
+    refusal = wait_for(
+        browser,
+        "!document.getElementById('sign-in-error').hidden && document.getElementById('sign-in-error').textContent",
+        "the refusal",
+    )
+    assert "does not accept this key" in refusal
+    assert browser.execute_script("return document.getElementById('sign-in').open;")
+    assert browser.execute_script("return sessionStorage.getItem(arguments[0]);", KEY_STORAGE) is None
+
+    key_field.clear()
+    key_field.send_keys(api_key.key)
+    browser.find_element(By.ID, "sign-in-submit").click()
+    wait_for(browser, "window.avn && window.avn.modes", "the app to start once signed in")
+    assert not browser.execute_script("return document.getElementById('sign-in').open;")
+    assert browser.find_element(By.ID, "signed-in-as").text == f"Signed in as {api_key.id}"
+    stored = browser.execute_script(
+        "return [sessionStorage.getItem(arguments[0]), localStorage.length, document.cookie];", KEY_STORAGE
+    )
+    assert stored == [api_key.key, 0, ""]
+    # The mode the URL named starts with the key: the case bank (a closed route) loads.
+    source = wait_for(
+        browser,
+        "document.getElementById('ss-source').textContent.includes('cases from') && "
+        "document.getElementById('ss-source').textContent",
+        "the case bank",
+    )
+    assert "Case bank:" in source
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_for(browser, "document.getElementById('sign-in').open", "the sign-in dialog after signing out")
+    assert browser.execute_script("return sessionStorage.getItem(arguments[0]);", KEY_STORAGE) is None
+    page_errors(browser)  # the refused requests above are expected
 
 
 def test_the_page_speaks_the_projects_vocabulary(page: WebDriver) -> None:

@@ -47,9 +47,11 @@ WAIT_S = 30.0
 
 
 class LiveGateway:
-    """``app`` served by uvicorn on a free loopback port from a daemon thread, until :meth:`stop`."""
+    """``app`` served by uvicorn on a free loopback port from a daemon thread, until :meth:`stop`.
+    ``headers``: what the tests' HTTP clients send with every request (the API key)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, headers: dict[str, str] | None = None) -> None:
+        self.headers = dict(headers or {})
         self.port = free_ports(1)[0]
         config = uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)  # signal handlers are only installed on the main thread
@@ -74,8 +76,8 @@ class LiveGateway:
 
 
 @contextmanager
-def live_gateway(app: FastAPI) -> Iterator[LiveGateway]:
-    gateway = LiveGateway(app).start()
+def live_gateway(app: FastAPI, headers: dict[str, str] | None = None) -> Iterator[LiveGateway]:
+    gateway = LiveGateway(app, headers).start()
     try:
         yield gateway
     finally:
@@ -104,6 +106,20 @@ def chromium(download_dir: Path, size: tuple[int, int] = DESKTOP) -> webdriver.C
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
     set_viewport(driver, size)
     return driver
+
+
+KEY_STORAGE = "avn-api-key"  # web/js/api.js keeps the tab's API key under this sessionStorage name
+
+
+def load_signed_in(driver: webdriver.Chrome, url: str, key: str) -> None:
+    """Load the page at ``url`` with ``key`` already in the tab's sessionStorage, as after signing in.
+    The key is stored from the gateway's /healthz (same origin, so the same storage): on the page
+    itself a start-up call without the key could answer 401 after the key was stored, and the page
+    would forget it."""
+    origin = "/".join(url.split("/", 3)[:3])
+    driver.get(f"{origin}/healthz")
+    driver.execute_script("sessionStorage.setItem(arguments[0], arguments[1]);", KEY_STORAGE, key)
+    driver.get(url)
 
 
 def close_chromium(driver: webdriver.Chrome) -> None:

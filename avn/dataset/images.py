@@ -151,8 +151,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, reading headers only where the format allows."""
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        import pydicom
-
+        pydicom = quiet_pydicom()
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             return int(ds.Columns), int(ds.Rows)
@@ -299,9 +298,20 @@ def _uid(ds, keyword: str) -> str:
     return value if len(value) <= MAX_UID_LENGTH and UID_PATTERN.fullmatch(value) else ""
 
 
+def quiet_pydicom():
+    """pydicom, told not to report malformed header values. It would quote them ("Invalid value for
+    VR IS: 'JANE'") in a warning and a log line, and header values carry patient data; the decoder
+    checks every field it uses itself and names the field, never the value. Values are read the
+    same either way (pydicom's IGNORE and WARN modes differ only in the message)."""
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
+
+
 def _parsed_dicom(data: bytes, name: str):
     """The data set, pixel data still encoded; with or without the Part 10 preamble and File Meta."""
-    import pydicom
+    pydicom = quiet_pydicom()
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)

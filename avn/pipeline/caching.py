@@ -23,11 +23,13 @@ KEY_SCHEME = b"avn-result-v1"  # change when the key's recipe or the value's for
 
 @dataclass
 class CacheStats:
-    """Counters since start: lookups answered, lookups not, and Redis failures (served uncached)."""
+    """Counters since start: lookups answered, lookups not, Redis failures (served uncached), and
+    entries refused because their signature did not match (forged or tampered: computed afresh)."""
 
     hits: int = 0
     misses: int = 0
     errors: int = 0
+    rejected: int = 0
 
 
 class ResultCache(Protocol):

@@ -34,8 +34,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 from opentelemetry.trace import Span
@@ -73,6 +74,7 @@ from avn.pipeline.results import (
     encode_diagnosis,
 )
 from avn.pipeline.study import aggregate_sides, split_study_outcomes
+from avn.pipeline.threads import DEFAULT_IMAGE_THREADS, bounded_pool, run_in
 from avn.pipeline.tracing import (
     ATTRIBUTE_CACHE_HIT,
     ATTRIBUTE_CANDIDATES,
@@ -88,6 +90,7 @@ from avn.pipeline.tracing import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MAX_STUDY_RADIOGRAPHS = 16
 # Two radiographs of the largest size, or a typical subject's several uncompressed DICOMs.
@@ -123,6 +126,7 @@ class Pipeline:
         max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         note_threshold: float = DEFAULT_NOTE_THRESHOLD,
         operating_point: str | None = None,
+        image_threads: int = DEFAULT_IMAGE_THREADS,
     ) -> None:
         self.backend = backend
         self.cache = cache
@@ -133,6 +137,8 @@ class Pipeline:
         self.max_study_bytes = max_study_bytes
         self.note_threshold = note_threshold  # for requests that do not set their own
         self.operating_point = operating_point  # likewise; None: the staging card's default
+        # Decoding, hashing and drawing: a bounded pool of its own (avn/pipeline/threads.py).
+        self.image_pool = bounded_pool(image_threads, "avn-image")
         # Told every model call's duration (the gateway's per-model latency metric).
         self.model_call_observers: list[ModelCallObserver] = []
         self._ready_until = 0.0  # monotonic time until which the last passing probe is trusted
@@ -236,6 +242,11 @@ class Pipeline:
 
     async def close(self) -> None:
         await self.backend.close()
+        self.image_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run_image_work(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the image pool: decoding, hashing, drawing (also the web app's renditions)."""
+        return await run_in(self.image_pool, function, *args)
 
     def _checked(self, options: DiagnoseOptions) -> DiagnoseOptions:
         """``options`` with the service's note threshold where the client set none; invalid → error."""
@@ -254,7 +265,7 @@ class Pipeline:
         with span("diagnose", **({} if study_index is None else {ATTRIBUTE_STUDY_INDEX: study_index})):
             clock = StepClock()
             with clock.step("decode") as decoding:
-                radiograph = await asyncio.to_thread(
+                radiograph = await self.run_image_work(
                     decode_payload, payload, self.max_image_bytes, self.max_decode_bytes
                 )
                 decoding.set_attributes(
@@ -343,7 +354,7 @@ class Pipeline:
         if render:
             with clock.step("output") as rendering:
                 rendering.set_attribute(ATTRIBUTE_OVERLAY, options.include_overlay)
-                heads, overlay = await asyncio.to_thread(
+                heads, overlay = await self.run_image_work(
                     render_outputs,
                     radiograph.pixels,
                     heads,
@@ -400,7 +411,7 @@ class Pipeline:
         if self.cache is None:
             return None
         # Hashing tens of megabytes of pixels takes a while: off the event loop.
-        return await asyncio.to_thread(
+        return await self.run_image_work(
             diagnosis_cache_key, radiograph.pixels, models.values(), options, self.crop_scale
         )
 

@@ -6,9 +6,9 @@ the models' own ``predict`` (one inference path), so the two backends answer the
 Used by ``avn serve --embedded``, ``avn diagnose``, the tests and the benchmarks. It loads the five
 checkpoints either from a model store (``<task>.mar`` archives: zip files holding the checkpoint,
 see :mod:`avn.store`) or from a training run folder (``<task>/model.pt``). Every model call runs on
-a worker thread (``asyncio.to_thread``) under ``torch.inference_mode``: PyTorch releases the GIL
-while it computes, so the four classifiers of one radiograph really run side by side and the event
-loop keeps serving other requests.
+a thread of the backend's own bounded pool (``threads``, :mod:`avn.pipeline.threads`) under
+``torch.inference_mode``: PyTorch releases the GIL while it computes, so the four classifiers of one
+radiograph really run side by side and the event loop keeps serving other requests.
 
 A model missing from the folder does not stop the backend from starting: :meth:`models` and calls
 to that model raise :class:`~avn.pipeline.errors.ModelUnavailable`, so health and readiness report it.
@@ -16,7 +16,6 @@ to that model raise :class:`~avn.pipeline.errors.ModelUnavailable`, so health an
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import tempfile
@@ -41,6 +40,7 @@ from avn.pipeline.backend import (
     operating_points_of,
 )
 from avn.pipeline.errors import Internal, ModelUnavailable
+from avn.pipeline.threads import DEFAULT_MODEL_THREADS, bounded_pool, run_in
 from avn.store import CHECKPOINT_NAME
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,19 @@ class LoadedModel:
 class InProcessBackend:
     """:class:`avn.pipeline.backend.ModelBackend` over models held in this process."""
 
-    def __init__(self, models: Mapping[str, LoadedModel], device: str | torch.device = "cpu", source: str = "") -> None:
+    def __init__(
+        self,
+        models: Mapping[str, LoadedModel],
+        device: str | torch.device = "cpu",
+        source: str = "",
+        threads: int = DEFAULT_MODEL_THREADS,
+    ) -> None:
         unknown = sorted(set(models) - set(MODELS))
         if unknown:
             raise ValueError(f"unknown models {unknown}; expected some of {MODELS}")
         self.device = torch.device(device)
         self.source = source
+        self.pool = bounded_pool(threads, "avn-model")
         self._models = {
             name: LoadedModel(model.module.to(self.device).eval(), model.card) for name, model in models.items()
         }
@@ -91,30 +98,36 @@ class InProcessBackend:
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+    def from_folder(
+        cls, folder: str | Path, device: str | torch.device = "cpu", threads: int = DEFAULT_MODEL_THREADS
+    ) -> InProcessBackend:
         """A model store (``*.mar``) or a run folder (``<task>/model.pt``), whichever ``folder`` is."""
         folder = Path(folder)
         if any(folder.glob(f"*{ARCHIVE_SUFFIX}")):
-            return cls.from_store(folder, device)
-        return cls.from_run(folder, device)
+            return cls.from_store(folder, device, threads)
+        return cls.from_run(folder, device, threads)
 
     @classmethod
-    def from_store(cls, store: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+    def from_store(
+        cls, store: str | Path, device: str | torch.device = "cpu", threads: int = DEFAULT_MODEL_THREADS
+    ) -> InProcessBackend:
         """Models from ``store/<task>.mar`` (the checkpoint is read out of each archive)."""
         store = Path(store)
         archives = {task: store / f"{task}{ARCHIVE_SUFFIX}" for task in MODELS}
         models = {task: load_archive(path, task, device) for task, path in archives.items() if path.is_file()}
         cls._log_missing(models, store)
-        return cls(models, device, source=str(store))
+        return cls(models, device, source=str(store), threads=threads)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> InProcessBackend:
+    def from_run(
+        cls, run_dir: str | Path, device: str | torch.device = "cpu", threads: int = DEFAULT_MODEL_THREADS
+    ) -> InProcessBackend:
         """Models from ``run_dir/<task>/model.pt`` (what ``avn train`` writes)."""
         run_dir = Path(run_dir)
         checkpoints = {task: run_dir / task / CHECKPOINT_NAME for task in MODELS}
         models = {task: load_model(path, task, device) for task, path in checkpoints.items() if path.is_file()}
         cls._log_missing(models, run_dir)
-        return cls(models, device, source=str(run_dir))
+        return cls(models, device, source=str(run_dir), threads=threads)
 
     @staticmethod
     def _log_missing(models: Mapping[str, LoadedModel], folder: Path) -> None:
@@ -126,7 +139,7 @@ class InProcessBackend:
 
     async def detect(self, image: np.ndarray) -> Detections:
         detector = self._model("detection").module
-        return await asyncio.to_thread(_detect, detector, np.asarray(image, dtype=np.float32))
+        return await run_in(self.pool, _detect, detector, np.asarray(image, dtype=np.float32))
 
     async def classify(self, model: str, crops: np.ndarray, cam_stage: str | None = None) -> Classification:
         if model not in CLASSIFIER_MODELS:
@@ -138,7 +151,7 @@ class InProcessBackend:
             raise Internal(f"{model} needs crops shaped (N, {size}, {size}), got {crops.shape}")
         if cam_stage is not None and model != "staging":
             raise Internal(f"cam_stage applies to the staging model only, not to {model!r}")
-        return await asyncio.to_thread(_classify, loaded.module, crops, cam_stage, model == "staging")
+        return await run_in(self.pool, _classify, loaded.module, crops, cam_stage, model == "staging")
 
     async def models(self) -> list[ModelInfo]:
         return [self._model(name).info for name in MODELS]
@@ -149,6 +162,7 @@ class InProcessBackend:
 
     async def close(self) -> None:
         self._models.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _model(self, name: str) -> LoadedModel:
         if name not in self._models:

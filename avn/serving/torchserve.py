@@ -9,6 +9,13 @@ test runs included — never see each other's.
 
 Token authorisation is TorchServe's default and stays on; ``disable_token_auth=True`` is accepted
 only when every address is loopback (tests, a single-host gateway).
+
+:func:`write_config` pins what would otherwise be left to the installed version's defaults: models
+are loaded from the store only (``allowed_urls`` matches nothing outside it; registering or
+deleting models through the management API is off, ``enable_model_api=false``; environment
+variables cannot override the file), and only the gRPC APIs the gateway calls (inference, and
+management for model cards and scaling) listen on ``host`` — the REST inference and management
+APIs and the metrics API stay on loopback whatever ``host`` is.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,15 +96,18 @@ def write_config(
 ) -> Path:
     """Write a TorchServe ``config.properties``; returns ``path``.
 
+    ``host``: the address of the gRPC inference and management APIs (``0.0.0.0`` in a container
+    the gateway calls from another); the REST APIs and metrics stay on loopback.
     ``gpus=0`` pins a CPU-only server; ``None`` lets TorchServe count the GPUs.
     ``system_metrics=False`` stops the once-a-minute system-metrics subprocess (tests, small hosts).
     """
     if disable_token_auth and not _is_loopback(host):
         raise InsecureConfigError(f"token authorisation may only be disabled on loopback, not on {host}")
     properties = {
-        "inference_address": f"http://{host}:{ports.inference}",
-        "management_address": f"http://{host}:{ports.management}",
-        "metrics_address": f"http://{host}:{ports.metrics}",
+        # Nobody outside the container needs these: loopback, whatever `host` is.
+        "inference_address": f"http://{LOOPBACK}:{ports.inference}",
+        "management_address": f"http://{LOOPBACK}:{ports.management}",
+        "metrics_address": f"http://{LOOPBACK}:{ports.metrics}",
         "grpc_inference_address": host,
         "grpc_inference_port": str(ports.grpc_inference),
         "grpc_management_address": host,
@@ -105,6 +116,11 @@ def write_config(
         "model_store": str(model_store),
         "load_models": load_models,
         "disable_token_authorization": str(disable_token_auth).lower(),
+        # Models come from the store and nowhere else: no URL outside it, no registration or deletion
+        # through the management API, no TS_* variable overriding this file.
+        "allowed_urls": store_url_pattern(model_store),
+        "enable_model_api": "false",
+        "enable_envvars_config": "false",
         # Dependencies come from the project's environment, never from pip at model load.
         "install_py_dep_per_model": "false",
         "cpu_launcher_enable": "false",
@@ -119,6 +135,11 @@ def write_config(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
     return path
+
+
+def store_url_pattern(model_store: Path) -> str:
+    """TorchServe's ``allowed_urls`` (a regular expression) matching ``file://`` URLs inside the store only."""
+    return f"file://{re.escape(str(Path(model_store)))}/[^/]+"
 
 
 def _is_loopback(host: str) -> bool:

@@ -23,15 +23,15 @@ the one mapping of :mod:`gateway.errors`: the status it gives, the body ``{"erro
 "message", "request_id"}}`` (``code`` is the error type, e.g. ``InvalidImage``), ``Retry-After`` on
 503. A body over ``AVN_MAX_PAYLOAD_BYTES`` is refused with 413 while it streams in, before it is decoded.
 
-The package: ``app`` (:func:`create_app`, :func:`serve_rest`), ``routers/`` (``diagnosis``:
+The package: ``app`` (:func:`create_app`, :func:`rest_server`), ``routers/`` (``diagnosis``:
 diagnose and studies; ``service``: models, health, readiness, metrics; ``web``: renditions, the
 case bank and the page), ``dependencies`` (pipeline, settings, metrics, options, request id and
 observation), ``bodies`` (reading uploads under the limit), ``models`` (the JSON bodies),
 ``openapi`` (what the document says beyond them) and ``error_handlers``.
 """
 
-from gateway.rest.app import create_app, serve_rest
+from gateway.rest.app import create_app, rest_server
 from gateway.rest.error_handlers import error_response
 from gateway.rest.models import DiagnosisResponse, StudyResponse
 
-__all__ = ["DiagnosisResponse", "StudyResponse", "create_app", "error_response", "serve_rest"]
+__all__ = ["DiagnosisResponse", "StudyResponse", "create_app", "error_response", "rest_server"]

@@ -11,7 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from avn.pipeline.pipeline import new_request_id
-from gateway.errors import DiagnosisError, InvalidArgument, as_gateway_error, error_metadata, status_of
+from gateway import audit
+from gateway.errors import (
+    DiagnosisError,
+    InvalidArgument,
+    Unauthenticated,
+    as_gateway_error,
+    error_metadata,
+    status_of,
+)
 from gateway.rest.dependencies import REQUEST_ID_HEADER
 from gateway.rest.models import ErrorDetail, ErrorResponse
 
@@ -45,4 +53,16 @@ def error_response(request: Request, error: Exception) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(code=type(typed).__name__, message=str(typed), request_id=request_id))
     headers = {name: value for name, value in error_metadata(typed)}
     headers[REQUEST_ID_HEADER] = request_id
+    if isinstance(typed, Unauthenticated):
+        headers["www-authenticate"] = 'Bearer realm="avn"'  # RFC 6750: how to authenticate
+    _audit_failure(request_id, type(typed).__name__)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _audit_failure(request_id: str, error_type: str) -> None:
+    # A request refused before its operation started (no key, bad parameters) still gets its id and
+    # outcome in the audit line.
+    record = audit.current()
+    if record is not None:
+        record.request_id = record.request_id or request_id
+    audit.note_outcome(error_type)

@@ -124,6 +124,11 @@ class ReadinessResponse(_Strict):
     ready: bool
 
 
+class WhoAmIResponse(_Strict):
+    caller: str = Field(description="The id of the request's API key (`anonymous` when authentication is off).")
+    authentication: str = Field(description="`api-key`, or `off` (development on loopback).")
+
+
 class CaseSummary(_Strict):
     """One case of the bank, without its truth."""
 
@@ -134,7 +139,7 @@ class CaseSummary(_Strict):
 
 class CaseBankResponse(_Strict):
     available: bool
-    source: str = Field(description="The case bank's folder (AVN_CASE_BANK).")
+    source: str = Field(description="The name of the case bank's folder (AVN_CASE_BANK), not its path.")
     split: str = Field(description="E3, or all when the folder's E3 split is too small.")
     message: str = Field(description="Why the bank is empty; empty when it is not.")
     cases: list[CaseSummary]
@@ -162,7 +167,7 @@ class CaseTruthResponse(_Strict):
 class ErrorDetail(_Strict):
     code: str = Field(
         description="The error type: InvalidImage, InvalidArgument, PayloadTooLarge, NoFemoralHead, "
-        "ModelUnavailable, DeadlineExceeded or Internal."
+        "ModelUnavailable, DeadlineExceeded, Internal, Unauthenticated, Overloaded, ShuttingDown or RequestTimeout."
     )
     message: str
     request_id: str

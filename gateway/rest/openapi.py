@@ -23,10 +23,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (400, "Unreadable image or invalid option"),
+        (401, "No API key, or not a valid one"),
+        (408, "The request body did not arrive within the body deadline"),
         (413, "Payload over the limit"),
         (422, "No femoral head found"),
+        (429, "Too many requests in flight; retry after Retry-After seconds"),
         (500, "Internal error"),
-        (503, "A model is unavailable; retry after Retry-After seconds"),
+        (503, "A model is unavailable or the gateway is stopping; retry after Retry-After seconds"),
         (504, "Deadline exceeded"),
     )
 }

@@ -1,6 +1,26 @@
 // The gateway's REST API as the page uses it (same origin; see gateway/rest/ and avn/pipeline/results.py for every field).
 // Every failure becomes an ApiError carrying the gateway's own error code and message, so the
 // page can show the user what the gateway said rather than a bare status.
+//
+// Every call carries the API key the user signed in with (session.js) as `authorization: Bearer
+// <key>`. The key lives in sessionStorage: this tab only, gone when it closes, never in a cookie
+// (so no other site can make the browser send it). A 401 forgets the key and tells the page
+// (the "avn:signed-out" event), which asks for one again.
+
+const KEY_STORAGE = "avn-api-key";
+export const SIGNED_OUT_EVENT = "avn:signed-out";
+
+export function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+export function rememberKey(key) {
+  sessionStorage.setItem(KEY_STORAGE, key);
+}
+
+export function forgetKey() {
+  sessionStorage.removeItem(KEY_STORAGE);
+}
 
 export class ApiError extends Error {
   constructor(status, code, message, requestId) {
@@ -19,16 +39,27 @@ export class ApiError extends Error {
 }
 
 async function call(url, options = {}) {
+  const key = apiKey();
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, withKey(options, key));
   } catch (error) {
     throw new ApiError(0, "Unreachable", `the gateway cannot be reached (${error.message})`, "");
   }
   if (!response.ok) {
+    if (response.status === 401 && apiKey() === key) {
+      // Only the key this call sent is forgotten: one entered meanwhile may be good.
+      forgetKey();
+      window.dispatchEvent(new CustomEvent(SIGNED_OUT_EVENT));
+    }
     throw await errorOf(response);
   }
   return response;
+}
+
+function withKey(options, key) {
+  if (!key) return options;
+  return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } };
 }
 
 async function errorOf(response) {
@@ -64,6 +95,11 @@ export async function diagnoseStudy(files) {
   for (const file of files) form.append("files", file, file.name);
   const response = await call(`/v1/studies${query({ include_overlay: false })}`, { method: "POST", body: form });
   return response.json();
+}
+
+// {caller, authentication}: who the gateway takes this tab for (also how the page checks a key).
+export async function whoami() {
+  return (await call("/v1/whoami")).json();
 }
 
 export async function models() {

@@ -1,14 +1,19 @@
 // Start-up: the three modes, the tabs that switch between them (also by URL hash: #reading,
 // #second-opinion, #self-study, so a mode can be linked to), and the gateway's readiness line.
+// No mode starts before the gateway accepts the tab's API key (session.js).
 
 import * as api from "./api.js";
 import { ReadingMode } from "./reading.js";
 import { SecondOpinionMode } from "./second_opinion.js";
 import { SelfStudyMode } from "./self_study.js";
+import { Session } from "./session.js";
 
 const READY_POLL_MS = 5000;
 
-function boot() {
+async function boot() {
+  const session = new Session();
+  watchReadiness(); // /readyz is open: the readiness line shows while the user signs in
+  await session.ensure();
   const modes = {
     reading: new ReadingMode(),
     "second-opinion": new SecondOpinionMode(),
@@ -42,8 +47,7 @@ function boot() {
   };
   window.addEventListener("hashchange", fromHash); // links and the back button switch modes too
   fromHash();
-  window.avn = { modes }; // for the browser tests and the console
-  watchReadiness();
+  window.avn = { modes, session }; // for the browser tests and the console
 }
 
 async function watchReadiness() {

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from avn.integration.fhir import fhir_bundle
 from avn.pipeline.results import DiagnoseRequest, StudyRequest, to_json_dict
+from gateway import audit
 from gateway.rest.bodies import MULTIPART_OVERHEAD_BYTES, single_payload, study_payloads
 from gateway.rest.dependencies import MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
 from gateway.rest.models import DiagnosisResponse, StudyResponse
@@ -39,11 +40,12 @@ async def diagnose(
     if representation is Representation.DICOM:
         options = replace(options, include_dicom=True)
     async with observe("diagnose") as request_id:
-        payload = await single_payload(request, settings.max_payload_bytes)
+        payload = await single_payload(request, settings.max_payload_bytes, settings.body_timeout_s)
         result = await pipeline.diagnose(
             DiagnoseRequest(payload, options), request_id=request_id, timeout_s=settings.deadline_s
         )
         metrics.observe_diagnosis(result)
+        audit.note_models(result.models)
         if representation is Representation.DICOM:
             return multipart_related([result.dicom_sr, result.dicom_annotated])
         if representation is Representation.FHIR:
@@ -69,10 +71,11 @@ async def studies(
     async with observe("study") as request_id:
         # The pipeline checks the study's total again, on both protocols; here it bounds the body read.
         limit = pipeline.max_study_bytes + MULTIPART_OVERHEAD_BYTES
-        payloads = await study_payloads(request, limit, settings.max_payload_bytes)
+        payloads = await study_payloads(request, limit, settings.max_payload_bytes, settings.body_timeout_s)
         result = await pipeline.diagnose_study(
             StudyRequest(tuple(payloads), options), request_id=request_id, timeout_s=settings.deadline_s
         )
         for radiograph in result.radiographs:
             metrics.observe_diagnosis(radiograph.result)
+            audit.note_models(radiograph.result.models)
         return StudyResponse.model_validate(to_json_dict(result))

@@ -3,18 +3,19 @@ window/level, the self-study case bank (:mod:`gateway.cases`), and the page itse
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from avn.dataset.images import Radiograph
 from avn.pipeline.decode import decode_payload
+from avn.pipeline.pipeline import Pipeline, deadline
 from avn.pipeline.results import DiagnoseRequest, ImagePayload, to_json_dict
+from gateway import audit
 from gateway.display import windowed_png
 from gateway.rest.bodies import single_payload
 from gateway.rest.dependencies import CaseBankDep, MetricsDep, ObserveDep, OptionsDep, PipelineDep, SettingsDep
@@ -64,11 +65,12 @@ async def render(
     window_width: float | None = WINDOW_WIDTH_QUERY,
 ) -> Response:
     async with observe("render"):
-        payload = await single_payload(request, settings.max_payload_bytes)
-        radiograph = await asyncio.to_thread(
-            decode_payload, payload, pipeline.max_image_bytes, pipeline.max_decode_bytes
-        )
-        return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+        payload = await single_payload(request, settings.max_payload_bytes, settings.body_timeout_s)
+        async with deadline(settings.deadline_s):  # the body has its own deadline; decoding and drawing this one
+            radiograph = await pipeline.run_image_work(
+                decode_payload, payload, pipeline.max_image_bytes, pipeline.max_decode_bytes
+            )
+            return await _display_response(pipeline, radiograph, window_center, window_width)
 
 
 @router.get("/v1/cases", response_model=CaseBankResponse, summary="The self-study case bank")
@@ -76,7 +78,7 @@ async def cases(case_bank: CaseBankDep, observe: ObserveDep) -> CaseBankResponse
     async with observe("cases"):
         return CaseBankResponse(
             available=case_bank.available,
-            source=str(case_bank.folder or ""),
+            source=case_bank.folder.name if case_bank.folder is not None else "",  # never the server's path
             split=case_bank.split,
             message=case_bank.problem,
             cases=[CaseSummary(id=c.id, name=c.file_name, sides=list(c.sides)) for c in case_bank.cases],
@@ -92,16 +94,17 @@ async def cases(case_bank: CaseBankDep, observe: ObserveDep) -> CaseBankResponse
 async def case_image(
     case_id: str,
     pipeline: PipelineDep,
+    settings: SettingsDep,
     case_bank: CaseBankDep,
     observe: ObserveDep,
     window_center: float | None = WINDOW_CENTER_QUERY,
     window_width: float | None = WINDOW_WIDTH_QUERY,
 ) -> Response:
-    async with observe("case_image"):
-        radiograph = await asyncio.to_thread(
+    async with observe("case_image"), deadline(settings.deadline_s):
+        radiograph = await pipeline.run_image_work(
             case_bank.radiograph, case_id, pipeline.max_image_bytes, pipeline.max_decode_bytes
         )
-        return await _display_response(radiograph.pixels, window_center, window_width, radiograph.source_format)
+        return await _display_response(pipeline, radiograph, window_center, window_width)
 
 
 @router.get(
@@ -120,11 +123,12 @@ async def case_diagnosis(
     observe: ObserveDep,
 ) -> DiagnosisResponse:
     async with observe("case_diagnosis") as request_id:
-        data = await asyncio.to_thread(case_bank.file_bytes, case_id)
+        data = await pipeline.run_image_work(case_bank.file_bytes, case_id)
         result = await pipeline.diagnose(
             DiagnoseRequest(ImagePayload(data), options), request_id=request_id, timeout_s=settings.deadline_s
         )
         metrics.observe_diagnosis(result)
+        audit.note_models(result.models)
         return DiagnosisResponse.model_validate(to_json_dict(result))
 
 
@@ -163,13 +167,30 @@ def mount_web_app(app: FastAPI) -> None:
     app.mount(WEB_PATH, RevalidatedStaticFiles(directory=WEB_DIR, html=True), name="web")
 
 
+# The page runs only its own scripts (no inline script, no eval, nothing from another origin): the
+# API key it keeps in sessionStorage is readable by any script of the page, so no other may run.
+# It fetches from its own origin and data: URLs (CAM PNGs), draws blobs and data: images, sets
+# element styles from script, and may not be framed (clickjacking).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; connect-src 'self' data:; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    # Re-checked on every load (a cheap 304 by ETag): without it, a browser's heuristic caching
+    # could mix modules of a new release with cached ones of the old.
+    "cache-control": "no-cache",
+}
+
+
 class RevalidatedStaticFiles(StaticFiles):
-    """Static files the browser revalidates on every load (a cheap 304 by ETag): without it, a
-    browser's heuristic caching could mix modules of a new release with cached ones of the old."""
+    """The web app's static files, with :data:`PAGE_HEADERS`."""
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
-        response.headers["cache-control"] = "no-cache"
+        response.headers.update(PAGE_HEADERS)
         return response
 
 
@@ -179,9 +200,10 @@ def _box(xyxy: tuple[float, float, float, float]) -> BoxResult:
 
 
 async def _display_response(
-    pixels: np.ndarray, center: float | None, width: float | None, source_format: str
+    pipeline: Pipeline, radiograph: Radiograph, center: float | None, width: float | None
 ) -> Response:
-    png, window = await asyncio.to_thread(windowed_png, pixels, center, width)  # percentiles and PNG: off the loop
+    pixels, source_format = radiograph.pixels, radiograph.source_format
+    png, window = await pipeline.run_image_work(windowed_png, pixels, center, width)  # off the loop, bounded
     headers = {
         WINDOW_CENTER_HEADER: f"{window.center:.6g}",
         WINDOW_WIDTH_HEADER: f"{window.width:.6g}",

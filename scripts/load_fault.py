@@ -1,0 +1,335 @@
+"""Load and fault run of the gateway on loopback (issue #11 deliverable 7, in part): prints figures,
+and exits 1 when a count is wrong (errors, 5xx, a failed request during a Redis outage, the
+service down after the fuzz). The pass/fail rules are on counts, never on timings.
+
+It starts what it tests: a redis-server with a password, and ``python -m gateway.service`` (the
+embedded backend over ``--store``, or a store of tiny untrained models it builds) with an API key,
+Redis as its cache, and the values signed. Then, one after the other:
+
+1. load: ``--clients`` threads for ``--seconds``, alternating REST and gRPC diagnoses of a few
+   phantom radiographs (cache hits and misses both), every answer counted by outcome; the
+   gateway's resident memory sampled before and after;
+2. Redis killed in the middle of a second load phase and started again: no request may fail
+   (the cache degrades to none and comes back);
+3. fuzz: ``--fuzz`` mutations of a DICOM and a PNG (bit flips, truncations, inserted bytes,
+   header fields overwritten) over REST and gRPC: every answer must be a 4xx/200, never a 5xx,
+   and the gateway must still be ready afterwards.
+
+Not here (yet): killing a TorchServe worker under load, schemathesis over the OpenAPI document.
+
+    python scripts/load_fault.py --clients 8 --seconds 120     # the issue's figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import grpc  # noqa: E402
+from gateway_support import phantom_dicom, phantom_png, write_tiny_store  # noqa: E402
+
+from avn.serving.torchserve import LOOPBACK, free_ports  # noqa: E402
+from gateway.auth import KeysFile  # noqa: E402
+from gateway.proto import load  # noqa: E402
+
+STUBS = load()
+pb = STUBS.messages
+REDIS_PASSWORD = "load-fault-redis-password"
+CACHE_SECRET = "load-fault-cache-secret-0123456789"
+RPC_TIMEOUT_S = 60
+READY_WITHIN_S = 180
+
+
+@dataclass
+class Tally:
+    """Answers by outcome ("200", "503", "grpc OK", "grpc UNAVAILABLE", "refused: …")."""
+
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, outcome: str) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+    def failures(self) -> int:
+        return sum(count for outcome, count in self.outcomes.items() if outcome not in ("200", "grpc OK"))
+
+    def server_errors(self) -> int:
+        bad = ("5", "grpc INTERNAL", "grpc UNKNOWN", "grpc UNAVAILABLE", "grpc DEADLINE_EXCEEDED", "no answer")
+        return sum(count for outcome, count in self.outcomes.items() if outcome.startswith(bad))
+
+
+# ---------------------------------------------------------------- the services
+
+
+class Redis:
+    def __init__(self, work: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.work = work
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> None:
+        command = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", LOOPBACK]
+        command += ["--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD]
+        self.process = subprocess.Popen(command, cwd=self.work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+class Gateway:
+    def __init__(self, store: Path, work: Path, redis: Redis, keys_file: Path) -> None:
+        self.grpc_port, self.rest_port = free_ports(2)
+        self.log = work / "gateway.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("AVN_")}
+        environment |= {
+            "AVN_BACKEND": "embedded",
+            "AVN_MODEL_STORE": str(store),
+            "AVN_GRPC_PORT": str(self.grpc_port),
+            "AVN_REST_PORT": str(self.rest_port),
+            "AVN_CASE_BANK": "",
+            "AVN_API_KEYS_FILE": str(keys_file),
+            "AVN_REDIS_URL": redis.url,
+            "AVN_REDIS_PASSWORD": REDIS_PASSWORD,
+            "AVN_CACHE_SECRET": CACHE_SECRET,
+            "AVN_REDIS_RETRY_S": "0.5",
+            "AVN_AUDIT_LOG_FILE": str(work / "audit.jsonl"),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")]),
+        }
+        with open(self.log, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.service"], env=environment, cwd=work, stdout=output, stderr=output
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.rest_port}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the gateway did not become ready:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+
+def wait_for_port(port: int, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+# ---------------------------------------------------------------- the clients
+
+
+def rest_call(gateway: Gateway, key: str, body: bytes) -> str:
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/octet-stream"}
+    request = urllib.request.Request(f"{gateway.url}/v1/diagnose", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=RPC_TIMEOUT_S) as response:
+            response.read()
+            return str(response.status)
+    except urllib.error.HTTPError as error:
+        return str(error.code)
+    except OSError as error:
+        return f"no answer ({type(error).__name__})"
+
+
+def grpc_call(stub, key: str, body: bytes) -> str:  # noqa: ANN001
+    try:
+        stub.Diagnose(
+            pb.DiagnoseRequest(image=body), timeout=RPC_TIMEOUT_S, metadata=[("authorization", f"Bearer {key}")]
+        )
+        return "grpc OK"
+    except grpc.RpcError as error:
+        return f"grpc {error.code().name}"
+
+
+def load_phase(gateway: Gateway, key: str, images: list[bytes], clients: int, seconds: float) -> Tally:
+    tally = Tally()
+    stop_at = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        rng = random.Random(index)
+        with grpc.insecure_channel(f"{LOOPBACK}:{gateway.grpc_port}") as channel:
+            stub = STUBS.services.DiagnosisStub(channel)
+            turn = index
+            while time.monotonic() < stop_at:
+                body = rng.choice(images)
+                tally.add(rest_call(gateway, key, body) if turn % 2 == 0 else grpc_call(stub, key, body))
+                turn += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tally
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        mutated = bytearray(data)
+        kind = rng.choice(("flip", "truncate", "insert", "overwrite"))
+        if kind == "flip":
+            for _ in range(rng.randint(1, 64)):
+                position = rng.randrange(len(mutated))
+                mutated[position] ^= 1 << rng.randrange(8)
+        elif kind == "truncate":
+            mutated = mutated[: rng.randrange(1, len(mutated))]
+        elif kind == "insert":
+            position = rng.randrange(len(mutated))
+            mutated[position:position] = rng.randbytes(rng.randint(1, 256))
+        else:  # the header region, where sizes and field lengths live
+            position = rng.randrange(min(len(mutated), 1024))
+            mutated[position : position + 8] = rng.randbytes(8)
+        out.append(bytes(mutated))
+    return out
+
+
+def fuzz_phase(gateway: Gateway, key: str, seeds: list[bytes], count: int) -> Tally:
+    tally = Tally()
+    with grpc.insecure_channel(f"{LOOPBACK}:{gateway.grpc_port}") as channel:
+        stub = STUBS.services.DiagnosisStub(channel)
+        for index, data in enumerate(seeds):
+            for number, mutated in enumerate(mutations(data, count // len(seeds), seed=index)):
+                tally.add(rest_call(gateway, key, mutated) if number % 2 == 0 else grpc_call(stub, key, mutated))
+    return tally
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", type=Path, help="model store (default: tiny untrained models built here)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--fuzz", type=int, default=200, help="mutated files sent")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="avn-load-"))
+    store = arguments.store or write_tiny_store(work)
+    images = [phantom_png(work, index).read_bytes() for index in range(3)] + [phantom_dicom(work, 3).read_bytes()]
+    keys_file = work / "api_keys.json"
+    key = KeysFile(keys_file).add("load")
+    redis = Redis(work)
+    redis.start()
+    gateway = Gateway(store, work, redis, keys_file)
+    figures: dict = {}
+    try:
+        gateway.wait_ready()
+        memory_before = gateway.rss_mib()
+        started = time.monotonic()
+        load = load_phase(gateway, key, images, arguments.clients, arguments.seconds)
+        figures["load"] = {
+            "requests": load.total,
+            "per_second": round(load.total / (time.monotonic() - started), 2),
+            "failed": load.failures(),
+            "outcomes": dict(load.outcomes),
+            "rss_mib_before": round(memory_before, 1),
+            "rss_mib_after": round(gateway.rss_mib(), 1),
+        }
+
+        outage_s = max(2.0, arguments.seconds / 4)
+        killer = threading.Timer(outage_s / 3, redis.kill)
+        restarter = threading.Timer(2 * outage_s / 3, redis.start)
+        killer.start()
+        restarter.start()
+        outage = load_phase(gateway, key, images, arguments.clients, outage_s)
+        killer.join()
+        restarter.join()
+        figures["redis_outage"] = {
+            "requests": outage.total,
+            "failed": outage.failures(),
+            "outcomes": dict(outage.outcomes),
+        }
+
+        fuzz = fuzz_phase(gateway, key, [images[0], images[-1]], arguments.fuzz)
+        figures["fuzz"] = {
+            "requests": fuzz.total,
+            "server_errors": fuzz.server_errors(),
+            "outcomes": dict(fuzz.outcomes),
+            "ready_after": gateway.ready(),
+        }
+    finally:
+        figures["exit_code"] = gateway.stop() if gateway.process.poll() is None else gateway.process.returncode
+        redis.kill()
+    print(json.dumps(figures, indent=2))
+    if arguments.json:
+        arguments.json.write_text(json.dumps(figures, indent=2))
+    problems = []
+    if figures["load"]["failed"]:
+        problems.append(f"{figures['load']['failed']} requests failed under load")
+    if figures["redis_outage"]["failed"]:
+        problems.append(f"{figures['redis_outage']['failed']} requests failed while Redis was down")
+    if figures["fuzz"]["server_errors"] or not figures["fuzz"]["ready_after"]:
+        problems.append("the fuzz got server errors or left the gateway not ready")
+    if figures["exit_code"] != 0:
+        problems.append(f"the gateway exited {figures['exit_code']} on SIGTERM")
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
