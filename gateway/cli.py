@@ -356,13 +356,14 @@ def _checked_settings(
     serves_store: bool,
     flag_names: dict[str, str] = SERVE_FLAGS,
     more_checks: Callable[[LoadedSettings], None] | None = None,
+    serves_api: bool = True,
 ):
     """Settings that passed the start-up checks (and ``more_checks``, the command's own), with logging
     configured and warnings logged; a setting that cannot work ends the command with one line on
     stderr and exit code 2."""
     try:
         loaded = load_settings(flags, flag_names=flag_names)
-        warnings = check_startup(loaded, serves_store=serves_store)
+        warnings = check_startup(loaded, serves_store=serves_store, serves_api=serves_api)
         if more_checks is not None:
             more_checks(loaded)
     except ConfigurationError as error:
@@ -481,6 +482,7 @@ def dicom_node(
         serves_store=False,
         flag_names=DICOM_NODE_FLAGS,
         more_checks=check_dicom_node_startup,
+        serves_api=False,
     ).settings
     console.print(
         f"DICOM node {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}, "

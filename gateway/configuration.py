@@ -215,20 +215,25 @@ def flag_of(setting: str, flag_names: Mapping[str, str]) -> str:
 
 
 def check_startup(
-    loaded: LoadedSettings, environ: Mapping[str, str] | None = None, *, serves_store: bool = False
+    loaded: LoadedSettings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    serves_store: bool = False,
+    serves_api: bool = True,
 ) -> list[str]:
     """Raise :class:`ConfigurationError` for the first setting that cannot work; return warnings.
 
     ``serves_store``: the command serves the archives of ``model_store`` itself (``avn serve``: its
     own TorchServe, whose address and tokens it sets, or the embedded backend), so the archives
     must be there. Otherwise the store matters to the embedded backend only, and TorchServe's key
-    file to the TorchServe backend.
+    file to the TorchServe backend. ``serves_api`` False (the DICOM node): no REST or gRPC server is
+    started, so API keys and TLS do not apply (the node admits callers by AE title).
     """
     settings = loaded.settings
     if serves_store or settings.backend == "embedded":
         _check_store(loaded, archives_required=serves_store)
     _check_audit_log(loaded)
-    warnings = _check_auth(loaded) + _check_tls(loaded)
+    warnings = _check_auth(loaded) + _check_tls(loaded) if serves_api else []
     if not serves_store and settings.backend == "torchserve" and settings.torchserve_key_file is not None:
         warnings += _check_key_file(loaded)
     return warnings + unknown_name_warnings(loaded, os.environ if environ is None else environ)

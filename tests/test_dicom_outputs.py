@@ -17,12 +17,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from gateway_support import phantom_dicom, phantom_png, write_tiny_run
+from gateway_support import ApiKey, keyed_channel, phantom_dicom, phantom_png, write_tiny_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -183,8 +182,9 @@ def test_dicom_outputs_of_a_png_are_refused_before_any_model_runs(run_dir: Path,
 
 
 @pytest.fixture(scope="module")
-def rest(run_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None))) as client:
+def rest(run_dir: Path, api_key: ApiKey) -> Iterator[TestClient]:
+    app = create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None, api_keys_file=api_key.file))
+    with TestClient(app, headers=api_key.headers) as client:
         yield client
 
 
@@ -225,11 +225,15 @@ def test_rest_refuses_dicom_outputs_of_a_png_with_400(rest: TestClient, tmp_path
     assert response.json()["error"]["code"] == "InvalidArgument"
 
 
-def test_grpc_returns_the_outputs_on_include_dicom(run_dir: Path, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_grpc_returns_the_outputs_on_include_dicom(
+    run_dir: Path, sources: dict[str, Path], tmp_path: Path, api_key: ApiKey
+) -> None:
     stubs = load()
     with (
-        BackgroundGrpcServer(Pipeline(InProcessBackend.from_run(run_dir))) as server,
-        grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel,
+        BackgroundGrpcServer(
+            Pipeline(InProcessBackend.from_run(run_dir)), authenticator=api_key.authenticator()
+        ) as server,
+        keyed_channel(server.target, api_key.key, [("grpc.max_receive_message_length", 64 << 20)]) as channel,
     ):
         request = stubs.messages.DiagnoseRequest(
             image=sources["CR"].read_bytes(), options=stubs.messages.DiagnoseOptions(include_dicom=True)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
-from gateway_support import phantom_dicom, phantom_png, write_tiny_run
+from gateway_support import ApiKey, phantom_dicom, phantom_png, write_tiny_run
 from typer.testing import CliRunner
 
 from avn.cli import app
@@ -90,8 +90,9 @@ def test_a_png_diagnosis_is_a_valid_bundle_without_an_imaging_study(run_dir: Pat
 
 
 @pytest.fixture(scope="module")
-def rest(run_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None))) as client:
+def rest(run_dir: Path, api_key: ApiKey) -> Iterator[TestClient]:
+    app = create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None, api_keys_file=api_key.file))
+    with TestClient(app, headers=api_key.headers) as client:
         yield client
 
 

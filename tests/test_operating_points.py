@@ -11,12 +11,11 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
-import grpc
 import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from gateway_support import phantom_dicom, write_tiny_run
+from gateway_support import ApiKey, keyed_channel, phantom_dicom, write_tiny_run
 
 from avn.evaluation.operating_point_store import store_operating_points
 from avn.integration import codes
@@ -170,9 +169,9 @@ def test_the_node_setting_is_checked_at_start_up() -> None:
         Settings(operating_point="lenient", case_bank=None)
 
 
-def test_rest_and_grpc_select_and_report_the_point(run_dir: Path, dicom_file: Path) -> None:
-    app = create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None))
-    with TestClient(app) as client:
+def test_rest_and_grpc_select_and_report_the_point(run_dir: Path, dicom_file: Path, api_key: ApiKey) -> None:
+    app = create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None, api_keys_file=api_key.file))
+    with TestClient(app, headers=api_key.headers) as client:
         body = client.post("/v1/diagnose?operating_point=specific", content=dicom_file.read_bytes()).json()
         assert body["operating_point"] == {
             "name": "specific",
@@ -185,8 +184,10 @@ def test_rest_and_grpc_select_and_report_the_point(run_dir: Path, dicom_file: Pa
         assert refused.status_code == 400
     stubs = load()
     with (
-        BackgroundGrpcServer(Pipeline(InProcessBackend.from_run(run_dir))) as server,
-        grpc.insecure_channel(server.target) as channel,
+        BackgroundGrpcServer(
+            Pipeline(InProcessBackend.from_run(run_dir)), authenticator=api_key.authenticator()
+        ) as server,
+        keyed_channel(server.target, api_key.key) as channel,
     ):
         stub = stubs.services.DiagnosisStub(channel)
         options = stubs.messages.DiagnoseOptions(operating_point="sensitive")

@@ -10,11 +10,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from gateway_support import phantom_dicom, phantom_png, write_tiny_run
+from gateway_support import ApiKey, keyed_channel, phantom_dicom, phantom_png, write_tiny_run
 from typer.testing import CliRunner
 
 from avn import __version__
@@ -91,8 +90,9 @@ def test_a_malformed_uid_reads_as_empty_and_the_image_is_still_diagnosed(run_dir
 
 
 @pytest.fixture(scope="module")
-def rest(run_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None))) as client:
+def rest(run_dir: Path, api_key: ApiKey) -> Iterator[TestClient]:
+    app = create_app(Pipeline(InProcessBackend.from_run(run_dir)), Settings(case_bank=None, api_keys_file=api_key.file))
+    with TestClient(app, headers=api_key.headers) as client:
         yield client
 
 
@@ -109,11 +109,13 @@ def test_rest_answers_carry_the_uids_and_the_software_version(rest: TestClient, 
     assert study.json()["radiographs"][0]["result"]["source"] == uids_of(dicom_file).__dict__
 
 
-def test_grpc_answers_carry_the_uids_and_the_software_version(run_dir: Path, dicom_file: Path) -> None:
+def test_grpc_answers_carry_the_uids_and_the_software_version(run_dir: Path, dicom_file: Path, api_key: ApiKey) -> None:
     stubs = load()
     with (
-        BackgroundGrpcServer(Pipeline(InProcessBackend.from_run(run_dir))) as server,
-        grpc.insecure_channel(server.target) as channel,
+        BackgroundGrpcServer(
+            Pipeline(InProcessBackend.from_run(run_dir)), authenticator=api_key.authenticator()
+        ) as server,
+        keyed_channel(server.target, api_key.key) as channel,
     ):
         answer = stubs.services.DiagnosisStub(channel).Diagnose(
             stubs.messages.DiagnoseRequest(image=dicom_file.read_bytes()), timeout=60

@@ -222,7 +222,7 @@ def main() -> None:
     before anything binds (exit 2 and one line on stderr when one cannot work), then the node."""
     try:
         loaded = load_settings()
-        warnings = check_startup(loaded)
+        warnings = check_startup(loaded, serves_api=False)
         check_dicom_node_startup(loaded)
     except ConfigurationError as error:
         print(f"dicom-node: {error}", file=sys.stderr)
