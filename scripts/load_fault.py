@@ -13,9 +13,17 @@ Redis as its cache, and the values signed. Then, one after the other:
    (the cache degrades to none and comes back);
 3. fuzz: ``--fuzz`` mutations of a DICOM and a PNG (bit flips, truncations, inserted bytes,
    header fields overwritten) over REST and gRPC: every answer must be a 4xx/200, never a 5xx,
-   and the gateway must still be ready afterwards.
+   and the gateway must still be ready afterwards;
+4. worker: a second gateway, over a real TorchServe (the same store, token authorisation off on
+   loopback, no result cache so that every request reaches the models), under load from
+   ``--clients`` threads; one TorchServe worker (the ``model_service_worker`` process serving the
+   detector, found through the management API and psutil) is killed with SIGKILL. Only the requests
+   in flight may fail — at most one per client — and only with 503 / UNAVAILABLE; TorchServe starts
+   the worker again, the time until it is READY (and the gateway ready) is measured, and requests
+   succeed again afterwards.
 
-Not here (yet): killing a TorchServe worker under load, schemathesis over the OpenAPI document.
+``--phases`` picks some of them (``load,redis,fuzz`` for the embedded backend alone). Schemathesis
+over the OpenAPI document is ``tests/test_schemathesis.py``.
 
     python scripts/load_fault.py --clients 8 --seconds 120     # the issue's figures
 """
@@ -44,9 +52,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import grpc  # noqa: E402
+import psutil  # noqa: E402
 from gateway_support import phantom_dicom, phantom_png, write_tiny_store  # noqa: E402
 
-from avn.serving.torchserve import LOOPBACK, free_ports  # noqa: E402
+from avn.pipeline.backend import MODELS  # noqa: E402
+from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports  # noqa: E402
 from gateway.auth import KeysFile  # noqa: E402
 from gateway.proto import load  # noqa: E402
 
@@ -56,6 +66,11 @@ REDIS_PASSWORD = "load-fault-redis-password"
 CACHE_SECRET = "load-fault-cache-secret-0123456789"
 RPC_TIMEOUT_S = 60
 READY_WITHIN_S = 180
+OK = ("200", "grpc OK")
+UNAVAILABLE = ("503", "grpc UNAVAILABLE")
+KILLED_MODEL = "detection"  # every diagnosis calls the detector first
+WORKER_BACK_WITHIN_S = 180
+PHASES = ("load", "redis", "fuzz", "worker")
 
 
 @dataclass
@@ -64,17 +79,19 @@ class Tally:
 
     outcomes: collections.Counter = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, answered, outcome), monotonic
 
-    def add(self, outcome: str) -> None:
+    def add(self, outcome: str, sent: float | None = None) -> None:
         with self.lock:
             self.outcomes[outcome] += 1
+            self.answers.append((sent if sent is not None else time.monotonic(), time.monotonic(), outcome))
 
     @property
     def total(self) -> int:
         return sum(self.outcomes.values())
 
     def failures(self) -> int:
-        return sum(count for outcome, count in self.outcomes.items() if outcome not in ("200", "grpc OK"))
+        return sum(count for outcome, count in self.outcomes.items() if outcome not in OK)
 
     def server_errors(self) -> int:
         bad = ("5", "grpc INTERNAL", "grpc UNKNOWN", "grpc UNAVAILABLE", "grpc DEADLINE_EXCEEDED", "no answer")
@@ -108,9 +125,12 @@ class Redis:
 
 
 class Gateway:
-    def __init__(self, store: Path, work: Path, redis: Redis, keys_file: Path) -> None:
+    """``python -m gateway.service``: the embedded backend with Redis as its cache, or (``variables``)
+    whatever the ``AVN_*`` variables given say, e.g. the TorchServe backend without a cache."""
+
+    def __init__(self, store: Path, work: Path, redis: Redis | None, keys_file: Path, **variables: str) -> None:
         self.grpc_port, self.rest_port = free_ports(2)
-        self.log = work / "gateway.log"
+        self.log = work / f"gateway-{self.rest_port}.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("AVN_")}
         environment |= {
             "AVN_BACKEND": "embedded",
@@ -119,13 +139,17 @@ class Gateway:
             "AVN_REST_PORT": str(self.rest_port),
             "AVN_CASE_BANK": "",
             "AVN_API_KEYS_FILE": str(keys_file),
-            "AVN_REDIS_URL": redis.url,
-            "AVN_REDIS_PASSWORD": REDIS_PASSWORD,
-            "AVN_CACHE_SECRET": CACHE_SECRET,
-            "AVN_REDIS_RETRY_S": "0.5",
-            "AVN_AUDIT_LOG_FILE": str(work / "audit.jsonl"),
+            "AVN_AUDIT_LOG_FILE": str(work / f"audit-{self.rest_port}.jsonl"),
             "PYTHONPATH": os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")]),
         }
+        if redis is not None:
+            environment |= {
+                "AVN_REDIS_URL": redis.url,
+                "AVN_REDIS_PASSWORD": REDIS_PASSWORD,
+                "AVN_CACHE_SECRET": CACHE_SECRET,
+                "AVN_REDIS_RETRY_S": "0.5",
+            }
+        environment |= variables
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.service"], env=environment, cwd=work, stdout=output, stderr=output
@@ -197,18 +221,23 @@ def grpc_call(stub, key: str, body: bytes) -> str:  # noqa: ANN001
         return f"grpc {error.code().name}"
 
 
-def load_phase(gateway: Gateway, key: str, images: list[bytes], clients: int, seconds: float) -> Tally:
+def load_phase(
+    gateway: Gateway, key: str, images: list[bytes], clients: int, seconds: float, stop: threading.Event | None = None
+) -> Tally:
+    """``clients`` threads for ``seconds`` (or until ``stop`` is set, when given)."""
     tally = Tally()
     stop_at = time.monotonic() + seconds
+    stop = stop or threading.Event()
 
     def client(index: int) -> None:
         rng = random.Random(index)
         with grpc.insecure_channel(f"{LOOPBACK}:{gateway.grpc_port}") as channel:
             stub = STUBS.services.DiagnosisStub(channel)
             turn = index
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at and not stop.is_set():
                 body = rng.choice(images)
-                tally.add(rest_call(gateway, key, body) if turn % 2 == 0 else grpc_call(stub, key, body))
+                sent = time.monotonic()
+                tally.add(rest_call(gateway, key, body) if turn % 2 == 0 else grpc_call(stub, key, body), sent)
                 turn += 1
 
     threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
@@ -254,21 +283,86 @@ def fuzz_phase(gateway: Gateway, key: str, seeds: list[bytes], count: int) -> Ta
     return tally
 
 
+# ---------------------------------------------------------------- a TorchServe worker killed
+
+
+def model_worker(server: TorchServe, model: str) -> psutil.Process:
+    """The ``model_service_worker`` process serving ``model``: its pid from TorchServe's management
+    API, checked with psutil to be a worker process in this TorchServe's own process tree."""
+    pids = {int(worker["pid"]) for worker in (server.describe(model) or {}).get("workers", []) if worker.get("pid")}
+    workers = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if any("model_service_worker" in part for part in process.cmdline()):
+                workers.append(process)
+        except psutil.Error:
+            continue
+    if not workers:
+        raise SystemExit(f"no model_service_worker process under TorchServe:\n{server.log_tail()}")
+    return next((process for process in workers if process.pid in pids), workers[0])
+
+
+def worker_back(server: TorchServe, model: str, killed_pid: int) -> bool:
+    """A READY worker for ``model`` that is not the killed one."""
+    workers = (server.describe(model) or {}).get("workers", [])
+    return any(worker.get("status") == "READY" and int(worker.get("pid") or -1) != killed_pid for worker in workers)
+
+
+def worker_phase(
+    server: TorchServe, gateway: Gateway, key: str, images: list[bytes], clients: int, seconds: float
+) -> dict:
+    """Load for ``seconds / 3``, kill the detector's worker, wait for TorchServe to start it again
+    and the gateway to be ready, then load for ``2 * seconds / 3`` more."""
+    stop = threading.Event()
+    times: dict[str, float] = {}
+
+    def fault() -> None:
+        try:
+            time.sleep(seconds / 3)
+            worker = model_worker(server, KILLED_MODEL)
+            times["killed_pid"] = worker.pid
+            times["killed_at"] = time.monotonic()
+            worker.kill()
+            deadline = times["killed_at"] + WORKER_BACK_WITHIN_S
+            while not worker_back(server, KILLED_MODEL, worker.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            times["worker_back_at"] = time.monotonic()
+            while not gateway.ready() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            times["ready_at"] = time.monotonic()
+            time.sleep(2 * seconds / 3)
+        finally:
+            stop.set()
+
+    faulter = threading.Thread(target=fault)
+    faulter.start()
+    tally = load_phase(gateway, key, images, clients, WORKER_BACK_WITHIN_S + 2 * seconds, stop)
+    faulter.join()
+    killed_at = times.get("killed_at", float("inf"))
+    ready_at = times.get("ready_at", float("inf"))
+    failed = [(sent, answered, outcome) for sent, answered, outcome in tally.answers if outcome not in OK]
+    return {
+        "requests": tally.total,
+        "outcomes": dict(tally.outcomes),
+        "failed": len(failed),
+        "failed_not_503": sum(outcome not in UNAVAILABLE for _, _, outcome in failed),
+        "failed_not_in_flight_at_kill": sum(not (sent <= killed_at <= answered) for sent, answered, _ in failed),
+        "in_flight_at_kill": sum(sent <= killed_at <= answered for sent, answered, _ in tally.answers),
+        "ok_after_recovery": sum(sent >= ready_at and outcome in OK for sent, _, outcome in tally.answers),
+        "killed_model": KILLED_MODEL,
+        "killed_pid": times.get("killed_pid"),
+        "worker_back": worker_back(server, KILLED_MODEL, times.get("killed_pid", -1)),
+        "worker_back_s": round(times.get("worker_back_at", float("nan")) - killed_at, 2),
+        "gateway_ready_s": round(ready_at - killed_at, 2),
+        "ready_after": gateway.ready(),
+    }
+
+
 # ---------------------------------------------------------------- the run
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, help="model store (default: tiny untrained models built here)")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--fuzz", type=int, default=200, help="mutated files sent")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    arguments = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="avn-load-"))
-    store = arguments.store or write_tiny_store(work)
-    images = [phantom_png(work, index).read_bytes() for index in range(3)] + [phantom_dicom(work, 3).read_bytes()]
+def embedded_phases(arguments: argparse.Namespace, phases: set[str], work: Path, store: Path, images: list[bytes]):
+    """load, redis and fuzz against one gateway over the embedded backend, with Redis as its cache."""
     keys_file = work / "api_keys.json"
     key = KeysFile(keys_file).add("load")
     redis = Redis(work)
@@ -277,54 +371,126 @@ def main() -> int:
     figures: dict = {}
     try:
         gateway.wait_ready()
-        memory_before = gateway.rss_mib()
-        started = time.monotonic()
-        load = load_phase(gateway, key, images, arguments.clients, arguments.seconds)
-        figures["load"] = {
-            "requests": load.total,
-            "per_second": round(load.total / (time.monotonic() - started), 2),
-            "failed": load.failures(),
-            "outcomes": dict(load.outcomes),
-            "rss_mib_before": round(memory_before, 1),
-            "rss_mib_after": round(gateway.rss_mib(), 1),
-        }
+        if "load" in phases:
+            memory_before = gateway.rss_mib()
+            started = time.monotonic()
+            load = load_phase(gateway, key, images, arguments.clients, arguments.seconds)
+            figures["load"] = {
+                "requests": load.total,
+                "per_second": round(load.total / (time.monotonic() - started), 2),
+                "failed": load.failures(),
+                "outcomes": dict(load.outcomes),
+                "rss_mib_before": round(memory_before, 1),
+                "rss_mib_after": round(gateway.rss_mib(), 1),
+            }
 
-        outage_s = max(2.0, arguments.seconds / 4)
-        killer = threading.Timer(outage_s / 3, redis.kill)
-        restarter = threading.Timer(2 * outage_s / 3, redis.start)
-        killer.start()
-        restarter.start()
-        outage = load_phase(gateway, key, images, arguments.clients, outage_s)
-        killer.join()
-        restarter.join()
-        figures["redis_outage"] = {
-            "requests": outage.total,
-            "failed": outage.failures(),
-            "outcomes": dict(outage.outcomes),
-        }
+        if "redis" in phases:
+            outage_s = max(2.0, arguments.seconds / 4)
+            killer = threading.Timer(outage_s / 3, redis.kill)
+            restarter = threading.Timer(2 * outage_s / 3, redis.start)
+            killer.start()
+            restarter.start()
+            outage = load_phase(gateway, key, images, arguments.clients, outage_s)
+            killer.join()
+            restarter.join()
+            figures["redis_outage"] = {
+                "requests": outage.total,
+                "failed": outage.failures(),
+                "outcomes": dict(outage.outcomes),
+            }
 
-        fuzz = fuzz_phase(gateway, key, [images[0], images[-1]], arguments.fuzz)
-        figures["fuzz"] = {
-            "requests": fuzz.total,
-            "server_errors": fuzz.server_errors(),
-            "outcomes": dict(fuzz.outcomes),
-            "ready_after": gateway.ready(),
-        }
+        if "fuzz" in phases:
+            fuzz = fuzz_phase(gateway, key, [images[0], images[-1]], arguments.fuzz)
+            figures["fuzz"] = {
+                "requests": fuzz.total,
+                "server_errors": fuzz.server_errors(),
+                "outcomes": dict(fuzz.outcomes),
+                "ready_after": gateway.ready(),
+            }
     finally:
         figures["exit_code"] = gateway.stop() if gateway.process.poll() is None else gateway.process.returncode
         redis.kill()
+    return figures
+
+
+def torchserve_phase(arguments: argparse.Namespace, work: Path, store: Path, images: list[bytes]) -> dict:
+    """The worker phase: a TorchServe over ``store`` and a gateway over it, without a result cache."""
+    keys_file = work / "api_keys_torchserve.json"
+    key = KeysFile(keys_file).add("load-torchserve")
+    server = TorchServe(store, work / "ts", disable_token_auth=True, gpus=0, system_metrics=False)
+    server.start()
+    gateway = None
+    try:
+        server.wait_until_ready(MODELS, timeout_s=READY_WITHIN_S)
+        gateway = Gateway(
+            store,
+            work,
+            None,
+            keys_file,
+            AVN_BACKEND="torchserve",
+            AVN_TORCHSERVE_GRPC=f"{LOOPBACK}:{server.ports.grpc_inference}",
+            AVN_TORCHSERVE_MANAGEMENT=f"{LOOPBACK}:{server.ports.grpc_management}",
+            AVN_CACHE_ENABLED="false",
+        )
+        gateway.wait_ready()
+        figures = worker_phase(server, gateway, key, images, arguments.clients, arguments.worker_seconds)
+        figures["exit_code"] = gateway.stop()
+        return figures
+    finally:
+        if gateway is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+        server.stop()
+
+
+def problems_in(figures: dict, clients: int) -> list[str]:
+    problems = []
+    if figures.get("load", {}).get("failed"):
+        problems.append(f"{figures['load']['failed']} requests failed under load")
+    if figures.get("redis_outage", {}).get("failed"):
+        problems.append(f"{figures['redis_outage']['failed']} requests failed while Redis was down")
+    if "fuzz" in figures and (figures["fuzz"]["server_errors"] or not figures["fuzz"]["ready_after"]):
+        problems.append("the fuzz got server errors or left the gateway not ready")
+    if figures.get("exit_code", 0) != 0:
+        problems.append(f"the gateway exited {figures['exit_code']} on SIGTERM")
+    worker = figures.get("worker")
+    if worker is not None:
+        if worker["failed_not_503"]:
+            problems.append(f"{worker['failed_not_503']} requests failed otherwise than 503 / UNAVAILABLE")
+        if worker["failed_not_in_flight_at_kill"] or worker["failed"] > clients:
+            problems.append(f"{worker['failed']} requests failed, not only those in flight at the kill")
+        if not (worker["worker_back"] and worker["ready_after"] and worker["ok_after_recovery"]):
+            problems.append("the worker did not come back, or the gateway did not serve again after it")
+        if worker["exit_code"] != 0:
+            problems.append(f"the TorchServe gateway exited {worker['exit_code']} on SIGTERM")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", type=Path, help="model store (default: tiny untrained models built here)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--worker-seconds", type=float, default=30.0, help="load around the worker kill")
+    parser.add_argument("--fuzz", type=int, default=200, help="mutated files sent")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args()
+    phases = set(arguments.phases.split(","))
+    if not phases or not phases <= set(PHASES):
+        parser.error(f"--phases: some of {','.join(PHASES)}")
+
+    work = Path(tempfile.mkdtemp(prefix="avn-load-"))
+    store = arguments.store or write_tiny_store(work)
+    images = [phantom_png(work, index).read_bytes() for index in range(3)] + [phantom_dicom(work, 3).read_bytes()]
+    figures: dict = {}
+    if phases & {"load", "redis", "fuzz"}:
+        figures |= embedded_phases(arguments, phases, work, store, images)
+    if "worker" in phases:
+        figures["worker"] = torchserve_phase(arguments, work, store, images)
     print(json.dumps(figures, indent=2))
     if arguments.json:
         arguments.json.write_text(json.dumps(figures, indent=2))
-    problems = []
-    if figures["load"]["failed"]:
-        problems.append(f"{figures['load']['failed']} requests failed under load")
-    if figures["redis_outage"]["failed"]:
-        problems.append(f"{figures['redis_outage']['failed']} requests failed while Redis was down")
-    if figures["fuzz"]["server_errors"] or not figures["fuzz"]["ready_after"]:
-        problems.append("the fuzz got server errors or left the gateway not ready")
-    if figures["exit_code"] != 0:
-        problems.append(f"the gateway exited {figures['exit_code']} on SIGTERM")
+    problems = problems_in(figures, arguments.clients)
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
