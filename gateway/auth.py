@@ -25,7 +25,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from avn.serving.torchserve import is_loopback
 from gateway.errors import Unauthenticated
 
 logger = logging.getLogger(__name__)
@@ -326,15 +326,6 @@ def _signature_of(path: Path) -> tuple[int, int, int] | None:
 
 class InsecureAuthSetting(ValueError):
     """Authentication off on a server that binds an address other than loopback."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_auth_setting(settings: Any) -> None:

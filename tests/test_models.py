@@ -22,6 +22,7 @@ from avn.models import (
     prepare_detector_input,
     save_checkpoint,
 )
+from avn.models.checkpoint import rewrite_card
 from avn.models.detector import FemoralHeadDetector
 from avn.vocabulary import NOTES, STAGES
 
@@ -154,6 +155,19 @@ def test_ssd_train_mode_returns_the_two_losses() -> None:
         targets.append({"boxes": boxes_to_input([[100, 120, 220, 240]], geometry), "labels": torch.tensor([1])})
     losses = detector.model.train()(images, targets)
     assert set(losses) == {"bbox_regression", "classification"}
+
+
+def test_rewriting_a_card_changes_only_what_it_is_told(tmp_path) -> None:
+    """Calibration after operating points (or the reverse) keeps what the earlier step wrote."""
+    path = tmp_path / "staging.pt"
+    points = {"default": {"threshold": 0.4, "sensitivity": 0.9, "specificity": 0.95}}
+    save_checkpoint(path, build_classifier("staging"), "staging", {**METADATA, "operating_points": points})
+    model, card = load_checkpoint(path)
+    rewrite_card(path, model, card, version="1.2.3-t1.5000", temperature=1.5)
+    _, rewritten = load_checkpoint(path)
+    assert (rewritten.version, rewritten.temperature) == ("1.2.3-t1.5000", 1.5)
+    assert rewritten.operating_points == points and rewritten.metrics == card.metrics
+    assert rewritten.created == card.created and rewritten.training_data_hash == card.training_data_hash
 
 
 def test_classifier_checkpoint_round_trip(tmp_path) -> None:

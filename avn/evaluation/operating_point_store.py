@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from avn.evaluation.temperature import validation_crops
-from avn.models.checkpoint import load_checkpoint, save_checkpoint
+from avn.models.checkpoint import load_checkpoint, rewrite_card
 from avn.operating_points import ChosenPoint, choose_operating_points, is_present, presence_probability
 from avn.training.classifier_loop import predict
 from avn.training.runner import MODEL_FILE
@@ -53,19 +53,5 @@ def store_operating_points(checkpoint: Path, points: dict[str, ChosenPoint]) -> 
     stored = {name: point.to_dict() for name, point in points.items()}
     digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:6]
     version = f"{VERSION_SUFFIX.sub('', card.version)}-op{digest}"
-    save_checkpoint(
-        checkpoint,
-        model,
-        card.task,
-        {
-            "version": version,
-            "training_data_hash": card.training_data_hash,
-            "metrics": card.metrics,
-            "created": card.created,
-            "input_size": card.input_size,
-            "temperature": card.temperature,
-            "extra": card.extra,
-            "operating_points": stored,
-        },
-    )
+    rewrite_card(checkpoint, model, card, version=version, operating_points=stored)
     return version

@@ -25,7 +25,7 @@ import torch
 from avn.dataset.format import load_dataset
 from avn.evaluation.calibration import TemperatureFit, fit_temperature
 from avn.evaluation.run_info import RunInfoError, deployed_validation_subjects, read_task_metrics
-from avn.models.checkpoint import load_checkpoint, save_checkpoint
+from avn.models.checkpoint import load_checkpoint, rewrite_card
 from avn.models.classifier import CLASSIFIER_TASKS, MULTI_LABEL_TASKS, normalised_batch
 from avn.training.head_data import CropSet, build_crops, serving_scale
 from avn.training.runner import MODEL_FILE, dataset_fingerprint
@@ -87,20 +87,7 @@ def store_temperature(checkpoint: Path, fit: TemperatureFit, provenance: dict[st
     weights_version = str(card.extra.get(WEIGHTS_VERSION_KEY, card.version))
     version = f"{weights_version}-t{fit.temperature:.4f}"
     extra = {**card.extra, WEIGHTS_VERSION_KEY: weights_version, CALIBRATION_KEY: {**fit.to_dict(), **provenance}}
-    save_checkpoint(
-        checkpoint,
-        model,
-        card.task,
-        {
-            "version": version,
-            "training_data_hash": card.training_data_hash,
-            "metrics": card.metrics,
-            "created": card.created,
-            "input_size": card.input_size,
-            "temperature": fit.temperature,
-            "extra": extra,
-        },
-    )
+    rewrite_card(checkpoint, model, card, version=version, temperature=fit.temperature, extra=extra)
     return version
 
 

@@ -99,6 +99,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, task: str, metadata: Map
     return card
 
 
+def rewrite_card(path: str | Path, model: nn.Module, card: ModelCard, **changes: Any) -> ModelCard:
+    """Save ``model`` to ``path`` again under ``card`` with ``changes`` (a new version, temperature,
+    operating points…): every other field of the card is carried over, so a later step (calibration
+    after operating points, or the reverse) never drops what an earlier one wrote."""
+    metadata = {key: getattr(card, key) for key in METADATA_KEYS}
+    return save_checkpoint(path, model, card.task, {**metadata, **changes})
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", task: str | None = None
 ) -> tuple[nn.Module, ModelCard]:

@@ -101,7 +101,7 @@ def write_config(
     ``gpus=0`` pins a CPU-only server; ``None`` lets TorchServe count the GPUs.
     ``system_metrics=False`` stops the once-a-minute system-metrics subprocess (tests, small hosts).
     """
-    if disable_token_auth and not _is_loopback(host):
+    if disable_token_auth and not is_loopback(host):
         raise InsecureConfigError(f"token authorisation may only be disabled on loopback, not on {host}")
     properties = {
         # Nobody outside the container needs these: loopback, whatever `host` is.
@@ -142,7 +142,8 @@ def store_url_pattern(model_store: Path) -> str:
     return f"file://{re.escape(str(Path(model_store)))}/[^/]+"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (a host name other than localhost is not trusted to be one)."""
     if host == "localhost":
         return True
     try:
