@@ -131,13 +131,7 @@ def calibrate(
     from avn.models.classifier import CLASSIFIER_TASKS
 
     with progress_bar() as progress:
-        bars = StageBars(progress)
-        count = {"done": 0}
-
-        def on_image() -> None:
-            count["done"] += 1
-            bars("validation radiographs cropped", count["done"], 0)
-
+        on_image = _cropping_counter(StageBars(progress))
         try:
             results = calibrate_run(run, data, write=not dry_run, on_image=on_image)
         except (RunInfoError, FileNotFoundError) as error:
@@ -172,13 +166,7 @@ def operating_points(
     from avn.operating_points import OperatingPointError
 
     with progress_bar() as progress:
-        bars = StageBars(progress)
-        count = {"done": 0}
-
-        def on_image() -> None:
-            count["done"] += 1
-            bars("validation radiographs cropped", count["done"], 0)
-
+        on_image = _cropping_counter(StageBars(progress))
         try:
             result = run_operating_points(run, data, write=not dry_run, on_image=on_image)
         except (RunInfoError, OperatingPointError, FileNotFoundError) as error:
@@ -197,3 +185,14 @@ def operating_points(
 
         build_store(run, store, tasks=(TASK,))
         console.print(f"rebuilt the {TASK} archive in {store}")
+
+
+def _cropping_counter(bars: StageBars):
+    """A callback that counts validation radiographs as they are cropped, on the progress bars."""
+    count = {"done": 0}
+
+    def on_image() -> None:
+        count["done"] += 1
+        bars("validation radiographs cropped", count["done"], 0)
+
+    return on_image
