@@ -29,6 +29,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 from avn.intensity import detector_contrast
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
+from avn.models.head_pairs import select_heads
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
@@ -40,6 +41,10 @@ FH_CLASS = 1
 DEFAULT_TOP_K = 4
 DEFAULT_MIN_SCORE = 0.3
 DEFAULT_NMS_IOU = 0.3  # two heads never overlap, so overlapping candidates are duplicates
+# Candidates from this score up may be kept as the mirror of a sure head (avn/models/head_pairs.py);
+# the SSD is asked for PAIR_SEARCH_K of them so that the mirror is not cut by top_k.
+DEFAULT_PAIR_FLOOR = 0.1
+PAIR_SEARCH_K = 10
 MIN_BOX_SIDE = 1.0  # original pixels
 
 
@@ -101,22 +106,37 @@ class FemoralHeadDetector(nn.Module):
         top_k: int = DEFAULT_TOP_K,
         min_score: float = DEFAULT_MIN_SCORE,
         nms_iou: float = DEFAULT_NMS_IOU,
+        pair_floor: float | None = DEFAULT_PAIR_FLOOR,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.input_size = DETECTOR_INPUT_SIZES[backbone]
         self.labels = DETECTOR_LABELS
         self.model = model
+        self.pair_floor = pair_floor
         self.configure_postprocessing(top_k=top_k, min_score=min_score, nms_iou=nms_iou)
 
+    @property
+    def pairs_kept(self) -> bool:
+        """Whether a weaker mirror of a sure head is kept (a floor below the operating point)."""
+        return self.pair_floor is not None and self.pair_floor < self.min_score
+
     def configure_postprocessing(self, top_k: int, min_score: float, nms_iou: float) -> None:
-        """Thresholds of the SSD's own post-processing (score filter, NMS, top-k)."""
+        """Thresholds of the SSD's own post-processing (score filter, NMS, top-k).
+
+        The SSD itself filters at the pair floor when mirrors are kept; :meth:`predict` then keeps
+        what :func:`avn.models.head_pairs.select_heads` selects. Training code that reads
+        ``self.model`` directly filters by score itself.
+        """
         if top_k < 1 or not 0.0 <= min_score < 1.0 or not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"invalid post-processing top_k={top_k}, min_score={min_score}, nms_iou={nms_iou}")
+        if self.pair_floor is not None and not 0.0 <= self.pair_floor < 1.0:
+            raise ValueError(f"invalid pair_floor={self.pair_floor}")
         self.top_k, self.min_score, self.nms_iou = top_k, min_score, nms_iou
-        self.model.score_thresh = min_score
+        pairing = self.pairs_kept
+        self.model.score_thresh = self.pair_floor if pairing else min_score
         self.model.nms_thresh = nms_iou
-        self.model.detections_per_img = top_k
+        self.model.detections_per_img = max(top_k, PAIR_SEARCH_K) if pairing else top_k
 
     @property
     def config(self) -> dict[str, object]:
@@ -126,6 +146,7 @@ class FemoralHeadDetector(nn.Module):
             "top_k": self.top_k,
             "min_score": self.min_score,
             "nms_iou": self.nms_iou,
+            "pair_floor": self.pair_floor,
         }
 
     def prepare(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, LetterboxGeometry]:
@@ -149,6 +170,10 @@ class FemoralHeadDetector(nn.Module):
         # A box on the black letterbox padding clips to nothing inside the image: no head there.
         inside = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
         boxes, scores = boxes[inside], scores[inside]
+        keep = select_heads(
+            boxes.numpy(), scores.numpy(), geometry.original_width, self.min_score, self.pair_floor, self.top_k
+        )
+        boxes, scores = boxes[torch.from_numpy(keep)], scores[torch.from_numpy(keep)]
         return Detection(boxes=boxes.numpy().astype(np.float32), scores=scores.numpy().astype(np.float32))
 
     @torch.inference_mode()
@@ -166,6 +191,7 @@ def build_detector(
     top_k: int = DEFAULT_TOP_K,
     min_score: float = DEFAULT_MIN_SCORE,
     nms_iou: float = DEFAULT_NMS_IOU,
+    pair_floor: float | None = DEFAULT_PAIR_FLOOR,
 ) -> FemoralHeadDetector:
     """A randomly initialised two-class SSD (nothing can be downloaded here, so no pretrained weights)."""
     if backbone not in DETECTOR_BACKBONES:
@@ -185,7 +211,9 @@ def build_detector(
         # the head's anchor count is unchanged.
         model.anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.08, max_ratio=0.5)
     model.compute_loss = _with_negatives_on_headless_images(model.compute_loss)
-    return FemoralHeadDetector(backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou)
+    return FemoralHeadDetector(
+        backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou, pair_floor=pair_floor
+    )
 
 
 # Hard negatives mined on a training image without any femoral head (a field of view over the
