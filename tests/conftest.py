@@ -69,23 +69,39 @@ class RedisServer:
     started again on the same port (an outage in the middle of a run). ``password``: its
     ``requirepass``."""
 
-    def __init__(self, work_dir: Path, password: str | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        password: str | None = None,
+        acl: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.port = free_ports(1)[0]
         self.work_dir = work_dir
         self.password = password
+        self.acl = acl  # extra --user rules, e.g. ("default off", "avn on >secret ~avn:* +get")
+        self.tls = tls  # (certificate, key): TLS only, no plain port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{LOOPBACK}:{self.port}/0"
 
     def start(self) -> RedisServer:
         executable = shutil.which("redis-server")
         if executable is None:
             pytest.fail("redis-server is not installed (make system-deps installs it)")
-        command = [executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        command = [executable, "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        if self.tls:
+            certificate, key = self.tls
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(certificate)]
+            command += ["--tls-key-file", str(key), "--tls-auth-clients", "no"]
+        else:
+            command += ["--port", str(self.port)]
         if self.password:
             command += ["--requirepass", self.password]
+        for rule in self.acl:
+            command += ["--user", *rule.split()]
         with open(self.work_dir / "redis.out", "ab") as output:
             self.process = subprocess.Popen(command, cwd=self.work_dir, stdout=output, stderr=subprocess.STDOUT)
         self._wait_until_listening()

@@ -1,6 +1,7 @@
 """The result cache: its key, the in-process LRU, and Redis — a real redis-server on a loopback port
 (tests/conftest.py) — including one killed in the middle of a run and started again, one that
-requires a password, and entries forged or altered behind the gateway's back (signed values)."""
+requires a password, one that admits only an ACL user limited to the cache's keys, one that speaks
+only TLS, and entries forged or altered behind the gateway's back (signed values)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import redis
 from conftest import RedisServer
 from gateway_support import phantom_png, write_tiny_store
+from tls_support import Certificates
 
 from avn.pipeline.backend import ModelInfo
 from avn.pipeline.pipeline import Pipeline
@@ -171,6 +173,67 @@ def test_a_redis_with_a_password_refuses_a_gateway_without_it(tmp_path) -> None:
         assert run(with_password.get(key)) == b"result" and with_password.stats.errors == 0
         run(with_password.close())
         run(without.close())
+    finally:
+        server.stop()
+
+
+ACL_USER, ACL_PASSWORD = "avn-gateway", "acl-pass-for-tests"
+# The gateway's user may read and write its own keys and nothing else; the default user is off.
+CACHE_ACL = (
+    "default off",
+    f"{ACL_USER} on >{ACL_PASSWORD} ~{REDIS_PREFIX}* resetchannels -@all +get +set +ping +hello",
+)
+
+
+def test_an_acl_user_limited_to_the_cache_keys_is_enough_and_a_wrong_one_only_misses(tmp_path) -> None:  # noqa: ANN001
+    server = RedisServer(tmp_path, acl=CACHE_ACL).start()
+    try:
+        key = cache_key(pixels(), VERSIONS, OPTIONS)
+        settings = Settings(
+            redis_url=server.url, redis_username=ACL_USER, redis_password=ACL_PASSWORD, cache_secret=SECRET.decode()
+        )
+        cache = build_cache(settings)
+        run(cache.put(key, b"result"))
+        assert run(cache.get(key)) == b"result" and cache.stats.errors == 0
+        user = redis.Redis.from_url(server.url, username=ACL_USER, password=ACL_PASSWORD)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.get("not-a-cache-key")  # the ACL holds: other keys are out of reach
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.flushall()
+        wrong = RedisCache(server.url, retry_s=RETRY_S, secret=SECRET, username=ACL_USER, password="wrong")
+        assert run(wrong.get(key)) is None and wrong.stats.errors >= 1  # a miss, never a failed request
+        anonymous = RedisCache(server.url, retry_s=RETRY_S, secret=SECRET)  # the default user is off
+        assert run(anonymous.get(key)) is None and anonymous.stats.errors >= 1
+        for each in (cache, wrong, anonymous):
+            run(each.close())
+    finally:
+        server.stop()
+
+
+def test_redis_over_tls_needs_the_ca_that_signed_it(tmp_path) -> None:  # noqa: ANN001
+    certificates = Certificates(tmp_path)
+    server = RedisServer(tmp_path, password=PASSWORD, tls=(certificates.server_cert, certificates.server_key)).start()
+    try:
+        assert server.url.startswith("rediss://")
+        key = cache_key(pixels(), VERSIONS, OPTIONS)
+        settings = Settings(
+            redis_url=server.url,
+            redis_password=PASSWORD,
+            redis_ca_file=certificates.ca_file,
+            cache_secret=SECRET.decode(),
+        )
+        cache = build_cache(settings)
+        run(cache.put(key, b"result"))
+        assert run(cache.get(key)) == b"result" and cache.stats.errors == 0
+        # the system's CAs do not know the test CA: the certificate is refused, the lookup misses
+        untrusting = RedisCache(server.url, retry_s=RETRY_S, secret=SECRET, password=PASSWORD)
+        assert run(untrusting.get(key)) is None and untrusting.stats.errors >= 1
+        plain = RedisCache(
+            server.url.replace("rediss://", "redis://"), retry_s=RETRY_S, secret=SECRET, password=PASSWORD
+        )
+        assert run(plain.get(key)) is None and plain.stats.errors >= 1  # no plain-text fallback
+        for each in (cache, untrusting, plain):
+            run(each.close())
     finally:
         server.stop()
 
