@@ -8,7 +8,8 @@ Redis as its cache, and the values signed. Then, one after the other:
 
 1. load: ``--clients`` threads for ``--seconds``, alternating REST and gRPC diagnoses of a few
    phantom radiographs (cache hits and misses both), every answer counted by outcome; the
-   gateway's resident memory sampled before and after;
+   gateway's resident memory sampled 24 times: flat means it grows by no more than 48 MiB over the
+   second half (after warm-up), else a load of a minute or more fails;
 2. Redis killed in the middle of a second load phase and started again: no request may fail
    (the cache degrades to none and comes back);
 3. fuzz: ``--fuzz`` mutations of a DICOM and a PNG (bit flips, truncations, inserted bytes,
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from gateway_support import phantom_dicom, phantom_png, write_tiny_store  # noqa: E402
 
@@ -221,6 +223,54 @@ def grpc_call(stub, key: str, body: bytes) -> str:  # noqa: ANN001
         return f"grpc {error.code().name}"
 
 
+MEMORY_SAMPLES = 24  # resident-memory samples over the load phase
+# Flat memory: over the second half of the load (after warm-up: first models calls, pools, caches
+# filled), the gateway's resident memory may rise by no more than this (allocator noise).
+FLAT_MEMORY_GROWTH_MIB = 48.0
+FLAT_MEMORY_MIN_SECONDS = 60.0  # a shorter load is warm-up throughout: its memory is reported, not judged
+
+
+class MemorySampler:
+    """The gateway's resident memory every ``every_s`` seconds in a background thread."""
+
+    def __init__(self, gateway: Gateway, every_s: float) -> None:
+        self.gateway, self.every_s = gateway, max(every_s, 0.5)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic() - self._started, self.gateway.rss_mib()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def figures(self) -> dict:
+        """The samples, and the growth and slope over the second half (least squares, MiB/min)."""
+        if len(self.samples) < 4:
+            return {"rss_mib_samples": [round(m, 1) for _, m in self.samples]}
+        times, mib = (np.array(column) for column in zip(*self.samples, strict=True))
+        half = times >= times[-1] / 2
+        slope = float(np.polyfit(times[half] / 60.0, mib[half], 1)[0]) if half.sum() >= 2 else float("nan")
+        return {
+            "rss_mib_samples": [round(float(m), 1) for m in mib],
+            "rss_mib_peak": round(float(mib.max()), 1),
+            "rss_mib_second_half_growth": round(float(mib[half][-1] - mib[half][0]), 1),
+            "rss_mib_per_min_second_half": round(slope, 1),
+        }
+
+
 def load_phase(
     gateway: Gateway, key: str, images: list[bytes], clients: int, seconds: float, stop: threading.Event | None = None
 ) -> Tally:
@@ -374,14 +424,17 @@ def embedded_phases(arguments: argparse.Namespace, phases: set[str], work: Path,
         if "load" in phases:
             memory_before = gateway.rss_mib()
             started = time.monotonic()
-            load = load_phase(gateway, key, images, arguments.clients, arguments.seconds)
+            with MemorySampler(gateway, arguments.seconds / MEMORY_SAMPLES) as memory:
+                load = load_phase(gateway, key, images, arguments.clients, arguments.seconds)
             figures["load"] = {
+                "seconds": arguments.seconds,
                 "requests": load.total,
                 "per_second": round(load.total / (time.monotonic() - started), 2),
                 "failed": load.failures(),
                 "outcomes": dict(load.outcomes),
                 "rss_mib_before": round(memory_before, 1),
                 "rss_mib_after": round(gateway.rss_mib(), 1),
+                **memory.figures(),
             }
 
         if "redis" in phases:
@@ -446,6 +499,10 @@ def problems_in(figures: dict, clients: int) -> list[str]:
     problems = []
     if figures.get("load", {}).get("failed"):
         problems.append(f"{figures['load']['failed']} requests failed under load")
+    growth = figures.get("load", {}).get("rss_mib_second_half_growth")
+    judged = figures.get("load", {}).get("seconds", 0) >= FLAT_MEMORY_MIN_SECONDS
+    if judged and growth is not None and growth > FLAT_MEMORY_GROWTH_MIB:
+        problems.append(f"the gateway's memory grew {growth} MiB over the second half of the load (not flat)")
     if figures.get("redis_outage", {}).get("failed"):
         problems.append(f"{figures['redis_outage']['failed']} requests failed while Redis was down")
     if "fuzz" in figures and (figures["fuzz"]["server_errors"] or not figures["fuzz"]["ready_after"]):
