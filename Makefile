@@ -14,12 +14,19 @@ AUDIT  ?= yes
 # docker-compose (its `config` validates docker-compose.yml; no Docker engine is needed for that)
 # and chromium + chromium-driver (the web app's tests drive a real headless Chromium) and
 # prometheus (its promtool checks and unit-tests the alert rules of deploy/observability/) and
-# dicom3tools (its dciodvfy validates the DICOM SR and annotated copies the service writes).
-APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus dicom3tools
+# dicom3tools (its dciodvfy validates the DICOM SR and annotated copies the service writes) and
+# kubernetes-client (`kubectl kustomize` renders deploy/k8s; Debian's is 1.20 with kustomize 2.0.3,
+# which the manifests keep to, so it renders them as a newer kubectl does).
+APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus dicom3tools kubernetes-client
+# checkov, the policy linter tests/test_k8s.py runs on the rendered manifests, lives in a venv of its
+# own: its pins (packaging, boto3, networkx, …) would fight the project's lock.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
 .PHONY: install system-deps run test audit lock bench grid clean
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) $(CHECKOV)
 
 $(STAMP): pyproject.toml $(LOCK)
 	@echo ">> creating $(VENV) and installing the locked dependencies (torch comes from this machine's disk)"
@@ -28,11 +35,16 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --no-deps -e '.[test]'
 	@touch $(STAMP)
 
+$(CHECKOV):
+	@echo ">> installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV)"
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --progress-bar off checkov==$(CHECKOV_VERSION)
+
 lock: install
 	$(BIN)/python scripts/lock_dependencies.py
 
 system-deps:
-	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool dciodvfy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool dciodvfy kubectl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -12,7 +12,7 @@ from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate, operating_points
 from avn.evaluation.readers_cli import readers
 from avn.progress import StageBars, console, progress_bar
-from gateway.cli import bench, config_app, diagnose, dicom_node, keys_app, prepare_local_key, serve
+from gateway.cli import bench, capacity, config_app, diagnose, dicom_node, keys_app, prepare_local_key, serve
 
 app = typer.Typer(help="AVN-net serving: femoral-head AVN staging from pelvic radiographs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -25,6 +25,7 @@ app.command()(readers)
 app.command()(serve)
 app.command("dicom-node")(dicom_node)
 app.command()(bench)
+app.command()(capacity)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 

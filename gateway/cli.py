@@ -29,10 +29,11 @@ as for ``avn serve`` (:data:`gateway.configuration.DICOM_NODE_FLAGS`).
 ``avn keys add ID | revoke ID | list``: the API keys of the gateway (:mod:`gateway.auth`), in the
 file ``--file`` or ``AVN_API_KEYS_FILE`` names; ``add`` prints the new key once, on stdout.
 
-``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`).
+``avn bench``: throughput and latency over gRPC (see :mod:`gateway.bench`); ``avn capacity``: the
+replicas a load needs, from a bench JSON (see :mod:`gateway.capacity`).
 
-``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`dicom_node`, :func:`bench`, :data:`config_app`
-and :data:`keys_app` as sub-commands; ``python -m gateway.cli`` runs them alone.
+``avn/cli.py`` registers :func:`diagnose`, :func:`serve`, :func:`dicom_node`, :func:`bench`, :func:`capacity`,
+:data:`config_app` and :data:`keys_app` as sub-commands; ``python -m gateway.cli`` runs them alone.
 """
 
 from __future__ import annotations
@@ -728,10 +729,99 @@ def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
     console.print(steps)
 
 
+# ---------------------------------------------------------------------------------------- capacity
+
+
+def capacity(
+    bench_json: Path = typer.Argument(..., help="Figures written by `avn bench --json FILE`."),
+    radiographs_per_hour: float = typer.Option(
+        ..., "--radiographs-per-hour", min=0.001, help="Average load, radiographs per hour."
+    ),
+    peak_factor: float = typer.Option(4.0, "--peak-factor", min=1.0, help="Peak load over the average."),
+    latency_target_ms: float = typer.Option(
+        2000.0, "--latency-target-ms", min=1.0, help="p95 latency to meet at the peak, ms."
+    ),
+    utilisation: float = typer.Option(
+        0.6, "--utilisation", min=0.01, max=1.0, help="Target CPU/GPU utilisation of every replica at the peak."
+    ),
+    min_replicas: int = typer.Option(2, "--min-replicas", min=1, help="Fewest replicas of anything."),
+    configuration: str | None = typer.Option(
+        None, "--configuration", help="Bench configuration to plan from (default: torchserve, else in-process)."
+    ),
+    gateway_cores: float = typer.Option(2.0, "--gateway-cores", min=0.1, help="CPU limit of a gateway pod."),
+    gateway_max_replicas: int = typer.Option(10, "--gateway-max-replicas", min=1, help="The gateway HPA's maximum."),
+    radiograph_mb: float = typer.Option(12.0, "--radiograph-mb", min=0.001, help="Size of one radiograph sent, MB."),
+    link_gbps: float = typer.Option(10.0, "--link-gbps", min=0.001, help="Ingress link, Gbit/s."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the plan to this JSON file."),
+) -> None:
+    """Replicas per model and gateway replicas for a load, from `avn bench` figures, and the next
+    bottleneck (docs/scaling.md)."""
+    from gateway.capacity import Assumptions, CapacityError, Load, plan, read_bench, service_times  # noqa: PLC0415
+
+    try:
+        times = service_times(read_bench(bench_json), configuration)
+        load = Load(radiographs_per_hour, peak_factor, latency_target_ms, utilisation, min_replicas)
+        assumptions = Assumptions(
+            gateway_cores=gateway_cores,
+            gateway_max_replicas=gateway_max_replicas,
+            radiograph_mb=radiograph_mb,
+            link_gbps=link_gbps,
+        )
+        result = plan(times, load, assumptions)
+    except CapacityError as error:
+        raise typer.BadParameter(str(error)) from error
+    _print_capacity(result)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.summary(), indent=2))
+        console.print(f"plan in {json_out}")
+
+
+def _print_capacity(result) -> None:
+    rate = result.load.peak_per_s
+    console.print(
+        f"peak {rate:.3f} radiographs/s ({result.load.radiographs_per_hour:g}/h × {result.load.peak_factor:g}), "
+        f"service times from the bench's [bold]{result.times.configuration}[/] configuration"
+    )
+    table = Table(title=f"replicas at ≤ {result.load.utilisation:.0%} utilisation")
+    for column in ("stage", "ms/radiograph", "per replica", "replicas", "utilisation"):
+        table.add_column(column, justify="right")
+    for name, stage in result.stages.items():
+        table.add_row(
+            name,
+            f"{stage.service_ms:.0f}",
+            f"{stage.parallel:g} at once",
+            str(stage.replicas),
+            f"{stage.utilisation(rate):.0%}",
+        )
+    console.print(table)
+    verdict = (
+        "met" if result.latency_met else "NOT met: the service times alone exceed it (faster hardware, not replicas)"
+    )
+    console.print(
+        f"estimated p95 latency {result.latency_ms:.0f} ms; target {result.load.latency_target_ms:.0f} ms {verdict}"
+    )
+    shared = Table(title="shared resources at the peak")
+    for column in ("resource", "load", "capacity", "headroom"):
+        shared.add_column(column, justify="right")
+    for resource in result.shared:
+        shared.add_row(
+            resource.name,
+            f"{resource.load:.3g} {resource.unit}",
+            f"{resource.capacity:g} {resource.unit}",
+            f"{resource.headroom:.1f}×",
+        )
+    console.print(shared)
+    bottleneck = result.next_bottleneck
+    console.print(
+        f"next bottleneck: [bold]{bottleneck.name}[/], at {bottleneck.headroom:.1f}× this peak (docs/scaling.md)"
+    )
+
+
 app.command()(diagnose)
 app.command()(serve)
 app.command("dicom-node")(dicom_node)
 app.command()(bench)
+app.command()(capacity)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 
