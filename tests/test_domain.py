@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avn.training.detection_loop import WARMUP_FRACTION, DetectionSet, augment_detection, hard_radiographs, scheduled_lr
+from avn.training.detection_loop import WARMUP_FRACTION, augment_detection, scheduled_lr
 from avn.training.domain import (
     HEAD_INPUT_PX,
     MIN_VISIBLE_FRACTION,
@@ -13,7 +13,6 @@ from avn.training.domain import (
     random_field_of_view,
     random_tone_curve,
     randomise_photometry,
-    soften_heads,
 )
 
 
@@ -86,70 +85,3 @@ def test_detector_learning_rate_warms_up_then_decays_smoothly():
     assert lrs[peak] == pytest.approx(1e-3, rel=0.02) and peak / 200 == pytest.approx(WARMUP_FRACTION, abs=0.01)
     assert np.all(np.diff(lrs[: peak + 1]) >= 0) and np.all(np.diff(lrs[peak:]) <= 0)
     assert lrs[-1] == pytest.approx(2e-5, rel=0.05)
-
-
-def _ringed_head(size: int = 200, radius: float = 30.0) -> np.ndarray:
-    """A grey field with a phantom-like head: a bright rim and a dark joint space around it."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    distance = np.hypot(xx - size / 2, yy - size / 2)
-    image = np.full((size, size), 0.4, np.float32)
-    image[distance < radius] = 0.6
-    image[np.abs(distance - radius) < 2] = 0.95
-    image[np.abs(distance - radius - 4) < 2] = 0.1
-    image += np.random.default_rng(0).normal(0, 0.02, image.shape).astype(np.float32)
-    return np.clip(image, 0, 1)
-
-
-def test_softening_fades_a_head_rim_keeps_grain_and_leaves_far_pixels():
-    import avn.training.domain as domain
-
-    image = _ringed_head()
-    box = np.array([[70, 70, 130, 130]], np.float32)
-    softened = [soften_heads(image, box, np.random.default_rng(seed)) for seed in range(20)]
-    changed = [out for out in softened if not np.array_equal(out, image)]
-    assert 3 < len(changed) < 20  # only some heads are softened
-    rim = np.abs(np.hypot(*(np.mgrid[0:200, 0:200] - 100)) - 30) < 2
-    for out in changed:
-        assert out.shape == image.shape and out.dtype == np.float32
-        assert out[rim].mean() < image[rim].mean() - 0.05  # the crisp rim is flattened
-        assert np.array_equal(out[:, :5], image[:, :5]) or domain.SOFTEN_DECOYS[1] > 1  # far pixels (or a decoy)
-        inner = out[92:108, 92:108] - np.mean(out[92:108, 92:108])
-        assert inner.std() > 0.5 * (image[92:108, 92:108].std())  # the fine grain survives
-    assert np.array_equal(image, _ringed_head())  # the input is not modified in place
-
-
-class _Answers:
-    """Stands in for a detector on three prepared radiographs: right, a spare box, a missed head."""
-
-    top_k, min_score, nms_iou = 4, 0.3, 0.3
-
-    def __init__(self):
-        self.calls = []
-
-    def configure_postprocessing(self, top_k, min_score, nms_iou):
-        self.calls.append(min_score)
-        self.top_k, self.min_score, self.nms_iou = top_k, min_score, nms_iou
-
-
-def test_hard_radiographs_are_those_with_a_spare_box_or_a_missed_head(monkeypatch):
-    import avn.training.detection_loop as loop
-
-    head = np.array([[100, 100, 160, 160]], np.float32)
-    answers = [
-        (head.copy(), np.array([0.9])),  # right
-        (np.concatenate([head, [[400, 100, 460, 160]]]), np.array([0.9, 0.6])),  # a spare box
-        (np.zeros((0, 4)), np.zeros(0)),  # the head missed
-        (np.array([[400, 100, 460, 160]]), np.array([0.1])),  # a headless field, a box too weak to count
-    ]
-    monkeypatch.setattr(loop, "detect_prepared", lambda detector, data: answers)
-    truths = [head, head, head, np.zeros((0, 4), np.float32)]
-    data = DetectionSet(np.zeros((4, 8, 8)), truths, truths, np.ones((4, 4)), ["a"] * 4, [], [])
-
-    class _Model:
-        def train(self):
-            return self
-
-    detector = _Answers()
-    detector.model = _Model()
-    assert hard_radiographs(detector, data).tolist() == [1, 2]
-    assert detector.min_score == 0.3  # the operating point is restored

@@ -24,7 +24,7 @@ import torch
 from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
 from avn.letterbox import shrink_to_letterbox
-from avn.metrics import DEFAULT_IOU_THRESHOLDS, box_iou, detection_prf
+from avn.metrics import DEFAULT_IOU_THRESHOLDS, detection_prf
 from avn.models.detector import (
     FH_CLASS,
     FemoralHeadDetector,
@@ -33,13 +33,7 @@ from avn.models.detector import (
     letterbox_canvas,
     prepare_detector_input,
 )
-from avn.training.domain import (
-    cut_field_of_view,
-    random_clutter,
-    random_field_of_view,
-    randomise_photometry,
-    soften_heads,
-)
+from avn.training.domain import cut_field_of_view, random_clutter, random_field_of_view, randomise_photometry
 from avn.training.fold_state import run_epochs, training_device
 from avn.training.profiles import Profile
 
@@ -138,10 +132,8 @@ def augment_detection(
         boxes = boxes.copy()
         boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
     content, geometry = shrink_to_letterbox(np.ascontiguousarray(image), input_size)
-    input_boxes = boxes_to_input(boxes, geometry)
-    content = soften_heads(content, input_boxes.numpy(), rng)
     content = randomise_photometry(random_clutter(content, rng), rng)
-    return letterbox_canvas(content, input_size), input_boxes
+    return letterbox_canvas(content, input_size), boxes_to_input(boxes, geometry)
 
 
 @torch.no_grad()
@@ -216,50 +208,13 @@ def fit_detector(
     peak_lr = profile.learning_rate * 10
 
     def train_epoch(epoch: int) -> float:
-        replay = np.zeros(0, dtype=np.int64)
-        if epoch > 0:
-            hard = hard_radiographs(detector, train)
-            limit = int(HARD_SHARE * len(train))
-            replay = np.random.default_rng([seed, epoch, 2]).permutation(hard)[:limit]
-        return _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step, total, peak_lr, replay)
+        return _train_one_epoch(detector, train, optimiser, profile, seed, epoch, on_step, total, peak_lr)
 
     def validate() -> float:
         return detection_score(detection_metrics(detector, val))
 
     state = run_epochs(detector, optimiser, None, work_dir, total, train_epoch, validate, on_epoch)
     return detector.eval(), state.best_score, state.best_epoch, state.history
-
-
-# Hard radiographs seen twice: before each epoch after the first, the detector reads the training
-# radiographs as served, and those it gets wrong (a confident box on no head — a prosthesis, an
-# obturator ring, gas — or a head it misses) go round once more in the next epoch, under a new
-# field of view and processing chain. Image-level hard-example mining: the anchor-level mining
-# of SSD sees each confusing structure only as often as the radiographs that show it.
-HARD_SCORE = 0.2  # a box this confident counts, as a false positive or as a find
-HARD_FP_IOU = 0.3  # a box overlapping every head less than this is on no head
-HARD_SHARE = 0.25  # at most this share of an epoch is replayed (early on, nearly all are hard)
-
-
-@torch.no_grad()
-def hard_radiographs(detector: FemoralHeadDetector, data: DetectionSet) -> np.ndarray:
-    """Indices of the radiographs the detector answers wrongly now (a spare box or a missed head)."""
-    saved = (detector.top_k, detector.min_score, detector.nms_iou)
-    detector.configure_postprocessing(top_k=saved[0], min_score=HARD_SCORE, nms_iou=saved[2])
-    try:
-        predictions = detect_prepared(detector, data)
-    finally:
-        detector.configure_postprocessing(top_k=saved[0], min_score=saved[1], nms_iou=saved[2])
-        detector.model.train()
-    hard = []
-    for index, ((boxes, scores), truth) in enumerate(zip(predictions, data.original_boxes, strict=True)):
-        truth = np.asarray(truth, dtype=np.float64).reshape(-1, 4)
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[np.asarray(scores) >= HARD_SCORE]
-        iou = box_iou(boxes, truth) if len(boxes) and len(truth) else np.zeros((len(boxes), len(truth)))
-        spare = bool(len(boxes)) and bool((iou.max(axis=1, initial=0.0) < HARD_FP_IOU).any())
-        missed = bool(len(truth)) and bool((iou.max(axis=0, initial=0.0) <= 0.5).any())
-        if spare or missed:
-            hard.append(index)
-    return np.asarray(hard, dtype=np.int64)
 
 
 WARMUP_FRACTION = 0.05  # of all steps, with the learning rate rising linearly from zero
@@ -289,11 +244,10 @@ def _train_one_epoch(
     on_step,
     total_epochs: int,
     peak_lr: float,
-    replay: np.ndarray,
 ) -> float:
     detector.model.train()
     rng = np.random.default_rng([seed, epoch, 1])
-    order = rng.permutation(np.concatenate([np.arange(len(data)), np.asarray(replay, dtype=np.int64)]))
+    order = rng.permutation(len(data))
     losses = []
     steps = max(1, int(np.ceil(len(order) / profile.detector_batch_size)))
     for step, start in enumerate(range(0, len(order), profile.detector_batch_size)):

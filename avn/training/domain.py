@@ -9,8 +9,6 @@ Two kinds, mirroring the phantom's acquisition and processing parameters (docs/p
   scale with the image, so the same call serves a 320-px detector input and a 96-px head crop.
 * :func:`random_clutter` — what a real pelvis is seen through, for the detector: clusters of
   bowel-gas bubbles, a smooth random field, fine texture and bright soft tissue at the sides.
-* :func:`soften_heads` — some heads blurred and flattened, as a real head overlapped by the
-  acetabulum and soft tissue looks next to the phantom's crisp rim.
 * :func:`random_field_of_view` — the detector's field-of-view jitter: a window that zooms in or
   out so that femoral heads span about 15 to 120 px of the detector input, off-centre, sometimes
   past the image edge (padded like a collimator shutter), sometimes holding no head at all (the
@@ -171,64 +169,6 @@ def _soft_tissue_veil(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     ramp = np.clip((np.abs(x) - start) / (1.0 - start), 0.0, 1.0) ** rng.uniform(0.7, 2.0)
     veil = rng.uniform(*VEIL_LEVEL) * ramp[None, :]
     return image * (1.0 - veil) + veil * rng.uniform(0.6, 0.9)
-
-
-# ---------------------------------------------------------------- softened heads
-
-# On the phantom a femoral head is a crisp disc: a bright subchondral rim with a clean dark joint
-# space around it. On a real radiograph the same head is a faint round shadow, overlapped by the
-# acetabular walls and the soft tissue in front of it, its rim blurred by patient motion and
-# scatter. Softening the heads of some training fields (blur and local contrast taken away, the
-# box unchanged) makes the detector find a head by its shape and place, not by a rim only the
-# phantom draws so sharply.
-SOFTEN_PROBABILITY = 0.5  # per head
-SOFTEN_BLUR = (0.015, 0.06)  # Gaussian sigma, fraction of the head's size
-SOFTEN_CONTRAST_LOSS = (0.1, 0.6)  # fraction of the head's local contrast taken away
-SOFTEN_REACH = 0.75  # radius of the softened disc, fraction of the head's size (feathered)
-SOFTEN_DECOYS = (0, 3)  # head-sized places elsewhere softened the same way
-
-
-def soften_heads(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blur and flatten the neighbourhood of some head boxes (K, 4, image pixels) of an image in [0, 1].
-
-    As many head-sized decoys elsewhere get the same treatment, so that a softened patch is no
-    cue for a head in itself.
-    """
-    out = np.asarray(image, dtype=np.float32)
-    height, width = out.shape
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    chosen = [box for box in boxes if rng.random() < SOFTEN_PROBABILITY]
-    if not chosen:
-        return out
-    for _ in range(int(rng.integers(*SOFTEN_DECOYS))):
-        size = max(chosen[0][2] - chosen[0][0], chosen[0][3] - chosen[0][1])
-        x, y = rng.uniform(0, width), rng.uniform(0, height)
-        chosen.append(np.array([x - size / 2, y - size / 2, x + size / 2, y + size / 2]))
-    for box in chosen:
-        size = max(box[2] - box[0], box[3] - box[1])
-        if size < 4:
-            continue
-        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-        reach = SOFTEN_REACH * size
-        x0, y0 = max(int(cx - 1.5 * reach), 0), max(int(cy - 1.5 * reach), 0)
-        x1, y1 = min(int(cx + 1.5 * reach) + 1, width), min(int(cy + 1.5 * reach) + 1, height)
-        if x1 - x0 < 4 or y1 - y0 < 4:
-            continue
-        region = out[y0:y1, x0:x1]
-        # the rim and joint space (mid frequencies) are flattened towards the local mean; the
-        # fine grain is kept, so a softened head is not a smooth blob
-        blurred = cv2.GaussianBlur(region, (0, 0), max(rng.uniform(*SOFTEN_BLUR) * size, 0.5))
-        mean = cv2.GaussianBlur(region, (0, 0), 0.5 * size)
-        grain = region - cv2.GaussianBlur(region, (0, 0), 0.7)
-        soft = blurred + rng.uniform(*SOFTEN_CONTRAST_LOSS) * (mean - blurred) + grain
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        distance = np.hypot(xx - cx, yy - cy) / reach
-        weight = np.clip(1.5 - distance, 0.0, 1.0) ** 2  # full inside 0.5 reach, none past 1.5
-        if out is image:
-            out = out.copy()
-            region = out[y0:y1, x0:x1]
-        out[y0:y1, x0:x1] = region + weight * (soft - region)
-    return out
 
 
 # ---------------------------------------------------------------- field of view
