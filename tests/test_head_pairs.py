@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from avn.models.detector import FemoralHeadDetector
-from avn.models.head_pairs import is_mirror_pair, select_heads
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, is_mirror_pair, select_heads
 
 WIDTH = 1000.0
 RIGHT_HIP = [250.0, 450.0, 350.0, 550.0]  # on the image's left half, 100 px
@@ -40,6 +40,20 @@ def test_a_weak_candidate_is_dropped_without_a_sure_partner() -> None:
 def test_a_weak_candidate_that_is_no_mirror_is_dropped() -> None:
     misplaced = [650.0, 150.0, 750.0, 250.0]
     assert _select([RIGHT_HIP, misplaced], [0.8, 0.25]) == [0]
+
+
+def test_a_metal_mirror_is_not_kept() -> None:
+    boxes, scores = np.array([RIGHT_HIP, LEFT_HIP], float), np.array([0.8, 0.15])
+    kept = select_heads(boxes, scores, WIDTH, 0.3, 0.1, 4, is_metal=lambda box: box[0] > WIDTH / 2)
+    assert kept.tolist() == [0]
+
+
+def test_the_core_rank_is_the_median_of_the_box_centre() -> None:
+    ranks = np.zeros((100, 100))
+    ranks[40:60, 40:60] = 0.99  # a bright core, as a metal head's
+    assert core_rank(ranks, np.array([30.0, 30.0, 70.0, 70.0])) > METAL_CORE_RANK
+    assert core_rank(ranks, np.array([0.0, 0.0, 40.0, 40.0])) == 0.0
+    assert core_rank(ranks, np.array([500.0, 500.0, 540.0, 540.0])) == 0.0  # off the image
 
 
 def test_below_the_floor_nothing_is_rescued() -> None:
@@ -84,3 +98,17 @@ def test_the_served_detector_answers_the_sure_head_and_its_mirror() -> None:
     without = FemoralHeadDetector("ssdlite320_mobilenet_v3_large", _PelvisSSD(), min_score=0.3, pair_floor=None)
     assert without.model.score_thresh == 0.3
     np.testing.assert_allclose(without.eval().detect(np.zeros((320, 320), dtype=np.float32)).scores, [0.9])
+
+
+def _pelvis(mirror_level: float) -> np.ndarray:
+    """A 320×320 grey radiograph with the sure head's core mid-grey and the mirror's at ``mirror_level``."""
+    image = np.random.default_rng(0).uniform(0.2, 0.9, (320, 320)).astype(np.float32)
+    image[148:164, 88:104] = 0.7
+    image[150:166, 216:232] = mirror_level
+    return image
+
+
+def test_the_served_detector_keeps_a_bony_mirror_and_drops_a_metal_one() -> None:
+    detector = FemoralHeadDetector("ssdlite320_mobilenet_v3_large", _PelvisSSD(), min_score=0.3, pair_floor=0.1).eval()
+    np.testing.assert_allclose(detector.detect(_pelvis(0.65)).scores, [0.9, 0.2])  # bone: kept
+    np.testing.assert_allclose(detector.detect(_pelvis(1.0)).scores, [0.9])  # the brightest core: metal

@@ -18,7 +18,7 @@ ImageNet statistics mean nothing to weights trained from scratch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +27,9 @@ from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
-from avn.intensity import detector_contrast
+from avn.intensity import detector_contrast, equalise
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
-from avn.models.head_pairs import select_heads
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, select_heads
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
@@ -52,12 +52,28 @@ class UnknownBackboneError(ValueError):
     """A backbone name that is not one of :data:`DETECTOR_BACKBONES`."""
 
 
+def _as_array(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    return image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+def _metal_test(content: np.ndarray, geometry: LetterboxGeometry) -> Callable[[np.ndarray], bool]:
+    """Whether a box (original pixels) has a metal core, judged on the shrunk image's grey-level
+    ranks (computed once, on first use: most radiographs never ask)."""
+    ranks: list[np.ndarray] = []
+
+    def is_metal(box: np.ndarray) -> bool:
+        if not ranks:
+            ranks.append(equalise(content))
+        return core_rank(ranks[0], np.asarray(box, dtype=np.float64) * geometry.box_factors()) > METAL_CORE_RANK
+
+    return is_metal
+
+
 def prepare_detector_input(
     image: np.ndarray | torch.Tensor, input_size: int = DETECTOR_INPUT_SIZES[DETECTOR_BACKBONES[0]]
 ) -> tuple[torch.Tensor, LetterboxGeometry]:
     """A grey (H, W) radiograph in [0, 1] as the detector's (3, S, S) float tensor, plus its geometry."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    resized, geometry = shrink_to_letterbox(array, input_size)
+    resized, geometry = shrink_to_letterbox(_as_array(image), input_size)
     return letterbox_canvas(resized, input_size), geometry
 
 
@@ -158,12 +174,17 @@ class FemoralHeadDetector(nn.Module):
             raise RuntimeError("FemoralHeadDetector.forward is inference; train through detector.model")
         if not len(images):
             return []
-        prepared = [self.prepare(image) for image in images]
+        shrunk = [shrink_to_letterbox(_as_array(image), self.input_size) for image in images]
         device = next(self.model.parameters()).device
-        outputs = self.model([tensor.to(device) for tensor, _ in prepared])
-        return [self._to_detection(output, geometry) for output, (_, geometry) in zip(outputs, prepared, strict=True)]
+        outputs = self.model([letterbox_canvas(content, self.input_size).to(device) for content, _ in shrunk])
+        return [
+            self._to_detection(output, geometry, content)
+            for output, (content, geometry) in zip(outputs, shrunk, strict=True)
+        ]
 
-    def _to_detection(self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry) -> Detection:
+    def _to_detection(
+        self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry, content: np.ndarray | None = None
+    ) -> Detection:
         is_head = output["labels"] == FH_CLASS
         boxes = boxes_to_original(output["boxes"][is_head].detach().cpu(), geometry)
         scores = output["scores"][is_head].detach().cpu()
@@ -171,7 +192,13 @@ class FemoralHeadDetector(nn.Module):
         inside = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
         boxes, scores = boxes[inside], scores[inside]
         keep = select_heads(
-            boxes.numpy(), scores.numpy(), geometry.original_width, self.min_score, self.pair_floor, self.top_k
+            boxes.numpy(),
+            scores.numpy(),
+            geometry.original_width,
+            self.min_score,
+            self.pair_floor,
+            self.top_k,
+            is_metal=None if content is None else _metal_test(content, geometry),
         )
         boxes, scores = boxes[torch.from_numpy(keep)], scores[torch.from_numpy(keep)]
         return Detection(boxes=boxes.numpy().astype(np.float32), scores=scores.numpy().astype(np.float32))
