@@ -79,6 +79,7 @@ from gateway.configuration import (
     shown_settings,
     unknown_name_warnings,
 )
+from gateway.logs import configure_logging
 
 console = Console()
 app = typer.Typer(help="Diagnose radiographs in-process.", no_args_is_help=True)
@@ -370,7 +371,7 @@ def _checked_settings(
     except ConfigurationError as error:
         typer.echo(f"avn {command}: {error}", err=True)
         raise typer.Exit(EXIT_CONFIGURATION) from None
-    logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(loaded.settings.log_level)
     for warning in warnings:
         logging.getLogger("gateway.configuration").warning("%s", warning)
     return loaded

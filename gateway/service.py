@@ -26,6 +26,7 @@ from gateway.audit import configure_audit_log
 from gateway.auth import authenticator_from
 from gateway.cache import build_cache
 from gateway.configuration import EXIT_CONFIGURATION, ConfigurationError, check_startup, load_settings
+from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.tls import tls_files
@@ -196,7 +197,7 @@ def main() -> None:
     except ConfigurationError as error:
         print(f"gateway: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIGURATION) from None
-    logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(loaded.settings.log_level)
     configure_audit_log(loaded.settings.audit_log_file)
     for warning in warnings:
         logger.warning("%s", warning)

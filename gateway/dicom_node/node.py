@@ -47,6 +47,7 @@ from gateway.configuration import (
 from gateway.dicom_node.delivery import Backoff, DestinationUnavailable, Sender
 from gateway.dicom_node.scp import start_storage_scp
 from gateway.dicom_node.spool import Failure, PendingOutput, ReceivedFile, Spool
+from gateway.logs import configure_logging, quiet_dicom_libraries
 from gateway.service import Stopped, build_pipeline, stopping_on_signals
 from gateway.settings import Settings, parse_dicom_destination
 from gateway.tracing import configure_tracing
@@ -201,16 +202,6 @@ async def run_node(settings: Settings, pipeline: Pipeline | None = None) -> None
             tracing.shutdown()
 
 
-DICOM_LIBRARY_LOGGERS = ("pynetdicom", "highdicom")
-
-
-def quiet_dicom_libraries() -> None:
-    """pynetdicom describes every message it carries, highdicom the data set it copies the patient and
-    study from, at INFO and DEBUG: not in the node's logs."""
-    for name in DICOM_LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def serve_until_stopped(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM; the spool keeps whatever is unfinished for the next start."""
     with stopping_on_signals(), contextlib.suppress(Stopped):
@@ -227,7 +218,7 @@ def main() -> None:
     except ConfigurationError as error:
         print(f"dicom-node: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIGURATION) from None
-    logging.basicConfig(level=loaded.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(loaded.settings.log_level)
     for warning in warnings:
         logger.warning("%s", warning)
     serve_until_stopped(loaded.settings)
