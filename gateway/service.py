@@ -41,6 +41,10 @@ def build_backend(settings: Settings) -> ModelBackend:
         from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — loads torch models
 
         return InProcessBackend.from_folder(settings.model_store, threads=settings.model_threads)
+    if settings.backend == "oip":
+        from gateway.oip_backend import OipBackend  # noqa: PLC0415
+
+        return OipBackend.from_settings(settings)
     from gateway.torchserve_backend import TorchServeBackend  # noqa: PLC0415
 
     return TorchServeBackend.from_settings(settings)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -68,10 +68,26 @@ class Settings(BaseSettings):
         Path("model_store"),
         description="Folder of the five .mar archives: what `avn serve` serves, and what the embedded backend loads.",
     )
-    backend: Literal["torchserve", "embedded"] = Field(
+    backend: Literal["torchserve", "embedded", "oip"] = Field(
         "torchserve",
         description="`torchserve`: call TorchServe over gRPC; `embedded`: load the archives and run the models in "
-        "the gateway process (no TorchServe; one process, no batching across requests).",
+        "the gateway process (no TorchServe; one process, no batching across requests); `oip`: each model at "
+        "addresses of its own over the Open Inference Protocol (`AVN_OIP_ENDPOINTS_<MODEL>`).",
+    )
+    oip_endpoints_detection: str | None = Field(
+        None, description="`oip` backend: `host:port[,host:port…]` of the detector's replicas (OIP gRPC)."
+    )
+    oip_endpoints_view: str | None = Field(None, description="`oip` backend: the view model's replicas.")
+    oip_endpoints_side: str | None = Field(None, description="`oip` backend: the side model's replicas.")
+    oip_endpoints_staging: str | None = Field(None, description="`oip` backend: the staging model's replicas.")
+    oip_endpoints_notes: str | None = Field(None, description="`oip` backend: the notes model's replicas.")
+    oip_service: str = Field(
+        "inference.GRPCInferenceService",
+        description="`oip` backend: the OIP service's full gRPC name: `inference.GRPCInferenceService` (KServe, "
+        "Triton) or `org.pytorch.serve.grpc.openinference.GRPCInferenceService` (TorchServe).",
+    )
+    oip_token: SecretStr | None = Field(
+        None, description="`oip` backend: a bearer token sent to the model servers, when they ask for one."
     )
     torchserve_grpc: str = Field(
         "127.0.0.1:7070", description="host:port of TorchServe's gRPC inference API (`grpc_inference_port`)."
@@ -387,6 +403,23 @@ class Settings(BaseSettings):
             check_url(value, OTLP_SCHEMES)
         return value
 
+    def oip_endpoints(self) -> dict[str, tuple[str, ...]]:
+        """The ``oip`` backend's replicas per model (``AVN_OIP_ENDPOINTS_<MODEL>``)."""
+        from gateway.oip_backend import parse_endpoints  # noqa: PLC0415 — gRPC, needed by that backend only
+
+        texts = {model: getattr(self, f"oip_endpoints_{model}") for model in MODELS}
+        return {model: parse_endpoints(text) for model, text in texts.items() if text}
+
+    @model_validator(mode="after")
+    def _oip_endpoints_complete(self) -> Settings:
+        if self.backend == "oip":
+            missing = [model for model in MODELS if not getattr(self, f"oip_endpoints_{model}")]
+            if missing:
+                names = ", ".join(f"AVN_OIP_ENDPOINTS_{model.upper()}" for model in missing)
+                raise ValueError(f"the oip backend needs the address of every model; set {names}")
+            self.oip_endpoints()  # each one parses
+        return self
+
     @staticmethod
     def secret(value: SecretStr | None) -> str | None:
         """The plain text of a token setting, or None."""
@@ -543,6 +576,9 @@ def expectation(setting: str) -> str:
 
 EXPECTATIONS = {
     "config": "an existing TOML file",
+    **{f"oip_endpoints_{model}": "`host:port[,host:port…]`, or unset" for model in MODELS},
+    "oip_service": "a gRPC service name",
+    "oip_token": "the token, or unset",
     "model_store": "a folder holding the five `.mar` archives (`avn build-store` writes them)",
     "torchserve_grpc": "`host:port`",
     "torchserve_management": "`host:port`",

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from avn.pipeline.backend import MODELS
+from gateway.oip_stubs import TORCHSERVE_SERVICE
 from gateway.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,6 @@ KSERVE_GROUP = "serving.kserve.io"
 NAMESPACE = "avn"
 RUNTIME = "avn-torchserve"
 GPU = "nvidia.com/gpu"
-# The names the OIP backend (issue #13, deliverable 1) reads; not gateway settings yet.
-OIP_KEYS = {"AVN_BACKEND"} | {f"AVN_OIP_ENDPOINTS_{model.upper()}" for model in MODELS}
 MAX_COMMITTED_BYTES = 1024 * 1024
 
 
@@ -286,13 +285,16 @@ def test_gpus_in_the_gpu_overlay_only(overlay, objects):
 def test_gateway_settings_live_in_one_config_map(objects):
     data = generated(objects, "ConfigMap", "avn-gateway-config")["data"]
     assert data["AVN_BACKEND"] == "oip"
+    assert data["AVN_OIP_SERVICE"] == TORCHSERVE_SERVICE  # the runtime is TorchServe in OIP mode
+    runtime = json.dumps(of_kind(objects, "ServingRuntime"))
+    assert '"TS_OPEN_INFERENCE_PROTOCOL", "value": "oip"' in runtime
     for model in MODELS:
         endpoints = data[f"AVN_OIP_ENDPOINTS_{model.upper()}"].split(",")
         for endpoint in endpoints:
             host, port = endpoint.rsplit(":", 1)
             assert host == f"{model}-predictor" and 1 <= int(port) <= 65535, endpoint
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = sorted(key for key in data if key not in known | OIP_KEYS)
+    unknown = sorted(key for key in data if key not in known)
     assert unknown == [], "not gateway settings"
     # named nowhere else: the Deployment takes them all from the ConfigMap
     for deployment in of_kind(objects, "Deployment"):

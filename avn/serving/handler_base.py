@@ -34,6 +34,7 @@ from avn.serving.codec import (
     detection_response,
     error_response,
 )
+from avn.serving.oip import CARD, RESPONSE, OipCall, oip_answer, oip_call
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,20 @@ class AvnHandler(BaseHandler):
         self.context = context
         if self._is_describe():
             return [self.describe_handle()]
+        calls, data = self._open_inference_calls(data)
         batch = self.preprocess(data)
         responses: list[Any] = [batch.rejections.get(index) for index in range(len(data))]
+        for index, call in calls.items():
+            if call is not None and index in batch.rejections:
+                # TorchServe's OIP endpoint cannot carry a 400 (it fails the worker): the refusal
+                # goes back as the answer, as TorchServe's own gRPC API delivers one
+                self.context.set_response_status(200, "OK", index)
+                responses[index] = oip_answer(
+                    call, self.model_name, self.card.version, RESPONSE, batch.rejections[index]
+                )
+            elif call is not None and call.describes:
+                responses[index] = oip_answer(call, self.model_name, self.card.version, CARD, self.describe_handle())
+                batch.requests.pop(index, None)
         if batch.requests:
             answers = self.infer(list(batch.requests.values()))
             logger.info("%s: one forward pass over %d request(s) of a batch of %d", self.task, len(answers), len(data))
@@ -82,8 +95,34 @@ class AvnHandler(BaseHandler):
                 # The batch TorchServe formed is only known here: the gateway's traces show it.
                 responses[index] = _compact_json({**answer, "batch_size": len(answers)})
                 context.set_response_content_type(index, JSON_CONTENT_TYPE)
+                if calls.get(index) is not None:
+                    responses[index] = oip_answer(
+                        calls[index], self.model_name, self.card.version, RESPONSE, responses[index]
+                    )
         context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
         return responses
+
+    def _open_inference_calls(
+        self, data: list[dict[str, Any]]
+    ) -> tuple[dict[int, OipCall | None], list[dict[str, Any]]]:
+        """Open Inference Protocol requests (:mod:`avn.serving.oip`) turned into the usual form; a
+        describe call becomes a request that decodes to nothing (answered with the card)."""
+        calls: dict[int, OipCall | None] = {}
+        usual = []
+        for index, request in enumerate(data):
+            try:
+                call = oip_call(request.get("body") if request.get("body") is not None else request.get("data"))
+                calls[index] = call
+                if call is None:
+                    usual.append(request)
+                elif call.describes:
+                    usual.append({"describe": True})
+                else:
+                    usual.append(call.as_wire_request())
+            except WireFormatError as error:
+                calls[index] = OipCall("", {})
+                usual.append({"oip_error": str(error)})
+        return calls, usual
 
     def describe_handle(self) -> str:
         """The model card, for ``GET /models/<name>?customized=true``."""
@@ -94,6 +133,11 @@ class AvnHandler(BaseHandler):
         batch = DecodedBatch()
         for index, request in enumerate(data):
             try:
+                if "oip_error" in request:
+                    raise WireFormatError(request["oip_error"])
+                if request.get("describe"):
+                    batch.requests[index] = None  # answered with the card, never decoded
+                    continue
                 batch.requests[index] = self.decode(request)
             except WireFormatError as error:
                 batch.rejections[index] = self._reject(index, error)

@@ -167,8 +167,12 @@ class TorchServe:
         gpus: int | None = None,
         system_metrics: bool = True,
         torch_threads: int | None = None,
+        open_inference: bool = False,
     ) -> None:
         self.model_store = Path(model_store)
+        # TorchServe's gRPC inference port then speaks the Open Inference Protocol (KServe v2) in
+        # place of its own inference API (TS_OPEN_INFERENCE_PROTOCOL=oip): the `oip` backend's server
+        self.open_inference = open_inference
         self.torch_threads = torch_threads
         self.work_dir = Path(work_dir)
         self.ports = ports or free_loopback_ports()
@@ -209,6 +213,7 @@ class TorchServe:
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
             **worker_thread_environment(self.torch_threads),
+            **({"TS_OPEN_INFERENCE_PROTOCOL": "oip"} if self.open_inference else {}),
         }
         command = [
             str(_torchserve_executable()),
