@@ -39,6 +39,8 @@ from gateway.torchserve_backend import CHANNEL_OPTIONS, Credentials, TorchServeB
 
 logger = logging.getLogger(__name__)
 
+# A name that resolves to several addresses (a headless Kubernetes Service) is balanced per call too.
+OIP_CHANNEL_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin"))
 REPLICA_COOLDOWN_S = 5.0  # a replica that refused a connection is skipped this long
 REQUEST_TENSOR, CAM_STAGE_TENSOR, RESPONSE_TENSOR = "request", "cam_stage", "response"
 DESCRIBE_TENSOR, CARD_TENSOR = "describe", "card"
@@ -107,14 +109,14 @@ class OipBackend(TorchServeBackend):
         self._credentials = Credentials(token, None, None)  # a bearer token for the servers, if they ask one
         self._messages = load_messages()
         channels: dict[str, grpc.Channel] = {}  # one channel per address, shared by the models it serves
+
+        def channel(target: str) -> grpc.Channel:
+            if target not in channels:
+                channels[target] = grpc.insecure_channel(target, options=OIP_CHANNEL_OPTIONS)
+            return channels[target]
+
         self._replicas = {
-            name: ModelReplicas(
-                [
-                    Replica(target, channels.setdefault(target, grpc.insecure_channel(target, options=CHANNEL_OPTIONS)))
-                    for target in endpoints[name]
-                ]
-            )
-            for name in MODELS
+            name: ModelReplicas([Replica(target, channel(target)) for target in endpoints[name]]) for name in MODELS
         }
         self._channels = list(channels.values())
         self._infer = {

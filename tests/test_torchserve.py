@@ -120,11 +120,14 @@ def test_the_running_torchserve_refuses_to_register_a_model(server: TorchServe) 
     assert server.describe("evil") is None and server.describe("view") is not None
 
 
-def test_token_auth_stays_on_away_from_loopback(tmp_path: Path) -> None:
+def test_token_auth_stays_on_away_from_loopback_unless_a_network_policy_guards_it(tmp_path: Path) -> None:
+    ports = Ports(1, 2, 3, 4, 5, 6)
     with pytest.raises(InsecureConfigError):
-        write_config(
-            tmp_path / "c.properties", tmp_path, Ports(1, 2, 3, 4, 5, 6), host="0.0.0.0", disable_token_auth=True
-        )
+        write_config(tmp_path / "c.properties", tmp_path, ports, host="0.0.0.0", disable_token_auth=True)
+    guarded = write_config(
+        tmp_path / "g.properties", tmp_path, ports, host="0.0.0.0", disable_token_auth=True, network_guarded=True
+    )
+    assert "disable_token_authorization=true" in guarded.read_text().splitlines()
 
 
 # ---------------------------------------------------------------- a real TorchServe

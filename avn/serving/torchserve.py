@@ -93,6 +93,7 @@ def write_config(
     gpus: int | None = None,
     system_metrics: bool = True,
     extra: Mapping[str, str] | None = None,
+    network_guarded: bool = False,
 ) -> Path:
     """Write a TorchServe ``config.properties``; returns ``path``.
 
@@ -100,9 +101,16 @@ def write_config(
     the gateway calls from another); the REST APIs and metrics stay on loopback.
     ``gpus=0`` pins a CPU-only server; ``None`` lets TorchServe count the GPUs.
     ``system_metrics=False`` stops the once-a-minute system-metrics subprocess (tests, small hosts).
+    ``network_guarded``: the gRPC ports are reachable only through a network policy that admits the
+    gateway alone (Kubernetes NetworkPolicy, deploy/k8s): the one case where token authorisation may
+    be off away from loopback, since TorchServe's tokens are random per server and pods cannot share
+    the key file.
     """
-    if disable_token_auth and not is_loopback(host):
-        raise InsecureConfigError(f"token authorisation may only be disabled on loopback, not on {host}")
+    if disable_token_auth and not is_loopback(host) and not network_guarded:
+        raise InsecureConfigError(
+            f"token authorisation may only be disabled on loopback, not on {host} (or behind a network "
+            "policy that admits the gateway alone: network_guarded=True)"
+        )
     properties = {
         # Nobody outside the container needs these: loopback, whatever `host` is.
         "inference_address": f"http://{LOOPBACK}:{ports.inference}",
