@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from avn.models.detector import FH_CLASS, PROSTHESIS_CLASS
 from avn.training.detection_loop import WARMUP_FRACTION, augment_detection, scheduled_lr
 from avn.training.domain import (
     HEAD_INPUT_PX,
@@ -49,11 +50,12 @@ def test_fields_of_view_size_heads_within_the_target_range():
 def test_cut_keeps_visible_heads_and_drops_mostly_cut_ones():
     image = np.ones((100, 100), np.float32)
     boxes = np.array([[10, 10, 30, 30], [60, 60, 100, 100]], np.float32)
-    out, kept = cut_field_of_view(image, boxes, FieldOfView(-20, -20, 75, 75), np.random.default_rng(0))
+    out, kept, index = cut_field_of_view(image, boxes, FieldOfView(-20, -20, 75, 75), np.random.default_rng(0))
     assert out.shape == (95, 95)
     assert np.ptp(out[:20, :]) == 0 and out[0, 0] != 1.0  # one shutter level past the border
     assert np.all(out[20:, 20:] == 1.0)  # the image itself, unchanged
     assert kept.tolist() == [[30, 30, 50, 50]]  # the second head is 9% inside (< MIN_VISIBLE_FRACTION): dropped
+    assert index.tolist() == [0]
     assert 0.09 < MIN_VISIBLE_FRACTION < 1.0
 
 
@@ -62,9 +64,27 @@ def test_augmented_detector_inputs_keep_boxes_on_the_canvas():
     boxes = np.array([[100, 300, 160, 360], [400, 300, 460, 360]], np.float32)
     rng = np.random.default_rng(1)
     for _ in range(30):
-        tensor, out = augment_detection(source, boxes, 320, rng)
+        tensor, out, labels = augment_detection(source, boxes, 320, rng)
         assert tensor.shape == (3, 320, 320)
         assert out.shape[1] == 4 and (out >= -1e-3).all() and (out <= 320 + 1e-3).all()
+        assert labels.tolist() == [FH_CLASS] * len(out)
+
+
+def test_augmented_prostheses_keep_their_class_and_never_aim_the_field():
+    source = np.random.default_rng(0).random((640, 520)).astype(np.float16)
+    boxes = np.array([[100, 300, 160, 360], [400, 300, 460, 360]], np.float32)  # a head, then a metal ball
+    classes = np.array([FH_CLASS, PROSTHESIS_CLASS])
+    rng = np.random.default_rng(2)
+    seen = {FH_CLASS: 0, PROSTHESIS_CLASS: 0}
+    alone = 0
+    for _ in range(60):
+        _, out, labels = augment_detection(source, boxes, 320, rng, classes)
+        assert len(labels) == len(out) and set(labels.tolist()) <= {FH_CLASS, PROSTHESIS_CLASS}
+        for label in labels.tolist():
+            seen[label] += 1
+        alone += labels.tolist() == [PROSTHESIS_CLASS]
+    assert seen[FH_CLASS] > 30 and seen[PROSTHESIS_CLASS] > 5  # the whole field shows both
+    assert alone < 10  # zoomed fields aim at the head; a metal ball alone is only a headless field's luck
 
 
 def test_clutter_is_reproducible_in_range_and_darkens_with_gas():

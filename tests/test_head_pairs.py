@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from avn.models.detector import FemoralHeadDetector
-from avn.models.head_pairs import METAL_CORE_RANK, core_rank, is_mirror_pair, select_heads
+from avn.models.detector import FH_CLASS, PROSTHESIS_CLASS, FemoralHeadDetector, head_candidates
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, is_mirror_pair, outranked_by_implants, select_heads
 
 WIDTH = 1000.0
 RIGHT_HIP = [250.0, 450.0, 350.0, 550.0]  # on the image's left half, 100 px
@@ -112,3 +112,45 @@ def test_the_served_detector_keeps_a_bony_mirror_and_drops_a_metal_one() -> None
     detector = FemoralHeadDetector("ssdlite320_mobilenet_v3_large", _PelvisSSD(), min_score=0.3, pair_floor=0.1).eval()
     np.testing.assert_allclose(detector.detect(_pelvis(0.65)).scores, [0.9, 0.2])  # bone: kept
     np.testing.assert_allclose(detector.detect(_pelvis(1.0)).scores, [0.9])  # the brightest core: metal
+
+
+def test_a_head_candidate_under_a_surer_prosthesis_is_dropped() -> None:
+    heads = torch.tensor([RIGHT_HIP, LEFT_HIP])
+    implant = torch.tensor([[655.0, 462.0, 750.0, 560.0]])  # the same ball as the second head
+    dropped = outranked_by_implants(heads, torch.tensor([0.9, 0.4]), implant, torch.tensor([0.7]))
+    assert dropped.tolist() == [False, True]
+    # a head surer than the metal call at its place stays; no prosthesis candidate, nothing dropped
+    sure = torch.tensor([0.9, 0.8])
+    assert outranked_by_implants(heads, sure, implant, torch.tensor([0.7])).tolist() == [False, False]
+    none = outranked_by_implants(heads, torch.tensor([0.9, 0.4]), torch.zeros((0, 4)), torch.zeros(0))
+    assert none.tolist() == [False, False]
+
+
+def test_head_candidates_are_fh_boxes_not_outranked_by_metal() -> None:
+    output = {
+        "boxes": torch.tensor([RIGHT_HIP, LEFT_HIP, [652.0, 458.0, 748.0, 560.0], [100.0, 100.0, 150.0, 150.0]]),
+        "scores": torch.tensor([0.9, 0.5, 0.8, 0.6]),
+        "labels": torch.tensor([FH_CLASS, FH_CLASS, PROSTHESIS_CLASS, PROSTHESIS_CLASS]),
+    }
+    assert head_candidates(output).tolist() == [True, False, False, False]
+
+
+class _HipReplacementSSD(_PelvisSSD):
+    """A sure native head and, at its mirror, a metal ball called both head (weakly) and prosthesis."""
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        boxes = torch.tensor([[80.0, 140.0, 112.0, 172.0], [208.0, 142.0, 240.0, 174.0], [207.0, 141.0, 241.0, 175.0]])
+        return [
+            {
+                "boxes": boxes,
+                "scores": torch.tensor([0.9, 0.45, 0.85]),
+                "labels": torch.tensor([FH_CLASS, FH_CLASS, PROSTHESIS_CLASS]),
+            }
+            for _ in images
+        ]
+
+
+def test_the_served_detector_never_answers_a_prosthesis_as_a_head() -> None:
+    detector = FemoralHeadDetector("ssdlite320_mobilenet_v3_large", _HipReplacementSSD(), min_score=0.3).eval()
+    assert detector.knows_implants and detector.model.detections_per_img >= 10
+    np.testing.assert_allclose(detector.detect(_pelvis(0.65)).scores, [0.9])  # even a bony-looking ball

@@ -23,7 +23,7 @@ from avn.models import (
     save_checkpoint,
 )
 from avn.models.checkpoint import rewrite_card
-from avn.models.detector import FemoralHeadDetector
+from avn.models.detector import DETECTOR_LABELS, LEGACY_DETECTOR_LABELS, FemoralHeadDetector
 from avn.vocabulary import NOTES, STAGES
 
 SMALL_CROP = 64  # ResNet-18 runs on any size ≥ 32; small crops keep these tests fast
@@ -190,6 +190,16 @@ def test_detector_checkpoint_keeps_backbone_and_postprocessing(tmp_path) -> None
     loaded, card = load_checkpoint(path)
     assert card.task == "detection" and card.architecture == "ssdlite320_mobilenet_v3_large" and card.input_size == 320
     assert (loaded.top_k, loaded.min_score) == (2, 0.4)
+
+
+def test_detector_archived_before_the_prosthesis_class_still_loads(tmp_path) -> None:
+    path = tmp_path / "legacy.pt"
+    save_checkpoint(path, build_detector(labels=LEGACY_DETECTOR_LABELS), "detection", METADATA)
+    loaded, card = load_checkpoint(path)
+    assert card.labels == ("background", "FH") and loaded.labels == card.labels and not loaded.knows_implants
+    assert build_detector().knows_implants and build_detector().labels == DETECTOR_LABELS
+    with pytest.raises(ValueError, match="unknown detector labels"):
+        build_detector(labels=("background", "FH", "screw"))
 
 
 def test_checkpoint_refuses_wrong_task_or_missing_metadata(tmp_path) -> None:

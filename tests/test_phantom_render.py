@@ -202,6 +202,13 @@ def test_prosthesis_side_has_metal_and_no_head():
     scene, grid, layers, _, _ = render_layers(s, SMALL)
     metal_cols = np.nonzero(layers.metal.max(axis=0) > 0)[0]
     assert metal_cols.size and metal_cols.mean() < grid.shape[1] / 2  # the patient's right: image left
+    # the metal ball is recorded (a detector class of its own), on the image's left, bright
+    [(x, y, w, h)] = r.prosthetic_heads
+    head_w = r.heads[0].bbox[2]
+    assert x + w < r.width / 2 and 0.45 < w / head_w < 0.9 and 0.8 < w / h < 1.25  # a 28-mm ball, smaller than a head
+    ball = r.pixels[int(y + h * 0.35) : int(y + h * 0.65), int(x + w * 0.35) : int(x + w * 0.65)]
+    assert np.median(ball) > np.percentile(r.pixels, 97)  # metal: brighter than nearly everything
+    assert render_radiograph(spec(), scale=SMALL).prosthetic_heads == []  # no prosthesis, no box
 
 
 def test_collimated_field_shows_only_the_annotated_hip():

@@ -160,6 +160,16 @@ class ImageRecord(BaseModel):
     pixel_spacing: Annotated[tuple[Number, Number], AfterValidator(_positive_finite_spacing)] = Field(
         description="(row, column) spacing in mm"
     )
+    prosthetic_heads: list[Annotated[tuple[Number, Number, Number, Number], AfterValidator(_finite_non_empty_box)]] = (
+        Field(
+            default_factory=list,
+            description="COCO [x, y, width, height] of each hip prosthesis's metal head: not a femoral head, "
+            "a second detector class so that metal is never answered as one (optional)",
+        )
+    )
+
+    def prosthetic_heads_xyxy(self) -> list[tuple[float, float, float, float]]:
+        return [(x, y, x + w, y + h) for x, y, w, h in self.prosthetic_heads]
 
 
 class FemoralHeadAnnotation(BaseModel):

@@ -165,7 +165,10 @@ def _rebuild_model(card: ModelCard, config: Mapping[str, Any]) -> nn.Module:
     if card.task == DETECTION_TASK:
         if card.architecture not in DETECTOR_BACKBONES:
             raise CheckpointError(f"unknown detector backbone {card.architecture!r}")
-        return build_detector(**{**config, "backbone": card.architecture})
+        try:  # a card's labels say whether the detector knows the prosthesis class (older ones do not)
+            return build_detector(**{**config, "backbone": card.architecture, "labels": card.labels})
+        except ValueError as error:
+            raise CheckpointError(str(error)) from error
     model = build_classifier(card.task)
     if model.labels != card.labels:
         # The vocabulary changed since training: indices would silently mean other labels.

@@ -1,4 +1,7 @@
-"""The femoral-head detector (SPEC §2.1): a torchvision SSD with two classes, FH and background.
+"""The femoral-head detector (SPEC §2.1): a torchvision SSD with the classes FH and background,
+plus "prosthesis" (the metal head of a hip replacement) in detectors trained since that class:
+metal mirrors a femoral head in shape and place, and learning it as a class of its own is what
+keeps it from being answered as one (:func:`head_candidates`). Only FH boxes ever leave the detector.
 
 :class:`FemoralHeadDetector` owns the geometry between a full radiograph (any size, typically
 2000–3000 px) and the detector's small square input, so that callers only ever see boxes in the
@@ -29,12 +32,14 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 from avn.intensity import detector_contrast, equalise
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
-from avn.models.head_pairs import METAL_CORE_RANK, core_rank, select_heads
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, outranked_by_implants, select_heads
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
-DETECTOR_LABELS: tuple[str, ...] = ("background", "FH")  # SSD class 0 is background by convention
+DETECTOR_LABELS: tuple[str, ...] = ("background", "FH", "prosthesis")  # SSD class 0 is background
 FH_CLASS = 1
+PROSTHESIS_CLASS = 2
+LEGACY_DETECTOR_LABELS: tuple[str, ...] = DETECTOR_LABELS[:2]  # archives built before the prosthesis class
 
 # Post-processing defaults: a radiograph holds at most two heads; a few extra candidates leave the
 # gateway room to recover from one false positive ranked above a true head.
@@ -90,6 +95,18 @@ def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeo
     return torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) * torch.from_numpy(geometry.box_factors())
 
 
+def head_candidates(output: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,) bool over an SSD output: the FH candidates that no more confident prosthesis candidate covers."""
+    labels, boxes, scores = output["labels"], output["boxes"], output["scores"]
+    heads, implants = labels == FH_CLASS, labels == PROSTHESIS_CLASS
+    mask = heads.clone()
+    if bool(implants.any()) and bool(heads.any()):
+        mask[heads] = ~outranked_by_implants(boxes[heads], scores[heads], boxes[implants], scores[implants]).to(
+            mask.device
+        )
+    return mask
+
+
 def boxes_to_original(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
     """Boxes (K, 4) in detector-input coordinates → original pixel coordinates, clipped to the image."""
     boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) / torch.from_numpy(geometry.box_factors())
@@ -123,14 +140,20 @@ class FemoralHeadDetector(nn.Module):
         min_score: float = DEFAULT_MIN_SCORE,
         nms_iou: float = DEFAULT_NMS_IOU,
         pair_floor: float | None = DEFAULT_PAIR_FLOOR,
+        labels: Sequence[str] = DETECTOR_LABELS,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.input_size = DETECTOR_INPUT_SIZES[backbone]
-        self.labels = DETECTOR_LABELS
+        self.labels = tuple(labels)
         self.model = model
         self.pair_floor = pair_floor
         self.configure_postprocessing(top_k=top_k, min_score=min_score, nms_iou=nms_iou)
+
+    @property
+    def knows_implants(self) -> bool:
+        """Whether this detector was trained with the prosthesis class."""
+        return len(self.labels) > PROSTHESIS_CLASS
 
     @property
     def pairs_kept(self) -> bool:
@@ -152,7 +175,8 @@ class FemoralHeadDetector(nn.Module):
         pairing = self.pairs_kept
         self.model.score_thresh = self.pair_floor if pairing else min_score
         self.model.nms_thresh = nms_iou
-        self.model.detections_per_img = max(top_k, PAIR_SEARCH_K) if pairing else top_k
+        # prosthesis candidates take places in the SSD's top-k too, so the search is widened
+        self.model.detections_per_img = max(top_k, PAIR_SEARCH_K) if pairing or self.knows_implants else top_k
 
     @property
     def config(self) -> dict[str, object]:
@@ -185,7 +209,7 @@ class FemoralHeadDetector(nn.Module):
     def _to_detection(
         self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry, content: np.ndarray | None = None
     ) -> Detection:
-        is_head = output["labels"] == FH_CLASS
+        is_head = head_candidates(output)
         boxes = boxes_to_original(output["boxes"][is_head].detach().cpu(), geometry)
         scores = output["scores"][is_head].detach().cpu()
         # A box on the black letterbox padding clips to nothing inside the image: no head there.
@@ -219,15 +243,19 @@ def build_detector(
     min_score: float = DEFAULT_MIN_SCORE,
     nms_iou: float = DEFAULT_NMS_IOU,
     pair_floor: float | None = DEFAULT_PAIR_FLOOR,
+    labels: Sequence[str] = DETECTOR_LABELS,
 ) -> FemoralHeadDetector:
-    """A randomly initialised two-class SSD (nothing can be downloaded here, so no pretrained weights)."""
+    """A randomly initialised SSD over ``labels`` (nothing can be downloaded here, so no pretrained
+    weights); :data:`LEGACY_DETECTOR_LABELS` rebuilds a detector archived before the prosthesis class."""
+    if tuple(labels) not in (DETECTOR_LABELS, LEGACY_DETECTOR_LABELS):
+        raise ValueError(f"unknown detector labels {tuple(labels)}; expected {DETECTOR_LABELS}")
     if backbone not in DETECTOR_BACKBONES:
         raise UnknownBackboneError(f"unknown detector backbone {backbone!r}; expected one of {DETECTOR_BACKBONES}")
     factory = getattr(detection, backbone)
     model = factory(
         weights=None,
         weights_backbone=None,
-        num_classes=len(DETECTOR_LABELS),
+        num_classes=len(labels),
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
@@ -239,7 +267,7 @@ def build_detector(
         model.anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.08, max_ratio=0.5)
     model.compute_loss = _with_negatives_on_headless_images(model.compute_loss)
     return FemoralHeadDetector(
-        backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou, pair_floor=pair_floor
+        backbone, model, top_k=top_k, min_score=min_score, nms_iou=nms_iou, pair_floor=pair_floor, labels=labels
     )
 
 

@@ -10,8 +10,11 @@ radiograph with no sure head answers nothing), so a non-pelvic radiograph gains 
 rule. A kept weak head keeps its own score, below the operating point, and the gateway flags it
 ``low_confidence`` with the reason.
 
-A hip prosthesis mirrors the native head on the other side just as well, and the detector does
-not tell metal from bone. Metal is the densest thing on a radiograph: the core of a prosthetic head
+A hip prosthesis mirrors the native head on the other side just as well. A detector trained with
+the prosthesis class (:data:`avn.models.detector.PROSTHESIS_CLASS`) names metal heads itself, and
+a head candidate that a prosthesis candidate outranks at the same place is dropped
+(:func:`outranked_by_implants`); detectors trained before that class, and metal the detector
+misses, are caught by density. Metal is the densest thing on a radiograph: the core of a prosthetic head
 is brighter than nearly every other pixel, the core of a native head is not (measured on the
 grey-level ranks of the whole radiograph: prosthetic heads 0.97–0.995 on the phantom and on real
 pelves, native heads 0.72–0.92 on real pelves). A candidate whose core ranks above
@@ -23,12 +26,30 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 # Measured on 143 held-out real AP pelves and 154 real headless fields (README, "Real radiographs").
 PAIR_SIZE_RATIO = 1.45  # the two heads' sizes (longer box side) within this factor of each other
 PAIR_HEIGHT_TOLERANCE = 0.5  # centres at most this many head sizes apart vertically
 PAIR_SEPARATION = (2.5, 7.0)  # centres this many head sizes apart horizontally
 METAL_CORE_RANK = 0.95  # median grey-level rank of a box's central half above this: metal, not bone
+# A prosthesis candidate this much overlapping a head candidate is the same ball seen by both classes
+# (two heads never overlap: the detector's NMS uses the same bound).
+IMPLANT_OVERLAP_IOU = 0.3
+
+
+def outranked_by_implants(
+    head_boxes: torch.Tensor, head_scores: torch.Tensor, implant_boxes: torch.Tensor, implant_scores: torch.Tensor
+) -> torch.Tensor:
+    """(K,) bool: which head candidates a more confident prosthesis candidate covers (IoU ≥
+    IMPLANT_OVERLAP_IOU). The SSD scores classes apart, so a metal ball can be both a weak head and
+    a sure prosthesis; the more confident class wins."""
+    if not len(head_boxes) or not len(implant_boxes):
+        return torch.zeros(len(head_boxes), dtype=torch.bool)
+    overlaps = box_iou(head_boxes.float(), implant_boxes.float()) >= IMPLANT_OVERLAP_IOU
+    stronger = implant_scores.float()[None, :] > head_scores.float()[:, None]
+    return (overlaps & stronger).any(dim=1)
 
 
 def is_mirror_pair(a: np.ndarray, b: np.ndarray) -> bool:

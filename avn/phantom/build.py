@@ -45,6 +45,7 @@ class WrittenRadiograph:
     height: int
     pixel_spacing_mm: float
     heads: list[RenderedHead]
+    prosthetic_heads: list[tuple[float, float, float, float]]
 
 
 def relative_file_name(spec: RadiographSpec, image_format: str) -> str:
@@ -60,7 +61,9 @@ def render_and_write(job: tuple[RadiographSpec, PhantomOptions, str]) -> Written
         write_dicom(path, spec, image, options.seed)
     else:
         write_png(path, image)
-    return WrittenRadiograph(spec, file_name, image.width, image.height, image.pixel_spacing_mm, image.heads)
+    return WrittenRadiograph(
+        spec, file_name, image.width, image.height, image.pixel_spacing_mm, image.heads, image.prosthetic_heads
+    )
 
 
 def build_phantom(
@@ -104,6 +107,7 @@ def assemble_dataset(options: PhantomOptions, written: list[WrittenRadiograph], 
                 subject_id=item.spec.subject_id,
                 view=item.spec.view,
                 pixel_spacing=(item.pixel_spacing_mm, item.pixel_spacing_mm),
+                prosthetic_heads=[tuple(round(v, 2) for v in box) for box in item.prosthetic_heads],
             )
         )
         for head in item.heads:

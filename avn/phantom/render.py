@@ -837,28 +837,50 @@ def render_radiograph(
     pixels = acq_mod.detect(
         a_bone, a_soft, a_metal, grid, acq, out_shape, out_spacing, np.random.default_rng([spec.seed, 6]), variation
     )
-    heads = []
     x0, y0 = acq.field[0], acq.field[1]
+
+    def to_pixels(box_mm: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """A box in mm → COCO [x, y, w, h] in output pixels, clipped to the image."""
+        u0, v0 = max((box_mm[0] - x0) / out_spacing, 0.0), max((box_mm[1] - y0) / out_spacing, 0.0)
+        u1 = min((box_mm[2] - x0) / out_spacing, float(out_shape[1]))
+        v1 = min((box_mm[3] - y0) / out_spacing, float(out_shape[0]))
+        return (float(u0), float(v0), float(u1 - u0), float(v1 - v0))
+
+    heads = []
     for hip in spec.hips:
         h = scene.hips[hip.side]
         if h.head_rho is None:
             continue
-        bx0, by0, bx1, by1 = _bbox_mm(h.head_contour())
-        u0, v0 = (bx0 - x0) / out_spacing, (by0 - y0) / out_spacing
-        u1, v1 = (bx1 - x0) / out_spacing, (by1 - y0) / out_spacing
-        u0, v0 = max(u0, 0.0), max(v0, 0.0)
-        u1, v1 = min(u1, float(out_shape[1])), min(v1, float(out_shape[0]))
         plan = h.plan
         heads.append(
             RenderedHead(
                 side=hip.side,
                 stage=hip.stage,
-                bbox=(float(u0), float(v0), float(u1 - u0), float(v1 - v0)),
+                bbox=to_pixels(_bbox_mm(h.head_contour())),
                 notes=plan.notes if plan else (),
                 findings=plan.findings if plan else (),
                 typical=hip.typical,
             )
         )
+    balls = [to_pixels(box) for box in prosthetic_head_boxes_mm(scene)]
+    prosthetic_heads = [box for box in balls if box[2] >= 1.0 and box[3] >= 1.0]  # inside the field
     return RenderedRadiograph(
-        pixels=pixels, bits_stored=acq.bits_stored, pixel_spacing_mm=out_spacing, heads=heads, marker=acq.marker
+        pixels=pixels,
+        bits_stored=acq.bits_stored,
+        pixel_spacing_mm=out_spacing,
+        heads=heads,
+        marker=acq.marker,
+        prosthetic_heads=prosthetic_heads,
     )
+
+
+def prosthetic_head_boxes_mm(scene: Scene) -> list[tuple[float, float, float, float]]:
+    """The box (mm) of each prosthetic ball: the first tube of a metal prosthesis (see
+    :func:`avn.phantom.anatomy.build_prosthesis`), its centre ± its radius."""
+    boxes = []
+    for bone in scene.geometry.bones:
+        if bone.name == "prosthesis" and bone.material == "metal" and bone.tubes:
+            ball = bone.tubes[0]
+            centre, radius = np.asarray(ball.points, dtype=np.float64)[0], float(np.max(ball.radii))
+            boxes.append((centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius))
+    return boxes

@@ -81,6 +81,9 @@ class RenderedRadiograph:
     pixel_spacing_mm: float
     heads: list[RenderedHead] = field(default_factory=list)
     marker: str = ""  # the side marker burnt in ("L"/"R"), if any
+    # the metal ball of each hip prosthesis drawn, COCO [x, y, w, h] in output pixels (not a head:
+    # the detector learns it as a class of its own so that it never answers one as a femoral head)
+    prosthetic_heads: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     @property
     def height(self) -> int:

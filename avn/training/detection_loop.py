@@ -27,9 +27,11 @@ from avn.letterbox import shrink_to_letterbox
 from avn.metrics import DEFAULT_IOU_THRESHOLDS, detection_prf
 from avn.models.detector import (
     FH_CLASS,
+    PROSTHESIS_CLASS,
     FemoralHeadDetector,
     boxes_to_input,
     build_detector,
+    head_candidates,
     letterbox_canvas,
     prepare_detector_input,
 )
@@ -49,7 +51,9 @@ class DetectionSet:
 
     ``inputs`` (N, S, S) float16 are the serving-identical inputs, with ``input_boxes`` in their
     coordinates and ``original_boxes`` in the radiographs' pixels; ``sources`` are the radiographs
-    shrunk to SOURCE_SCALE × S (float16, aspect kept) with ``source_boxes``, for training.
+    shrunk to SOURCE_SCALE × S (float16, aspect kept) with ``source_boxes``, for training: the
+    heads, then the metal heads of hip prostheses, told apart by ``source_labels`` (FH_CLASS or
+    PROSTHESIS_CLASS). Validation and the T-set score heads only.
     """
 
     inputs: np.ndarray
@@ -59,6 +63,7 @@ class DetectionSet:
     subject_ids: list[str]
     sources: list[np.ndarray]
     source_boxes: list[np.ndarray]
+    source_labels: list[np.ndarray]
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -74,6 +79,7 @@ class DetectionSet:
             [self.subject_ids[i] for i in keep],
             [self.sources[i] for i in keep],
             [self.source_boxes[i] for i in keep],
+            [self.source_labels[i] for i in keep],
         )
 
 
@@ -91,6 +97,8 @@ def build_detection_set(
         tensor, geometry = prepare_detector_input(pixels, input_size)
         source, source_geometry = shrink_to_letterbox(pixels, SOURCE_SCALE * input_size)
         original = np.array(boxes_of.get(image.id, []), dtype=np.float32).reshape(-1, 4)
+        implants = np.array(image.prosthetic_heads_xyxy(), dtype=np.float32).reshape(-1, 4)
+        labels = np.array([FH_CLASS] * len(original) + [PROSTHESIS_CLASS] * len(implants), dtype=np.int64)
         if on_image:
             on_image()
         return (
@@ -99,14 +107,15 @@ def build_detection_set(
             original,
             geometry,
             source.astype(np.float16),
-            boxes_to_input(original, source_geometry).numpy(),
+            boxes_to_input(np.concatenate([original, implants]), source_geometry).numpy(),
+            labels,
         )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         prepared = list(pool.map(prepare, images))
     if not prepared:
         empty = np.zeros((0, input_size, input_size), np.float16)
-        return DetectionSet(empty, [], [], np.zeros((0, 4)), [], [], [])
+        return DetectionSet(empty, [], [], np.zeros((0, 4)), [], [], [], [])
     return DetectionSet(
         np.stack([p[0] for p in prepared]),
         [p[1] for p in prepared],
@@ -115,25 +124,33 @@ def build_detection_set(
         [image.subject_id for image in images],
         [p[4] for p in prepared],
         [p[5] for p in prepared],
+        [p[6] for p in prepared],
     )
 
 
 def augment_detection(
-    source: np.ndarray, boxes: np.ndarray, input_size: int, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    source: np.ndarray,
+    boxes: np.ndarray,
+    input_size: int,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A new field of view, flip and processing chain of one radiograph, prepared the serving way.
 
-    ``source`` and ``boxes`` are in the same pixels; the returned boxes are in input coordinates.
+    ``source`` and ``boxes`` are in the same pixels, ``labels`` their classes (all FH when None);
+    the returned boxes are in input coordinates, with the labels of those left in the field. The
+    field is aimed at femoral heads only; prostheses appear where the field takes them in.
     """
-    window = random_field_of_view(source.shape, boxes, input_size, rng)
-    image, boxes = cut_field_of_view(source.astype(np.float32), boxes, window, rng)
+    labels = np.full(len(boxes), FH_CLASS, np.int64) if labels is None else np.asarray(labels, np.int64)
+    window = random_field_of_view(source.shape, np.asarray(boxes)[labels == FH_CLASS], input_size, rng)
+    image, boxes, kept = cut_field_of_view(source.astype(np.float32), boxes, window, rng)
     if rng.random() < 0.5:
         image = image[:, ::-1]
         boxes = boxes.copy()
         boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
     content, geometry = shrink_to_letterbox(np.ascontiguousarray(image), input_size)
     content = randomise_photometry(random_clutter(content, rng), rng)
-    return letterbox_canvas(content, input_size), boxes_to_input(boxes, geometry)
+    return letterbox_canvas(content, input_size), boxes_to_input(boxes, geometry), torch.from_numpy(labels[kept])
 
 
 @torch.no_grad()
@@ -151,7 +168,7 @@ def detect_prepared(
         ]
         for offset, output in enumerate(detector.model(batch)):
             output = {key: value.cpu() for key, value in output.items()}
-            keep = output["labels"] == FH_CLASS
+            keep = head_candidates(output)
             factors = torch.from_numpy(data.factors[start + offset]).float()
             results.append(((output["boxes"][keep] / factors).numpy(), output["scores"][keep].numpy()))
     return results
@@ -258,9 +275,11 @@ def _train_one_epoch(
             continue
         images, targets = [], []
         for i in index:
-            image, boxes = augment_detection(data.sources[i], data.source_boxes[i], detector.input_size, rng)
+            image, boxes, labels = augment_detection(
+                data.sources[i], data.source_boxes[i], detector.input_size, rng, data.source_labels[i]
+            )
             images.append(image)
-            targets.append({"boxes": boxes, "labels": torch.full((len(boxes),), FH_CLASS, dtype=torch.int64)})
+            targets.append({"boxes": boxes, "labels": labels})
         device = next(detector.parameters()).device
         images = [image.to(device) for image in images]
         targets = [{key: value.to(device) for key, value in target.items()} for target in targets]

@@ -245,26 +245,35 @@ def _overlap_area(window: FieldOfView, box: np.ndarray) -> float:
 
 def cut_field_of_view(
     image: np.ndarray, boxes: np.ndarray, window: FieldOfView, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The window's pixels (outside the image: a shutter, black or bright) and the heads left in it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The window's pixels (outside the image: a shutter, black or bright), the boxes left in it
+    (in the window's pixels) and their indices among ``boxes`` (to carry their class labels along).
 
-    A head cut by the window edge stays a target while at least MIN_VISIBLE_FRACTION of its box
-    is inside (clipped to the window); below that it is dropped, so partial heads at the border
+    A box cut by the window edge stays a target while at least MIN_VISIBLE_FRACTION of it is
+    inside (clipped to the window); below that it is dropped, so partial heads at the border
     teach the detector nothing contradictory.
     """
-    height, width = image.shape
     x0, y0 = int(np.floor(window.x0)), int(np.floor(window.y0))
     x1, y1 = max(int(np.ceil(window.x1)), x0 + 1), max(int(np.ceil(window.y1)), y0 + 1)
-    shutter = 0.0 if rng.random() < 0.6 else float(rng.uniform(0.8, 1.0))
-    out = np.full((y1 - y0, x1 - x0), shutter, dtype=np.float32)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    kept = []
-    for box in np.asarray(boxes, dtype=np.float32).reshape(-1, 4):
+    out = _window_pixels(image, (x0, y0, x1, y1), rng)
+    kept, index = [], []
+    for i, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
         area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
         clipped = np.array([max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1)], np.float32)
         inside = max(clipped[2] - clipped[0], 0) * max(clipped[3] - clipped[1], 0)
         if inside / area >= MIN_VISIBLE_FRACTION:
             kept.append(clipped - np.array([x0, y0, x0, y0], np.float32))
-    return out, np.array(kept, dtype=np.float32).reshape(-1, 4)
+            index.append(i)
+    return out, np.array(kept, dtype=np.float32).reshape(-1, 4), np.array(index, dtype=np.int64)
+
+
+def _window_pixels(image: np.ndarray, window: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """The pixels of an integer window (x0, y0, x1, y1) of ``image``; past its borders a shutter level."""
+    height, width = image.shape
+    x0, y0, x1, y1 = window
+    shutter = 0.0 if rng.random() < 0.6 else float(rng.uniform(0.8, 1.0))
+    out = np.full((y1 - y0, x1 - x0), shutter, dtype=np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
