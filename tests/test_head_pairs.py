@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from avn.models.detector import FH_CLASS, PROSTHESIS_CLASS, FemoralHeadDetector, head_candidates
-from avn.models.head_pairs import METAL_CORE_RANK, core_rank, is_mirror_pair, outranked_by_implants, select_heads
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, covers_implants, is_mirror_pair, select_heads
 
 WIDTH = 1000.0
 RIGHT_HIP = [250.0, 450.0, 350.0, 550.0]  # on the image's left half, 100 px
@@ -114,25 +114,30 @@ def test_the_served_detector_keeps_a_bony_mirror_and_drops_a_metal_one() -> None
     np.testing.assert_allclose(detector.detect(_pelvis(1.0)).scores, [0.9])  # the brightest core: metal
 
 
-def test_a_head_candidate_under_a_surer_prosthesis_is_dropped() -> None:
-    heads = torch.tensor([RIGHT_HIP, LEFT_HIP])
-    implant = torch.tensor([[655.0, 462.0, 750.0, 560.0]])  # the same ball as the second head
-    dropped = outranked_by_implants(heads, torch.tensor([0.9, 0.4]), implant, torch.tensor([0.7]))
-    assert dropped.tolist() == [False, True]
-    # a head surer than the metal call at its place stays; no prosthesis candidate, nothing dropped
-    sure = torch.tensor([0.9, 0.8])
-    assert outranked_by_implants(heads, sure, implant, torch.tensor([0.7])).tolist() == [False, False]
-    none = outranked_by_implants(heads, torch.tensor([0.9, 0.4]), torch.zeros((0, 4)), torch.zeros(0))
-    assert none.tolist() == [False, False]
+def test_a_head_candidate_drawn_around_a_prosthesis_is_dropped() -> None:
+    heads = torch.tensor([RIGHT_HIP, [630.0, 440.0, 770.0, 580.0]])  # a native head; a box around ball and cup
+    ball = torch.tensor([[665.0, 475.0, 735.0, 545.0]])
+    assert covers_implants(heads, ball).tolist() == [False, True]
+    half_inside = torch.tensor([[735.0, 475.0, 805.0, 545.0]])  # half of it inside: another object
+    assert covers_implants(heads, half_inside).tolist() == [False, False]
+    assert covers_implants(heads, torch.zeros((0, 4))).tolist() == [False, False]
 
 
-def test_head_candidates_are_fh_boxes_not_outranked_by_metal() -> None:
+def test_head_candidates_are_fh_boxes_not_drawn_around_metal() -> None:
     output = {
-        "boxes": torch.tensor([RIGHT_HIP, LEFT_HIP, [652.0, 458.0, 748.0, 560.0], [100.0, 100.0, 150.0, 150.0]]),
-        "scores": torch.tensor([0.9, 0.5, 0.8, 0.6]),
+        "boxes": torch.tensor([RIGHT_HIP, LEFT_HIP, [665.0, 475.0, 735.0, 545.0], [100.0, 100.0, 150.0, 150.0]]),
+        "scores": torch.tensor([0.9, 0.5, 0.2, 0.6]),  # the prosthesis call may be the weaker one
         "labels": torch.tensor([FH_CLASS, FH_CLASS, PROSTHESIS_CLASS, PROSTHESIS_CLASS]),
     }
     assert head_candidates(output).tolist() == [True, False, False, False]
+
+
+def test_no_mirror_is_kept_on_the_half_of_a_prosthesis() -> None:
+    boxes, scores = np.array([RIGHT_HIP, LEFT_HIP], float), np.array([0.8, 0.15])
+    stem = np.array([[760.0, 520.0, 820.0, 900.0]])  # a prosthesis seen on the mirror's half
+    assert select_heads(boxes, scores, WIDTH, 0.3, 0.1, 4, implant_boxes=stem).tolist() == [0]
+    same_half = np.array([[100.0, 520.0, 160.0, 900.0]])  # on the sure head's own half: no bearing
+    assert select_heads(boxes, scores, WIDTH, 0.3, 0.1, 4, implant_boxes=same_half).tolist() == [0, 1]
 
 
 class _HipReplacementSSD(_PelvisSSD):

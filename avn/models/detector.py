@@ -32,7 +32,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 from avn.intensity import detector_contrast, equalise
 from avn.letterbox import ImageShapeError, LetterboxGeometry, letterbox_geometry, shrink_to_letterbox  # noqa: F401 — re-exported
-from avn.models.head_pairs import METAL_CORE_RANK, core_rank, outranked_by_implants, select_heads
+from avn.models.head_pairs import METAL_CORE_RANK, core_rank, covers_implants, select_heads
 
 DETECTOR_BACKBONES: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
 DETECTOR_INPUT_SIZES: dict[str, int] = {"ssdlite320_mobilenet_v3_large": 320, "ssd300_vgg16": 300}
@@ -96,14 +96,12 @@ def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeo
 
 
 def head_candidates(output: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N,) bool over an SSD output: the FH candidates that no more confident prosthesis candidate covers."""
-    labels, boxes, scores = output["labels"], output["boxes"], output["scores"]
+    """(N,) bool over an SSD output: the FH candidates not drawn around a prosthesis candidate."""
+    labels, boxes = output["labels"], output["boxes"]
     heads, implants = labels == FH_CLASS, labels == PROSTHESIS_CLASS
     mask = heads.clone()
     if bool(implants.any()) and bool(heads.any()):
-        mask[heads] = ~outranked_by_implants(boxes[heads], scores[heads], boxes[implants], scores[implants]).to(
-            mask.device
-        )
+        mask[heads] = ~covers_implants(boxes[heads].cpu(), boxes[implants].cpu()).to(mask.device)
     return mask
 
 
@@ -210,6 +208,7 @@ class FemoralHeadDetector(nn.Module):
         self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry, content: np.ndarray | None = None
     ) -> Detection:
         is_head = head_candidates(output)
+        implants = boxes_to_original(output["boxes"][output["labels"] == PROSTHESIS_CLASS].detach().cpu(), geometry)
         boxes = boxes_to_original(output["boxes"][is_head].detach().cpu(), geometry)
         scores = output["scores"][is_head].detach().cpu()
         # A box on the black letterbox padding clips to nothing inside the image: no head there.
@@ -223,6 +222,7 @@ class FemoralHeadDetector(nn.Module):
             self.pair_floor,
             self.top_k,
             is_metal=None if content is None else _metal_test(content, geometry),
+            implant_boxes=implants.numpy(),
         )
         boxes, scores = boxes[torch.from_numpy(keep)], scores[torch.from_numpy(keep)]
         return Detection(boxes=boxes.numpy().astype(np.float32), scores=scores.numpy().astype(np.float32))

@@ -1,24 +1,24 @@
 """Pelvic symmetry in the detector's post-processing: a weak head is kept when it mirrors a sure one.
 
-An AP pelvis shows two femoral heads of nearly the same size, at nearly the same height, one on
-each side of the midline and a few head widths apart. The detector's operating point is chosen on
-the phantom's validation radiographs; on real radiographs a head can score below it (a faint,
-overlapped or osteopenic head) while its partner on the other side is found surely. Such a weaker
-candidate is kept when it forms an anatomically plausible pair with a head found at the operating
-point: the sure head vouches for its place and size. A weak candidate never stands alone (a
-radiograph with no sure head answers nothing), so a non-pelvic radiograph gains no head by this
-rule. A kept weak head keeps its own score, below the operating point, and the gateway flags it
-``low_confidence`` with the reason.
+An AP pelvis shows two femoral heads of nearly the same size, at nearly the same height, one on each
+side of the midline and a few head widths apart. The detector's operating point is chosen on the
+phantom's validation radiographs; on real radiographs a head can score below it (a faint, overlapped
+or osteopenic head) while its partner on the other side is found surely. Such a weaker candidate is
+kept when it forms an anatomically plausible pair with a head found at the operating point: the sure
+head vouches for its place and size. A weak candidate never stands alone (a radiograph with no sure
+head answers nothing), so a non-pelvic radiograph gains no head by this rule. A kept weak head keeps
+its own score, below the operating point, and the gateway flags it ``low_confidence`` with the
+reason.
 
-A hip prosthesis mirrors the native head on the other side just as well. A detector trained with
-the prosthesis class (:data:`avn.models.detector.PROSTHESIS_CLASS`) names metal heads itself, and
-a head candidate that a prosthesis candidate outranks at the same place is dropped
-(:func:`outranked_by_implants`); detectors trained before that class, and metal the detector
-misses, are caught by density. Metal is the densest thing on a radiograph: the core of a prosthetic head
-is brighter than nearly every other pixel, the core of a native head is not (measured on the
-grey-level ranks of the whole radiograph: prosthetic heads 0.97–0.995 on the phantom and on real
-pelves, native heads 0.72–0.92 on real pelves). A candidate whose core ranks above
-:data:`METAL_CORE_RANK` is never kept as a mirror.
+A hip prosthesis mirrors the native head on the other side just as well. A detector trained with the
+prosthesis class (:data:`avn.models.detector.PROSTHESIS_CLASS`) names metal heads itself: a head
+candidate drawn around a prosthesis candidate is dropped (:func:`covers_implants`), and no mirror is
+kept on an image half where a prosthesis is seen (a replaced hip has no native head to vouch for).
+Detectors trained before that class, and metal the detector misses, are caught by density. Metal is
+the densest thing on a radiograph: the core of a prosthetic head is brighter than nearly every other
+pixel, the core of a native head is not (measured on the grey-level ranks of the whole radiograph:
+prosthetic heads 0.97–0.995 on the phantom and on real pelves, native heads 0.72–0.92 on real
+pelves). A candidate whose core ranks above :data:`METAL_CORE_RANK` is never kept as a mirror.
 """
 
 from __future__ import annotations
@@ -27,29 +27,29 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 # Measured on 143 held-out real AP pelves and 154 real headless fields (README, "Real radiographs").
 PAIR_SIZE_RATIO = 1.45  # the two heads' sizes (longer box side) within this factor of each other
 PAIR_HEIGHT_TOLERANCE = 0.5  # centres at most this many head sizes apart vertically
 PAIR_SEPARATION = (2.5, 7.0)  # centres this many head sizes apart horizontally
 METAL_CORE_RANK = 0.95  # median grey-level rank of a box's central half above this: metal, not bone
-# A prosthesis candidate this much overlapping a head candidate is the same ball seen by both classes
-# (two heads never overlap: the detector's NMS uses the same bound).
-IMPLANT_OVERLAP_IOU = 0.3
+# A head candidate whose box holds this much of a prosthesis candidate's box is that metal ball seen
+# by the head class too (a head box is drawn around ball and cup, so it is larger: IoU would say less).
+IMPLANT_COVER = 0.6
 
 
-def outranked_by_implants(
-    head_boxes: torch.Tensor, head_scores: torch.Tensor, implant_boxes: torch.Tensor, implant_scores: torch.Tensor
-) -> torch.Tensor:
-    """(K,) bool: which head candidates a more confident prosthesis candidate covers (IoU ≥
-    IMPLANT_OVERLAP_IOU). The SSD scores classes apart, so a metal ball can be both a weak head and
-    a sure prosthesis; the more confident class wins."""
+def covers_implants(head_boxes: torch.Tensor, implant_boxes: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: which head candidates (xyxy) hold at least IMPLANT_COVER of a prosthesis
+    candidate's box. Such a candidate is the metal ball, whatever the two classes' scores: on a
+    detector trained for minutes the prosthesis score of a ball is often the lower of the two."""
     if not len(head_boxes) or not len(implant_boxes):
         return torch.zeros(len(head_boxes), dtype=torch.bool)
-    overlaps = box_iou(head_boxes.float(), implant_boxes.float()) >= IMPLANT_OVERLAP_IOU
-    stronger = implant_scores.float()[None, :] > head_scores.float()[:, None]
-    return (overlaps & stronger).any(dim=1)
+    heads, implants = head_boxes.float()[:, None, :], implant_boxes.float()[None, :, :]
+    top_left = torch.maximum(heads[..., :2], implants[..., :2])
+    bottom_right = torch.minimum(heads[..., 2:], implants[..., 2:])
+    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    implant_area = (implants[..., 2:] - implants[..., :2]).prod(dim=-1).clamp(min=1e-6)
+    return (overlap / implant_area >= IMPLANT_COVER).any(dim=1)
 
 
 def is_mirror_pair(a: np.ndarray, b: np.ndarray) -> bool:
@@ -80,10 +80,12 @@ def select_heads(
     pair_floor: float | None,
     top_k: int,
     is_metal: Callable[[np.ndarray], bool] | None = None,
+    implant_boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the candidates to answer, best first: every one at ``min_score`` or above (at most
     ``top_k``), plus at most one candidate from ``pair_floor`` up that mirrors the sure head when
-    every sure head lies on one image half and is not metal (``is_metal(box)``, when given).
+    every sure head lies on one image half, and the mirror is not metal (``is_metal(box)``, when
+    given) and lies on a half without a prosthesis candidate (``implant_boxes``, xyxy).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -95,6 +97,10 @@ def select_heads(
     if len({bool(on_left[i]) for i in sure}) != 1:
         return np.asarray(sure, dtype=np.int64)
     anchor = sure[0]
+    implants = np.asarray(implant_boxes if implant_boxes is not None else [], dtype=np.float64).reshape(-1, 4)
+    implant_on_left = (implants[:, 0] + implants[:, 2]) / 2.0 < image_width / 2.0
+    if bool((implant_on_left != on_left[anchor]).any()):
+        return np.asarray(sure, dtype=np.int64)  # the other hip is replaced: no native head to mirror
     for i in order:
         if pair_floor <= scores[i] < min_score and on_left[i] != on_left[anchor]:
             if is_mirror_pair(boxes[anchor], boxes[i]) and not (is_metal and is_metal(boxes[i])):
