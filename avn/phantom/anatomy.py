@@ -916,7 +916,6 @@ class FemurModel:
     neck_length_mm: float  # projected head centre -> neck base (shaft axis) distance
     trochanter_distance_mm: float  # projected head centre -> greater trochanter tip
     prosthesis: list[Bone] = field(default_factory=list)
-    prosthesis_cup: bool = False  # a total hip replacement also has a metal acetabular cup
 
 
 def leg_rotation(leg: LegPose, shaft_dir: np.ndarray) -> np.ndarray:
@@ -999,16 +998,13 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
     bone.lines.append(intertrochanteric_line(proj, fa))
     groups: list[Tube] = []
     prosthesis: list[Bone] = []
-    with_cup = False
     if with_head:
         bone.lines.append(calcar(proj, fa, m))
         groups = trabecular_groups(proj, fa, m)
         bone.lines.append(physeal_scar(proj, fa, m))
         bone.holes.append(wards_triangle(proj, fa))
     else:
-        design = prosthesis_design(anat, side, m.head_radius)
-        prosthesis = build_prosthesis(proj, fa, design.ball_radius_mm)
-        with_cup = design.with_cup
+        prosthesis = build_prosthesis(proj, fa)
 
     pts = femur_landmarks(proj, fa, gt_pts[-1], lt_tip)
     centre2 = pts["head_centre"]
@@ -1028,7 +1024,6 @@ def build_femur(anat: SubjectAnatomy, side: str, pose: Pose, with_head: bool = T
         neck_length_mm=float(np.linalg.norm(pts["neck_base"] - centre2)),
         trochanter_distance_mm=float(np.linalg.norm(pts["greater_trochanter"] - centre2)),
         prosthesis=prosthesis,
-        prosthesis_cup=with_cup,
     )
 
 
@@ -1209,31 +1204,11 @@ def femur_landmarks(proj: Projector, fa: FemurAxes, gt_tip: np.ndarray, lt_tip: 
     }
 
 
-# Real hip replacements range from total hips (a 22–36-mm ball in a metal cup) to hemiarthroplasties
-# after a fracture (a bipolar or unipolar head as large as the native one, in the native socket).
-HEMIARTHROPLASTY_SHARE = 0.4
-TOTAL_HIP_BALL_RADIUS_MM = (11.0, 18.0)
-HEMIARTHROPLASTY_HEAD_SCALE = (0.95, 1.02)  # of the native head's radius
-
-
-@dataclass(frozen=True)
-class ProsthesisDesign:
-    ball_radius_mm: float
-    with_cup: bool  # total hip replacement; without: a hemiarthroplasty
-
-
-def prosthesis_design(anat: SubjectAnatomy, side: str, native_head_radius: float) -> ProsthesisDesign:
-    """The subject's replacement, the same on all of their radiographs (drawn from the anatomy seed)."""
-    rng = np.random.default_rng([anat.anatomy_seed, 15, 0 if side == "right" else 1])
-    if rng.random() < HEMIARTHROPLASTY_SHARE:
-        return ProsthesisDesign(native_head_radius * float(rng.uniform(*HEMIARTHROPLASTY_HEAD_SCALE)), False)
-    return ProsthesisDesign(float(rng.uniform(*TOTAL_HIP_BALL_RADIUS_MM)), True)
-
-
-def build_prosthesis(proj: Projector, fa: FemurAxes, ball_r: float) -> list[Bone]:
-    """Hip replacement: metal femoral stem, neck and ball (radius ``ball_r`` mm), and the cement mantle."""
+def build_prosthesis(proj: Projector, fa: FemurAxes) -> list[Bone]:
+    """Total hip replacement: metal femoral stem, neck and ball, and the cement mantle."""
     sh, nk, base, lat = fa.shaft, fa.neck, fa.base, fa.lateral
     metal = Bone("prosthesis", material="metal")
+    ball_r = 14.0
     metal.tubes.append(proj.tube([np.zeros(3), -nk * 0.1], [ball_r, ball_r], 0.0))
     metal.tubes.append(proj.tube([-nk * 8, base + nk * 4], [6.0, 7.5], 0.0))
     metal.tubes.append(
@@ -1273,7 +1248,6 @@ def build_geometry(spec: RadiographSpec, pose: Pose, prosthesis_side: str | None
         bones.append(fem.bone)
         if fem.prosthesis:
             bones.extend(fem.prosthesis)
-        if fem.prosthesis_cup:
             bones.append(acetabular_cup(lm))
     return PelvisGeometry(bones, femurs, hemis, pose)
 
