@@ -148,6 +148,7 @@ def measure(
         for payload in payloads[:warmup]:
             diagnose(payload)
         figures = _timed_run(configuration, diagnose, payloads, concurrency)
+        figures.syntaxes = list(dict.fromkeys(p.syntax for p in payloads))
         figures.single_client = [_sample(payload, diagnose) for payload in payloads[:single_client]]
         figures.cache_hits, figures.cache_misses_seen = _cache_hit_run(pipeline, diagnose, payloads, cache_hits)
     figures.memory_mb = memory.peaks_mb

@@ -50,6 +50,7 @@ class BenchFigures:
     cache_misses_seen: int = 0  # answers of the cache-hit phase that were not hits (should be 0)
     memory_mb: dict[str, float] = field(default_factory=dict)
     first_error: str = ""
+    syntaxes: list[str] = field(default_factory=list)  # in the order sent (else: as answers came)
 
     @property
     def latencies_ms(self) -> list[float]:
@@ -68,8 +69,10 @@ class BenchFigures:
         return percentile(self.latencies_ms, q)
 
     def per_syntax(self) -> dict[str, dict[str, float]]:
-        """Per transfer syntax (in the order first sent): count, decode and total means, p50, decode share."""
-        return {syntax: syntax_figures(self, syntax) for syntax in dict.fromkeys(s.syntax for s in self.samples)}
+        """Per transfer syntax (in the order sent): count, decode and total means, p50, decode share."""
+        answered = list(dict.fromkeys(s.syntax for s in self.samples))
+        order = [syntax for syntax in self.syntaxes if syntax in answered] or answered
+        return {syntax: syntax_figures(self, syntax) for syntax in order}
 
     def summary(self) -> dict:
         """Every figure of this configuration, JSON-ready (the keys ``avn capacity`` reads included)."""

@@ -94,7 +94,9 @@ def steps_table(figures: Sequence[BenchFigures]) -> Table:
 
 def syntax_table(figures: Sequence[BenchFigures]) -> Table:
     table = Table(title="per transfer syntax (timed run; hit p99: cache-hit run)")
-    for column in ("config", "syntax", "n", "decode ms", "total ms", "decode %", "hit p99 ms"):
+    table.add_column("config", no_wrap=True)
+    table.add_column("syntax", no_wrap=True)
+    for column in ("n", "decode ms", "total ms", "decode %", "hit p99 ms"):
         table.add_column(column, justify="right")
     for f in figures:
         for syntax, row in f.per_syntax().items():

@@ -273,7 +273,7 @@ def test_measure_in_process_counts_every_radiograph_and_its_steps(bench_root: Pa
     assert set(figures.step_means_ms) == set(STEPS)
     assert figures.step_means_ms["detect"] > 0 and figures.step_means_ms["classify"] > 0
     assert figures.step_means_ms["total"] >= figures.step_means_ms["detect"]
-    assert sorted(figures.per_syntax()) == sorted(DICOM_SYNTAXES)
+    assert list(figures.per_syntax()) == DICOM_SYNTAXES  # in the order sent
     assert len(figures.single_client) == 2
     # The same radiograph in every syntax has the same pixels: all hits, none skipping decode.
     assert (len(figures.cache_hits), figures.cache_misses_seen) == (5, 0)
@@ -329,7 +329,7 @@ def test_cli_prints_and_writes_the_figures_with_ratios_to_naive(bench_root: Path
     )
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
-    for text in ("in-process", "naive", "p95", "1-client p50", "hit p99", "rle-lossless", "decode as % of"):
+    for text in ("in-process", "naive", "p95", "1-client", "hit p99", "rle-lossless", "decode as % of"):
         assert text in output
     assert TIMING_ONLY not in output
     document = json.loads(out.read_text())
