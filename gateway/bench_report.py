@@ -66,7 +66,10 @@ def latency_table(figures: Sequence[BenchFigures], context: Mapping) -> Table:
 
 def client_table(figures: Sequence[BenchFigures]) -> Table:
     table = Table(title="one client, cache hits, peak resident memory (MiB)")
-    table.caption = "1-client: sequential requests; hit p99: the same radiograph again, cache on; RSS: peaks"
+    table.caption = (
+        "1-client: sequential requests; hit p99: the same radiograph again, cache on; RSS: peaks "
+        "(+ growth during this configuration; the gateway process keeps what earlier ones left)"
+    )
     for column in ("config", "1-client p50", "hit p99 ms", "gateway RSS", "TS workers", "TS frontend"):
         table.add_column(column, justify="right")
     for f in figures:
@@ -75,11 +78,16 @@ def client_table(figures: Sequence[BenchFigures]) -> Table:
             f.configuration,
             fmt(percentile([s.latency_ms for s in f.single_client], 50)),
             fmt(percentile([s.latency_ms for s in f.cache_hits], 99), 1),
-            fmt(memory.get("gateway", math.nan)),
+            f"{fmt(memory.get('gateway', math.nan))} (+{fmt(growth_mb(memory))})",
             fmt(memory.get("torchserve_workers", math.nan)),
             fmt(memory.get("torchserve_frontend", math.nan)),
         )
     return table
+
+
+def growth_mb(memory: Mapping[str, float]) -> float:
+    """How much the gateway process grew during the configuration (peak − RSS at its start)."""
+    return memory.get("gateway", math.nan) - memory.get("gateway_before", math.nan)
 
 
 def steps_table(figures: Sequence[BenchFigures]) -> Table:
@@ -93,10 +101,14 @@ def steps_table(figures: Sequence[BenchFigures]) -> Table:
 
 
 def syntax_table(figures: Sequence[BenchFigures]) -> Table:
-    table = Table(title="per transfer syntax (timed run; hit p99: cache-hit run)")
+    table = Table(title="per transfer syntax, ms")
+    table.caption = (
+        "dec, tot: mean decode and total (server side) in the timed run; 1c dec: decode with one client; "
+        "dec %: decode ÷ total; hit p99: the cache-hit run"
+    )
     table.add_column("config", no_wrap=True)
     table.add_column("syntax", no_wrap=True)
-    for column in ("n", "decode ms", "total ms", "decode %", "hit p99 ms"):
+    for column in ("n", "dec", "1c dec", "tot", "dec %", "hit p99"):
         table.add_column(column, justify="right")
     for f in figures:
         for syntax, row in f.per_syntax().items():
@@ -105,6 +117,7 @@ def syntax_table(figures: Sequence[BenchFigures]) -> Table:
                 syntax,
                 str(row["requests"]),
                 fmt(row["decode_mean_ms"]),
+                fmt(row["single_client_decode_mean_ms"]),
                 fmt(row["total_mean_ms"]),
                 fmt(row["decode_share_pct"], 1),
                 fmt(row["cache_hit_p99_ms"], 1),
