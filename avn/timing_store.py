@@ -16,6 +16,7 @@ card (``/v1/models``, TorchServe's description, ``avn bench``) shows the label.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -67,8 +68,12 @@ def build_timing_store(out: Path, profile: str = "paper", seed: int = 0) -> dict
 def archive_card(archive: Path) -> ModelCard:
     """The model card inside one ``.mar`` archive (the checkpoint is read, no model is built)."""
     with zipfile.ZipFile(archive) as bundle, tempfile.TemporaryDirectory(prefix="avn-card-") as scratch:
+        try:  # the manifest names the checkpoint; avn.store always calls it model.pt
+            member = json.loads(bundle.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
+        except (KeyError, ValueError):
+            member = CHECKPOINT_NAME
         checkpoint = Path(scratch) / CHECKPOINT_NAME
-        checkpoint.write_bytes(bundle.read(CHECKPOINT_NAME))
+        checkpoint.write_bytes(bundle.read(member))
         return read_card(checkpoint)
 
 
