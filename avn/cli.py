@@ -154,19 +154,30 @@ def metrics(run_dir: Path = typer.Option(..., "--run", help="Run folder written 
 
 @app.command("build-store")
 def build_store_command(
-    run_dir: Path = typer.Option(..., "--run", help="Run folder written by `avn train`."),
+    run_dir: Path | None = typer.Option(None, "--run", help="Run folder written by `avn train`."),
     out: Path = typer.Option(Path("model_store"), "--out", help="Where the .mar archives go."),
+    timing_only: bool = typer.Option(
+        False,
+        "--timing-only",
+        help="Untrained (random) weights in the --profile's shapes, for `avn bench` timing only; no --run.",
+    ),
+    profile: str = typer.Option("paper", help="With --timing-only: the shapes (paper: 224-px crops; quick: 96)."),
 ) -> None:
     """Package the five trained models as TorchServe archives (detection, view, side, staging, notes)."""
     from avn.store import StoreError, build_store
+    from avn.timing_store import TIMING_ONLY, build_timing_store
 
+    if (run_dir is None) == (not timing_only):
+        raise typer.BadParameter("give either --run RUN (trained models) or --timing-only (untrained)")
     try:
-        archives = build_store(run_dir, out)
-    except StoreError as error:
+        archives = build_timing_store(out, profile) if timing_only else build_store(run_dir, out)
+    except (StoreError, ValueError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from error
     for task, path in archives.items():
         console.print(f"{task}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if timing_only:
+        console.print(f"[bold yellow]{TIMING_ONLY}[/] ({profile} profile's shapes): for `avn bench` only")
 
 
 @app.command()
@@ -240,7 +251,7 @@ def run(
         train(task="all", data=training_data, out=run_dir, profile="quick", folds=0, repeats=0, seed=seed)
     if store_is_stale(run_dir, store):
         console.print(f"[bold]model store missing or older than the models:[/] building {store}")
-        build_store_command(run_dir=run_dir, out=store)
+        build_store_command(run_dir=run_dir, out=store, timing_only=False, profile="paper")
     if (REAL_CHECK_SET / "manifest.json").exists():
         console.print(f"[bold]real radiographs:[/] the store on {REAL_CHECK_SET} (docs/real-data.md)")
         realcheck(store=store, data=REAL_CHECK_SET, json_out=None, strict=False)

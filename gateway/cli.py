@@ -652,11 +652,27 @@ def bench(
     configurations: str = typer.Option(
         "torchserve,in-process,naive", "--configurations", help="Which of torchserve, in-process, naive to run."
     ),
+    syntaxes: str = typer.Option(
+        "explicit-le,jpeg2000-lossless,jpeg-ls-lossless,rle-lossless",
+        "--syntaxes",
+        help="DICOM transfer syntaxes sent round-robin, or as-stored (the files unchanged).",
+    ),
+    sources: int = typer.Option(4, "--sources", min=1, help="Distinct radiographs re-encoded in each syntax."),
+    single_client: int = typer.Option(8, "--single-client", min=0, help="Sequential requests of one client."),
+    cache_hits: int = typer.Option(20, "--cache-hits", min=0, help="Cache-hit requests (cache on)."),
+    timing_store: Path | None = typer.Option(
+        None,
+        "--timing-store",
+        help="Bench a store of untrained models in the paper's shapes (224-px crops), built here when "
+        "missing: timing only. Replaces --store.",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where every configuration runs the models."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Throughput and latency of the gateway over gRPC (cache off): TorchServe, in-process and a
-    naive one-head-at-a-time baseline, side by side."""
-    from gateway.bench import CONFIGURATIONS, BenchError, radiograph_payloads  # noqa: PLC0415
+    naive one-head-at-a-time baseline, side by side, on full-size DICOMs in several transfer syntaxes."""
+    from gateway.bench import CONFIGURATIONS, BenchError, require_device  # noqa: PLC0415
+    from gateway.bench_payloads import PayloadError  # noqa: PLC0415
 
     chosen = [name.strip() for name in configurations.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in CONFIGURATIONS]
@@ -664,70 +680,77 @@ def bench(
         raise typer.BadParameter(
             f"unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}", param_hint="--configurations"
         )
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        require_device(device)
+        store = _bench_store(store, timing_store)
+        payloads, left_out = _bench_inputs(data, count, syntaxes, sources)
+        context = _bench_context(store, data, count, concurrency, device, left_out)
+        figures = [_bench_one(name, store, payloads, concurrency, device, single_client, cache_hits) for name in chosen]
+    except (BenchError, PayloadError) as error:
+        raise typer.BadParameter(str(error)) from error
+    from gateway.bench_report import print_bench  # noqa: PLC0415
+
+    print_bench(console, figures, context)
+    if json_out is not None:
+        from gateway.bench import write_json  # noqa: PLC0415
+
+        write_json(json_out, figures, context)
+        console.print(f"figures in {json_out}")
+
+
+def _bench_store(store: Path, timing_store: Path | None) -> Path:
+    """The store to bench: ``--timing-store`` (built unless complete) or ``--store``, which must hold archives."""
+    from avn.timing_store import build_timing_store, is_complete_timing_store  # noqa: PLC0415
+
+    if timing_store is not None:
+        if not is_complete_timing_store(timing_store):
+            console.print(f"building a timing store (untrained weights, paper shapes) in {timing_store} …")
+            build_timing_store(timing_store)
+        store = timing_store
     if not store.is_dir() or not any(store.glob("*.mar")):
         raise typer.BadParameter(
             f"{store} holds no .mar archives (build them with `avn build-store`)", param_hint="--store"
         )
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        payloads = radiograph_payloads(data, count)
-        figures = [_bench_one(name, store.resolve(), payloads, concurrency) for name in chosen]
-    except BenchError as error:
-        raise typer.BadParameter(str(error)) from error
-    _print_bench(figures, data, count, concurrency)
-    if json_out is not None:
-        from gateway.bench import write_json  # noqa: PLC0415
-
-        write_json(
-            json_out,
-            figures,
-            {"data": str(data), "store": str(store), "radiographs": count, "concurrency": concurrency},
-        )
-        console.print(f"figures in {json_out}")
+    return store.resolve()
 
 
-def _bench_one(name: str, store: Path, payloads: list[bytes], concurrency: int):
-    from gateway.bench import in_process_pipeline, measure, torchserve_pipeline  # noqa: PLC0415
+def _bench_inputs(data: Path, count: int, syntaxes: str, sources: int):
+    """The payloads in the syntaxes that can be encoded here, and the others with the reason."""
+    from gateway.bench_payloads import bench_payloads, missing_encoders  # noqa: PLC0415
 
-    console.print(f"[bold]{name}[/]: {len(payloads)} radiographs, {concurrency} clients …")
-    if name == "torchserve":
-        with (
-            tempfile.TemporaryDirectory(prefix="avn-bench-") as work_dir,
-            torchserve_pipeline(store, Path(work_dir)) as pipeline,
-        ):
-            return measure(name, pipeline, payloads, concurrency)
-    return measure(name, in_process_pipeline(store, naive=name == "naive"), payloads, concurrency)
+    asked = [name.strip() for name in syntaxes.split(",") if name.strip()]
+    left_out = missing_encoders(asked)
+    usable = [name for name in asked if name not in left_out]
+    for name, reason in left_out.items():
+        console.print(f"[yellow]{name} left out:[/] {reason}")
+    console.print(f"encoding {min(sources, count)} radiographs of {data} as {', '.join(usable) or 'nothing'} …")
+    return bench_payloads(data, count, usable, sources), left_out
 
 
-def _print_bench(figures, data: Path, count: int, concurrency: int) -> None:
-    from gateway.bench import STEPS, ratios_to_baseline  # noqa: PLC0415
+def _bench_context(store: Path, data: Path, count: int, concurrency: int, device: str, left_out: dict) -> dict:
+    """What the run was: inputs, device, the syntaxes left out, and the store's label when untrained."""
+    from avn.timing_store import TIMING_ONLY, is_timing_only, store_cards  # noqa: PLC0415
 
-    ratios = ratios_to_baseline(figures)
-    table = Table(title=f"gRPC, cache off: {count} radiographs of {data}, {concurrency} clients")
-    # Short headers: the table must fit an 80-column terminal; the caption spells them out.
-    table.caption = "img/s: radiographs per second; ×thr, ×p50: throughput and p50 speed-up over naive"
-    for column in ("config", "img/s", "p50 ms", "p95 ms", "p99 ms", "errors", "×thr", "×p50"):
-        table.add_column(column, justify="right")
-    for f in figures:
-        ratio = ratios.get(f.configuration, {})
-        table.add_row(
-            f.configuration,
-            f"{f.throughput:.2f}",
-            f"{f.percentile_ms(50):.0f}",
-            f"{f.percentile_ms(95):.0f}",
-            f"{f.percentile_ms(99):.0f}",
-            str(f.errors),
-            f"{ratio['throughput']:.2f}" if ratio else "-",
-            f"{ratio['p50_speedup']:.2f}" if ratio else "-",
-        )
-    console.print(table)
-    steps = Table(title="mean step time per radiograph, ms (server side)")
-    steps.add_column("config")
-    for step in STEPS:
-        steps.add_column(step, justify="right")
-    for f in figures:
-        steps.add_row(f.configuration, *(f"{f.step_means_ms[step]:.0f}" for step in STEPS))
-    console.print(steps)
+    cards = store_cards(store)
+    return {
+        "data": str(data),
+        "store": str(store),
+        "radiographs": count,
+        "concurrency": concurrency,
+        "device": device,
+        "model_versions": {task: card.version for task, card in cards.items()},
+        "timing_only": is_timing_only(cards),
+        "store_label": TIMING_ONLY if is_timing_only(cards) else "",
+        "syntaxes_left_out": left_out,
+    }
+
+
+def _bench_one(name: str, store: Path, payloads, concurrency: int, device: str, single_client: int, cache_hits: int):
+    from gateway.bench import run_configuration  # noqa: PLC0415
+
+    console.print(f"[bold]{name}[/]: {len(payloads)} radiographs, {concurrency} clients, {device} …")
+    return run_configuration(name, store, payloads, concurrency, device, single_client, cache_hits)
 
 
 # ---------------------------------------------------------------------------------------- capacity
