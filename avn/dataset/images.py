@@ -4,7 +4,9 @@ One decoder for the data-set checker, training, serving and evaluation. DICOM go
 (pylibjpeg plug-ins decode compressed transfer syntaxes); the Modality LUT is applied and
 MONOCHROME1 is inverted so that bone is always bright, whatever the modality wrote. A DICOM data
 set without the Part 10 preamble (older archives) is read too when it starts like a DICOM element
-and parses as an image.
+and parses as an image. The steps from the codec's integer samples to the float pixels run once
+per possible sample value, into a table (:mod:`avn.dataset.grey_table`): decoding makes one
+full-size float32 array, and the samples' digest identifies the pixels for the result cache.
 
 Nothing is decoded before its cost is known. Every decode has a budget in bytes (the decoded
 samples: frames × samples × rows × columns × bytes per sample, from the header alone); over it the
@@ -29,14 +31,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from avn.dataset.grey_table import Presentation, present, samples_digest
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PNG_SUFFIXES = (".png",)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 IMAGE_SUFFIXES = DICOM_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES
 
 # The decode budget: 64 MiB of decoded samples holds a 16-bit 5790 × 5790 radiograph, more than any
-# hip plate (43 cm at 0.1 mm is 4300 × 4300), and an 8-bit one of 8192 × 8192. The float32 working
-# copies the decoder makes on top cost about 12 bytes a pixel more.
+# hip plate (43 cm at 0.1 mm is 4300 × 4300), and an 8-bit one of 8192 × 8192. The one float32
+# array the decoder makes on top costs 4 bytes a pixel more.
 DEFAULT_MAX_DECODE_BYTES = 64 * 1024 * 1024
 
 # Bytes a pixel Pillow holds for an image of each mode; the rest (RGB, RGBA, LA, I, F…) take 4.
@@ -96,6 +100,9 @@ class Radiograph:
     photometric: str = "MONOCHROME2"
     body_part: str | None = None  # DICOM BodyPartExamined, upper case; None when the file does not say
     dicom: DicomSource | None = None  # the source's UIDs; None for PNG and JPEG
+    # SHA-256 of the integer samples and the table that made ``pixels`` of them (equal digests,
+    # equal pixels): the result cache's key for the image. None: hash ``pixels`` themselves.
+    digest: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -196,8 +203,14 @@ def _read_pillow(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         source_format = "jpeg" if image.format == "JPEG" else "png"
         array = _loaded_grey(image, name)
     bits = 16 if array.dtype == np.uint16 else 8
-    pixels = array.astype(np.float32) / float(2**bits - 1)
-    return Radiograph(pixels=pixels, bits_stored=bits, pixel_spacing=None, source_format=source_format)
+    presented = present(array, lambda samples: samples.astype(np.float32) / float(2**bits - 1))
+    return Radiograph(
+        pixels=presented.pixels,
+        bits_stored=bits,
+        pixel_spacing=None,
+        source_format=source_format,
+        digest=samples_digest(array, presented.table),
+    )
 
 
 def _opened_image(data: bytes, name: str) -> Image.Image:
@@ -264,19 +277,28 @@ def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         f" {header.samples} sample(s) of {header.bits_allocated} bits",
     )
     _check_compressed_frame_size(ds, header, name)
-    values = _modality_values(_decoded_pixel_array(ds, name), ds, name)
-    pixels = _normalise(values, header)
-    if header.photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
+    samples = _decoded_pixel_array(ds, name)
+    presented = _dicom_presentation(samples, ds, header, name)
     return Radiograph(
-        pixels=pixels,
+        pixels=presented.pixels,
         bits_stored=header.bits_stored,
         pixel_spacing=header.pixel_spacing,
         source_format="dicom",
         photometric=header.photometric,
         body_part=header.body_part,
         dicom=dicom_source(ds),
+        digest=samples_digest(samples, presented.table),
     )
+
+
+def _dicom_presentation(samples: np.ndarray, ds, header: DicomImageHeader, name: str) -> Presentation:
+    """Modality LUT, scaling by the stored range, MONOCHROME1 inverted: per sample value, one table."""
+
+    def transform(values: np.ndarray) -> np.ndarray:
+        pixels = _normalise(_modality_values(values, ds, name), header)
+        return 1.0 - pixels if header.photometric == "MONOCHROME1" else pixels
+
+    return present(samples, transform)
 
 
 def dicom_source(ds) -> DicomSource:
