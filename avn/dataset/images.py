@@ -101,7 +101,7 @@ class Radiograph:
     body_part: str | None = None  # DICOM BodyPartExamined, upper case; None when the file does not say
     dicom: DicomSource | None = None  # the source's UIDs; None for PNG and JPEG
     # SHA-256 of the integer samples and the table that made ``pixels`` of them (equal digests,
-    # equal pixels): the result cache's key for the image. None: hash ``pixels`` themselves.
+    # equal pixels): the result cache's key for the image. None when not asked for.
     digest: bytes | None = None
 
     @property
@@ -140,18 +140,21 @@ def starts_with_dicom_element(data: bytes) -> bool:
     return group != 0x0002 and implicit_length <= len(data) - 8
 
 
-def read_radiograph(source: str | Path | bytes, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Radiograph:
+def read_radiograph(
+    source: str | Path | bytes, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, *, digest: bool = False
+) -> Radiograph:
     """Decode a radiograph from a path or raw bytes (DICOM recognised by its first bytes or suffix).
 
-    Raises :class:`ImageTooLargeError` when decoding would exceed ``max_decode_bytes``, and
+    ``digest``: also hash the samples for :attr:`Radiograph.digest` (a few milliseconds). Raises
+    :class:`ImageTooLargeError` when decoding would exceed ``max_decode_bytes``, and
     :class:`ImageReadError` for anything else that is not a readable radiograph.
     """
     data, name = _bytes_and_name(source)
     if not data:
         raise ImageReadError(f"{name}: empty file")
     if is_dicom_bytes(data) or name.lower().endswith(DICOM_SUFFIXES):
-        return _read_dicom(data, name, max_decode_bytes)
-    return _read_pillow(data, name, max_decode_bytes)
+        return _read_dicom(data, name, max_decode_bytes, digest)
+    return _read_pillow(data, name, max_decode_bytes, digest)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -193,7 +196,7 @@ def _check_decode_budget(decoded_bytes: int, max_decode_bytes: int, name: str, w
 # ---------------------------------------------------------------- PNG and JPEG
 
 
-def _read_pillow(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
+def _read_pillow(data: bytes, name: str, max_decode_bytes: int, digest: bool) -> Radiograph:
     with _opened_image(data, name) as image:
         width, height = image.size
         # Image.open read the header only; the budget check comes before load() inflates anything.
@@ -209,7 +212,7 @@ def _read_pillow(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         bits_stored=bits,
         pixel_spacing=None,
         source_format=source_format,
-        digest=samples_digest(array, presented.table),
+        digest=samples_digest(array, presented.table) if digest else None,
     )
 
 
@@ -265,7 +268,7 @@ class DicomImageHeader:
         return self.frames * self.samples * self.rows * self.columns * math.ceil(self.bits_allocated / 8)
 
 
-def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
+def _read_dicom(data: bytes, name: str, max_decode_bytes: int, digest: bool) -> Radiograph:
     data = _inflated_dicom(data, name, max_decode_bytes + DEFLATED_HEADER_ALLOWANCE_BYTES)
     ds = _parsed_dicom(data, name)
     header = dicom_image_header(ds, name)
@@ -287,7 +290,7 @@ def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         photometric=header.photometric,
         body_part=header.body_part,
         dicom=dicom_source(ds),
-        digest=samples_digest(samples, presented.table),
+        digest=samples_digest(samples, presented.table) if digest else None,
     )
 
 

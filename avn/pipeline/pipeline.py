@@ -267,7 +267,7 @@ class Pipeline:
             clock = StepClock()
             with clock.step("decode") as decoding:
                 radiograph = await self.run_image_work(
-                    decode_payload, payload, self.max_image_bytes, self.max_decode_bytes
+                    decode_payload, payload, self.max_image_bytes, self.max_decode_bytes, self.cache is not None
                 )
                 decoding.set_attributes(
                     radiograph_attributes(
