@@ -185,3 +185,15 @@ def test_the_real_mono1_file_is_inverted() -> None:
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     raw = ds.pixel_array.astype(np.float64) / (2**ds.BitsStored - 1)
     np.testing.assert_allclose(read_radiograph(data).pixels, 1.0 - raw, atol=1e-6)
+
+
+def test_a_png_digest_covers_its_samples_and_its_scale() -> None:
+    def png(array: np.ndarray, **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", **options)
+        return buffer.getvalue()
+
+    eight = samples(np.uint8, 8)
+    first, recompressed = (read_radiograph(png(eight, compress_level=level), digest=True) for level in (1, 9))
+    assert first.digest == recompressed.digest  # other bytes, same samples
+    assert read_radiograph(png(eight.astype(np.uint16)), digest=True).digest != first.digest  # another scale

@@ -43,10 +43,19 @@ def present(samples: np.ndarray, transform: Transform) -> Presentation:
     ``transform`` must act on each value alone (no neighbours, no image statistics) and give
     float32; it is called once on every possible sample value instead of on the image.
     """
-    if not _tabulable(samples.dtype):
+    table = table_of(samples.dtype, transform)
+    if table is None:
         return Presentation(np.asarray(transform(samples), dtype=np.float32), None)
-    table = np.ascontiguousarray(transform(every_value(samples.dtype)), dtype=np.float32)
     return Presentation(table[_as_indices(samples)], table)
+
+
+def table_of(dtype: np.dtype, transform: Transform) -> np.ndarray | None:
+    """``transform`` of every value of ``dtype`` (None when its samples are not small integers):
+    what :func:`present` gathers through, and what :func:`samples_digest` needs of a transform
+    computed some other way."""
+    if not _tabulable(dtype):
+        return None
+    return np.ascontiguousarray(transform(every_value(dtype)), dtype=np.float32)
 
 
 def every_value(dtype: np.dtype) -> np.ndarray:
