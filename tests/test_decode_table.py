@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from avn.dataset import images
-from avn.dataset.grey_table import every_value, present
+from avn.dataset.grey_table import every_value, present, samples_digest
 from avn.dataset.images import read_radiograph
 
 REAL = Path(__file__).parent / "data" / "real"
@@ -197,3 +197,10 @@ def test_a_png_digest_covers_its_samples_and_its_scale() -> None:
     first, recompressed = (read_radiograph(png(eight, compress_level=level), digest=True) for level in (1, 9))
     assert first.digest == recompressed.digest  # other bytes, same samples
     assert read_radiograph(png(eight.astype(np.uint16)), digest=True).digest != first.digest  # another scale
+
+
+def test_samples_without_a_table_have_no_digest() -> None:
+    wide = np.arange(12, dtype=np.uint32).reshape(3, 4)  # no table for 32-bit samples
+    presented = present(wide, lambda values: values.astype(np.float32) / 11)
+    assert presented.table is None and samples_digest(wide, presented.table) is None
+    np.testing.assert_array_equal(presented.pixels, wide.astype(np.float32) / 11)

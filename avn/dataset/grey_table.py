@@ -1,13 +1,13 @@
 """From a radiograph's stored integer samples to its presentation in one pass, through a table.
 
-Every step between the samples a codec returns and the presentation the models read (float32 in
-[0, 1], bone bright) is a function of one sample's value alone: the Modality LUT or rescale, the
-scaling by the stored range, the clipping, the MONOCHROME1 inversion, the PNG's division by its
-full scale. Samples of 8 or 16 bits take at most 65 536 values, so the whole chain runs once per
-possible value, into a table, and the image is one gather through it: a single full-size float32
-array, where running the steps over the image made a float64 and four float32 copies of it. The
-table's entries come from the same numpy operations on the same dtypes as the image-wide steps,
-so the pixels are the same, bit for bit.
+Every step between the samples a codec returns and the presentation the models read (float32
+in [0, 1], bone bright) is a function of one sample's value alone: the Modality LUT or rescale,
+the scaling by the stored range, the clipping, the MONOCHROME1 inversion. Samples of 8 or 16 bits
+take at most 65 536 values, so the whole chain runs once per possible value, into a table, and the
+image is one gather through it: a single full-size float32 array, where running the steps over
+the image made a float64 and four float32 copies of it. The table's entries come from the same
+numpy operations on the same dtypes as the image-wide steps, so the pixels are the same, bit for
+bit.
 
 The samples and the table also identify the pixels (pixels = table[samples]): their digest
 (:func:`samples_digest`) keys the result cache at half the bytes of the float pixels.
@@ -64,19 +64,22 @@ def every_value(dtype: np.dtype) -> np.ndarray:
     return np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype.newbyteorder("="))
 
 
-def samples_digest(samples: np.ndarray, table: np.ndarray | None) -> bytes:
+def samples_digest(samples: np.ndarray, table: np.ndarray | None) -> bytes | None:
     """SHA-256 of the samples (dtype, shape, bytes) and the table: equal digests, equal pixels.
+    None without a table: the samples alone do not determine the pixels (hash the pixels instead).
 
     SHA-256, not BLAKE2: with the CPU's SHA extensions OpenSSL's SHA-256 hashes about twice as
     fast as hashlib's BLAKE2b here (measured: 7 against 18 ms for 12 MB).
     """
+    if table is None:
+        return None
     digest = hashlib.sha256(DIGEST_SCHEME)
     array = np.ascontiguousarray(samples)
     for label, data in (
         (b"dtype", array.dtype.str.encode()),
         (b"shape", repr(array.shape).encode()),
         (b"samples", memoryview(array).cast("B")),
-        (b"table", b"" if table is None else memoryview(np.ascontiguousarray(table)).cast("B")),
+        (b"table", memoryview(np.ascontiguousarray(table)).cast("B")),
     ):
         digest.update(label + len(data).to_bytes(8, "big"))  # length-prefixed: no two inputs share a stream
         digest.update(data)
