@@ -163,7 +163,7 @@ class Settings(BaseSettings):
         DEFAULT_IMAGE_THREADS,
         ge=1,
         description="Threads that decode radiographs, hash them for the cache and draw CAMs, overlays and "
-        "renditions: at most this many images are decoded at once (memory: about the decode budget plus 12 "
+        "renditions: at most this many images are decoded at once (memory: about the decode budget plus 4 "
         "bytes a pixel each).",
     )
     model_threads: int = Field(

@@ -10,12 +10,14 @@ import logging
 import time
 
 import numpy as np
+import pydicom
 import pytest
 import redis
 from conftest import RedisServer
-from gateway_support import phantom_png, write_tiny_store
+from gateway_support import phantom_dicom, phantom_png, write_tiny_store
 from tls_support import Certificates
 
+from avn.dataset.images import read_radiograph
 from avn.pipeline.backend import ModelInfo
 from avn.pipeline.pipeline import Pipeline
 from avn.pipeline.results import DiagnoseRequest, ImagePayload
@@ -56,6 +58,24 @@ def test_key_depends_on_pixels_shape_every_model_version_and_options() -> None:
         cache_key(image, VERSIONS, None),
     }
     assert key not in others and len(others) == 5
+
+
+def test_a_decoded_radiograph_is_keyed_by_its_samples_digest_not_its_file_or_float_pixels(tmp_path) -> None:  # noqa: ANN001
+    path = phantom_dicom(tmp_path, 0, photometric="MONOCHROME1")
+    copy = pydicom.dcmread(path)  # re-sent: new instance UID, losslessly re-compressed
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    copy.compress(pydicom.uid.RLELossless)
+    copy.save_as(tmp_path / "copy.dcm")
+    first, resent = (read_radiograph(source, digest=True) for source in (path, tmp_path / "copy.dcm"))
+    assert len(first.digest) == 32 and first.digest == resent.digest
+    key = cache_key(first.digest, VERSIONS, OPTIONS)
+    assert key == cache_key(resent.digest, VERSIONS, OPTIONS)
+    assert key != cache_key(first.pixels, VERSIONS, OPTIONS)  # a digest and pixels never share a key
+    assert key != cache_key(bytes(32), VERSIONS, OPTIONS)
+    as_mono2 = pydicom.dcmread(path)  # the same samples read the other way round: other pixels, other key
+    as_mono2.PhotometricInterpretation = "MONOCHROME2"
+    as_mono2.save_as(tmp_path / "mono2.dcm")
+    assert cache_key(read_radiograph(tmp_path / "mono2.dcm", digest=True).digest, VERSIONS, OPTIONS) != key
 
 
 # ---------------------------------------------------------------- in-process LRU

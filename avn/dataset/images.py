@@ -4,7 +4,9 @@ One decoder for the data-set checker, training, serving and evaluation. DICOM go
 (pylibjpeg plug-ins decode compressed transfer syntaxes); the Modality LUT is applied and
 MONOCHROME1 is inverted so that bone is always bright, whatever the modality wrote. A DICOM data
 set without the Part 10 preamble (older archives) is read too when it starts like a DICOM element
-and parses as an image.
+and parses as an image. The steps from the codec's integer samples to the float pixels run once
+per possible sample value, into a table (:mod:`avn.dataset.grey_table`): decoding makes one
+full-size float32 array, and the samples' digest identifies the pixels for the result cache.
 
 Nothing is decoded before its cost is known. Every decode has a budget in bytes (the decoded
 samples: frames × samples × rows × columns × bytes per sample, from the header alone); over it the
@@ -29,14 +31,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from avn.dataset.grey_table import Presentation, present, samples_digest, table_of
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PNG_SUFFIXES = (".png",)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 IMAGE_SUFFIXES = DICOM_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES
 
 # The decode budget: 64 MiB of decoded samples holds a 16-bit 5790 × 5790 radiograph, more than any
-# hip plate (43 cm at 0.1 mm is 4300 × 4300), and an 8-bit one of 8192 × 8192. The float32 working
-# copies the decoder makes on top cost about 12 bytes a pixel more.
+# hip plate (43 cm at 0.1 mm is 4300 × 4300), and an 8-bit one of 8192 × 8192. The one float32
+# array the decoder makes on top costs 4 bytes a pixel more.
 DEFAULT_MAX_DECODE_BYTES = 64 * 1024 * 1024
 
 # Bytes a pixel Pillow holds for an image of each mode; the rest (RGB, RGBA, LA, I, F…) take 4.
@@ -96,6 +100,9 @@ class Radiograph:
     photometric: str = "MONOCHROME2"
     body_part: str | None = None  # DICOM BodyPartExamined, upper case; None when the file does not say
     dicom: DicomSource | None = None  # the source's UIDs; None for PNG and JPEG
+    # SHA-256 of the integer samples and the table that made ``pixels`` of them (equal digests,
+    # equal pixels): the result cache's key for the image. None when not asked for.
+    digest: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -133,18 +140,21 @@ def starts_with_dicom_element(data: bytes) -> bool:
     return group != 0x0002 and implicit_length <= len(data) - 8
 
 
-def read_radiograph(source: str | Path | bytes, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Radiograph:
+def read_radiograph(
+    source: str | Path | bytes, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, *, digest: bool = False
+) -> Radiograph:
     """Decode a radiograph from a path or raw bytes (DICOM recognised by its first bytes or suffix).
 
-    Raises :class:`ImageTooLargeError` when decoding would exceed ``max_decode_bytes``, and
+    ``digest``: also hash the samples for :attr:`Radiograph.digest` (a few milliseconds). Raises
+    :class:`ImageTooLargeError` when decoding would exceed ``max_decode_bytes``, and
     :class:`ImageReadError` for anything else that is not a readable radiograph.
     """
     data, name = _bytes_and_name(source)
     if not data:
         raise ImageReadError(f"{name}: empty file")
     if is_dicom_bytes(data) or name.lower().endswith(DICOM_SUFFIXES):
-        return _read_dicom(data, name, max_decode_bytes)
-    return _read_pillow(data, name, max_decode_bytes)
+        return _read_dicom(data, name, max_decode_bytes, digest)
+    return _read_pillow(data, name, max_decode_bytes, digest)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -186,7 +196,7 @@ def _check_decode_budget(decoded_bytes: int, max_decode_bytes: int, name: str, w
 # ---------------------------------------------------------------- PNG and JPEG
 
 
-def _read_pillow(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
+def _read_pillow(data: bytes, name: str, max_decode_bytes: int, digest: bool) -> Radiograph:
     with _opened_image(data, name) as image:
         width, height = image.size
         # Image.open read the header only; the budget check comes before load() inflates anything.
@@ -196,8 +206,22 @@ def _read_pillow(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         source_format = "jpeg" if image.format == "JPEG" else "png"
         array = _loaded_grey(image, name)
     bits = 16 if array.dtype == np.uint16 else 8
-    pixels = array.astype(np.float32) / float(2**bits - 1)
-    return Radiograph(pixels=pixels, bits_stored=bits, pixel_spacing=None, source_format=source_format)
+    table = table_of(array.dtype, lambda values: _full_scale_fraction(values, bits)) if digest else None
+    return Radiograph(
+        pixels=_full_scale_fraction(array, bits),
+        bits_stored=bits,
+        pixel_spacing=None,
+        source_format=source_format,
+        digest=samples_digest(array, table) if digest else None,
+    )
+
+
+def _full_scale_fraction(samples: np.ndarray, bits: int) -> np.ndarray:
+    """Samples over their full scale, in one float32 array: a single step, faster in place than
+    through a table (the table is made for the digest only)."""
+    pixels = samples.astype(np.float32)
+    pixels /= float(2**bits - 1)
+    return pixels
 
 
 def _opened_image(data: bytes, name: str) -> Image.Image:
@@ -252,7 +276,7 @@ class DicomImageHeader:
         return self.frames * self.samples * self.rows * self.columns * math.ceil(self.bits_allocated / 8)
 
 
-def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
+def _read_dicom(data: bytes, name: str, max_decode_bytes: int, digest: bool) -> Radiograph:
     data = _inflated_dicom(data, name, max_decode_bytes + DEFLATED_HEADER_ALLOWANCE_BYTES)
     ds = _parsed_dicom(data, name)
     header = dicom_image_header(ds, name)
@@ -264,19 +288,28 @@ def _read_dicom(data: bytes, name: str, max_decode_bytes: int) -> Radiograph:
         f" {header.samples} sample(s) of {header.bits_allocated} bits",
     )
     _check_compressed_frame_size(ds, header, name)
-    values = _modality_values(_decoded_pixel_array(ds, name), ds, name)
-    pixels = _normalise(values, header)
-    if header.photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
+    samples = _decoded_pixel_array(ds, name)
+    presented = _dicom_presentation(samples, ds, header, name)
     return Radiograph(
-        pixels=pixels,
+        pixels=presented.pixels,
         bits_stored=header.bits_stored,
         pixel_spacing=header.pixel_spacing,
         source_format="dicom",
         photometric=header.photometric,
         body_part=header.body_part,
         dicom=dicom_source(ds),
+        digest=samples_digest(samples, presented.table) if digest else None,
     )
+
+
+def _dicom_presentation(samples: np.ndarray, ds, header: DicomImageHeader, name: str) -> Presentation:
+    """Modality LUT, scaling by the stored range, MONOCHROME1 inverted: per sample value, one table."""
+
+    def transform(values: np.ndarray) -> np.ndarray:
+        pixels = _normalise(_modality_values(values, ds, name), header)
+        return 1.0 - pixels if header.photometric == "MONOCHROME1" else pixels
+
+    return present(samples, transform)
 
 
 def dicom_source(ds) -> DicomSource:

@@ -1,11 +1,14 @@
 """What the pipeline needs from a result cache, and the recipe of its keys.
 
-A diagnosis is computed once per (pixels, model versions, options). Key: SHA-256 over the decoded
-pixels (float32 bytes and shape — not the file bytes, so the same radiograph re-encoded, or sent
-as PNG once and DICOM once, still hits), every model's name and version (a new archive version is
-a miss), and the request options. Value: the serialised result (:func:`avn.pipeline.results.
-encode_diagnosis`), opaque bytes. The caches themselves (in-process LRU, Redis) are the gateway's
-(:mod:`gateway.cache`).
+A diagnosis is computed once per (pixels, model versions, options). Key: SHA-256 over what
+identifies the pixels, every model's name and version (a new archive version is a miss), and the
+request options. What identifies the pixels is the decoder's digest of the integer samples and the
+table that made the float pixels of them (:func:`avn.dataset.grey_table.samples_digest`, 32 bytes:
+equal digests, equal pixels), or, for pixels that come without one, the float32 pixels themselves
+(bytes and shape). Not the file bytes: a copy of a radiograph re-sent with a new SOP Instance UID,
+or re-compressed losslessly, has the same samples and still hits. Value: the serialised result
+(:func:`avn.pipeline.results.encode_diagnosis`), opaque bytes. The caches themselves (in-process
+LRU, Redis) are the gateway's (:mod:`gateway.cache`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-KEY_SCHEME = b"avn-result-v1"  # change when the key's recipe or the value's format changes
+KEY_SCHEME = b"avn-result-v2"  # change when the key's recipe or the value's format changes
 
 
 @dataclass
@@ -44,16 +47,21 @@ class ResultCache(Protocol):
     async def close(self) -> None: ...
 
 
-def cache_key(pixels: np.ndarray, model_versions: Mapping[str, str] | Iterable[Any], options: Any = None) -> str:
+def cache_key(image: np.ndarray | bytes, model_versions: Mapping[str, str] | Iterable[Any], options: Any = None) -> str:
     """The hex SHA-256 key of one diagnosis.
 
+    ``image``: the decoder's digest of the pixels (bytes, :attr:`avn.dataset.images.Radiograph.
+    digest`), or the pixels themselves (hashed as float32: tens of milliseconds for a radiograph).
     ``model_versions``: {name: version}, or ModelInfo-like objects with ``name`` and ``version``.
     ``options``: a JSON-able mapping (canonicalised: key order does not matter), bytes, or None.
     """
-    array = np.ascontiguousarray(pixels, dtype=np.float32)
     digest = hashlib.sha256(KEY_SCHEME)
-    _update(digest, b"shape", json.dumps(array.shape).encode())
-    _update(digest, b"pixels", memoryview(array).cast("B"))
+    if isinstance(image, (bytes, bytearray)):
+        _update(digest, b"digest", bytes(image))
+    else:
+        array = np.ascontiguousarray(image, dtype=np.float32)
+        _update(digest, b"shape", json.dumps(array.shape).encode())
+        _update(digest, b"pixels", memoryview(array).cast("B"))
     _update(digest, b"models", json.dumps(sorted(_versions(model_versions).items())).encode())
     _update(digest, b"options", _canonical_options(options))
     return digest.hexdigest()

@@ -44,11 +44,13 @@ def decode_payload(
     payload: ImagePayload,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    digest: bool = False,
 ) -> Radiograph:
     """The radiograph in a payload, or an :class:`InvalidImage` / :class:`PayloadTooLarge` saying why not.
 
     ``max_image_bytes`` bounds the bytes sent, ``max_decode_bytes`` the decoded samples (frames ×
-    samples × rows × columns × bytes per sample, read from the header before decoding).
+    samples × rows × columns × bytes per sample, read from the header before decoding); ``digest``
+    asks for the samples' digest, the result cache's key for the pixels.
     """
     data = payload.data
     if not data:
@@ -66,7 +68,7 @@ def decode_payload(
     if declared is not None and declared != found:
         raise InvalidImage(f"media type {declared} was declared but the bytes are {found}")
     try:
-        radiograph = read_radiograph(data, max_decode_bytes)
+        radiograph = read_radiograph(data, max_decode_bytes, digest=digest)
     except ImageTooLargeError as error:
         raise PayloadTooLarge(_client_message(error)) from error
     except ImageReadError as error:

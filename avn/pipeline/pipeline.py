@@ -7,8 +7,9 @@
   :class:`~avn.pipeline.errors.InvalidImage` with the reason, or a
   :class:`~avn.pipeline.errors.PayloadTooLarge` when the file or its decoded pixels are over the
   limits (a study: over its radiograph count or total bytes, checked before anything is decoded).
-* cache: key = SHA-256 of the decoded pixels + every model's version + the request options; a hit
-  skips everything after decode. The cache is optional and can never fail a request.
+* cache: key = SHA-256 of the decoder's digest of the pixels (integer samples and the table that
+  made the floats of them) + every model's version + the request options; a hit skips everything
+  after decode. The cache is optional and can never fail a request.
 * choose heads: at most one per image half (the best-scoring candidate in each), because a pelvic
   radiograph shows at most one head per side; extra candidates are duplicates or false positives.
   None found → :class:`~avn.pipeline.errors.NoFemoralHead`.
@@ -266,7 +267,7 @@ class Pipeline:
             clock = StepClock()
             with clock.step("decode") as decoding:
                 radiograph = await self.run_image_work(
-                    decode_payload, payload, self.max_image_bytes, self.max_decode_bytes
+                    decode_payload, payload, self.max_image_bytes, self.max_decode_bytes, self.cache is not None
                 )
                 decoding.set_attributes(
                     radiograph_attributes(
@@ -410,6 +411,8 @@ class Pipeline:
     ) -> str | None:
         if self.cache is None:
             return None
+        if radiograph.digest is not None:  # 32 bytes to hash: no need to leave the event loop
+            return diagnosis_cache_key(radiograph.digest, models.values(), options, self.crop_scale)
         # Hashing tens of megabytes of pixels takes a while: off the event loop.
         return await self.run_image_work(
             diagnosis_cache_key, radiograph.pixels, models.values(), options, self.crop_scale
@@ -444,14 +447,16 @@ def check_options(options: DiagnoseOptions) -> None:
 
 
 def diagnosis_cache_key(
-    pixels: np.ndarray, models: Iterable[ModelInfo], options: DiagnoseOptions, crop_scale: float
+    image: np.ndarray | bytes, models: Iterable[ModelInfo], options: DiagnoseOptions, crop_scale: float
 ) -> str:
-    """The cache key (:func:`gateway.cache.cache_key`): decoded pixels, model versions, options.
+    """The cache key (:func:`gateway.cache.cache_key`): the pixels' digest (or the pixels), model
+    versions, options.
 
-    Hashing decoded pixels (not the file) makes a DICOM and a PNG of the same image share results;
-    the crop scale is part of the options because it changes every classifier input.
+    The digest covers the decoded samples, not the file: a copy re-sent with new UIDs, or
+    re-compressed losslessly, shares results; the crop scale is part of the options because it
+    changes every classifier input.
     """
-    return result_cache_key(pixels, list(models), {**asdict(options), "crop_scale": crop_scale})
+    return result_cache_key(image, list(models), {**asdict(options), "crop_scale": crop_scale})
 
 
 class StepClock:

@@ -3,7 +3,7 @@
 * image work — decoding, hashing the pixels for the cache key, drawing CAMs and overlays, display
   renditions: the pipeline's pool (:class:`avn.pipeline.pipeline.Pipeline`, ``image_threads``). Its
   size bounds how many radiographs are decoded at once, so the decoded-pixel memory (about the
-  decode budget plus 12 bytes a pixel each, docs/security.md) is bounded by it, not by the clients.
+  decode budget plus 4 bytes a pixel each, docs/security.md) is bounded by it, not by the clients.
 * model calls — the in-process backend's forward passes (:class:`avn.serving.inprocess.
   InProcessBackend`, ``threads``). Apart from the image pool, so a burst of uploads waiting to be
   decoded never starves the models of threads, nor the other way round.
