@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from gateway_support import ApiKey, write_api_key
+from gateway_support import ApiKey, untrained_detector, write_api_key
 
-from avn.models import TASKS, build_classifier, build_detector, save_checkpoint
+from avn.models import TASKS, build_classifier, save_checkpoint
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
 from avn.store import ServingConfig, build_store
 
@@ -37,7 +37,7 @@ def build_test_store(root: Path, version: str = MODEL_VERSION) -> Path:
     for task in TASKS:
         # Untrained SSD scores sit near chance (ties): no score cut and a wide top-k keep boxes on the
         # image itself, not only on the letterbox padding.
-        model = build_detector(min_score=0.0, top_k=100) if task == "detection" else build_classifier(task)
+        model = untrained_detector() if task == "detection" else build_classifier(task)
         save_checkpoint(
             root / "run" / task / "model.pt", model, task, {"version": version, "training_data_hash": "test"}
         )

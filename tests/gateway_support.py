@@ -21,6 +21,7 @@ import grpc
 import torch
 
 from avn.models import TASKS, build_classifier, build_detector, save_checkpoint
+from avn.models.detector import PROSTHESIS_CLASS, FemoralHeadDetector
 from avn.phantom.cohort import plan_cohort
 from avn.phantom.render import render_radiograph
 from avn.phantom.specs import RadiographSpec, RenderedRadiograph
@@ -33,12 +34,25 @@ VERSION = "0.0.1-test"
 PHANTOM_SCALE = 0.2  # ~470×420 px radiographs
 
 
+def untrained_detector() -> FemoralHeadDetector:
+    """A random-init detector that keeps every candidate (no score cut, wide top-k: untrained scores
+    sit near chance) and whose prosthesis class never fires: an untrained prosthesis class is noise
+    that would veto random head boxes, and these stores are for plumbing. The archive is still the
+    three-class one the service serves; the prosthesis rules have their own tests (test_head_pairs)."""
+    detector = build_detector(min_score=0.0, top_k=100)
+    classes = len(detector.labels)
+    with torch.no_grad():
+        for layer in detector.model.head.classification_head.module_list:
+            layer[-1].bias[PROSTHESIS_CLASS::classes] = -30.0  # channels are anchor-major: a * K + k
+    return detector
+
+
 def write_tiny_run(run_dir: Path, seed: int = 0, version: str = VERSION) -> Path:
     """``run_dir/<task>/model.pt`` for all five tasks, random weights."""
     torch.manual_seed(seed)
     for task in TASKS:
         if task == "detection":
-            model = build_detector(min_score=0.0, top_k=100)
+            model = untrained_detector()
             metadata = {"version": version, "training_data_hash": "test"}
         else:
             model = build_classifier(task)

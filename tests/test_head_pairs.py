@@ -121,6 +121,8 @@ def test_a_head_candidate_drawn_around_a_prosthesis_is_dropped() -> None:
     half_inside = torch.tensor([[735.0, 475.0, 805.0, 545.0]])  # half of it inside: another object
     assert covers_implants(heads, half_inside).tolist() == [False, False]
     assert covers_implants(heads, torch.zeros((0, 4))).tolist() == [False, False]
+    speck = torch.tensor([[690.0, 500.0, 710.0, 520.0]])  # a dense spot called metal inside a head
+    assert covers_implants(heads, speck).tolist() == [False, False]
 
 
 def test_head_candidates_are_fh_boxes_not_drawn_around_metal() -> None:
@@ -130,6 +132,8 @@ def test_head_candidates_are_fh_boxes_not_drawn_around_metal() -> None:
         "labels": torch.tensor([FH_CLASS, FH_CLASS, PROSTHESIS_CLASS, PROSTHESIS_CLASS]),
     }
     assert head_candidates(output).tolist() == [True, False, False, False]
+    output["scores"] = torch.tensor([0.9, 0.5, 0.05, 0.6])  # a prosthesis call below IMPLANT_MIN_SCORE: noise
+    assert head_candidates(output).tolist() == [True, True, False, False]
 
 
 def test_no_mirror_is_kept_on_the_half_of_a_prosthesis() -> None:

@@ -50,6 +50,10 @@ DEFAULT_NMS_IOU = 0.3  # two heads never overlap, so overlapping candidates are 
 # the SSD is asked for PAIR_SEARCH_K of them so that the mirror is not cut by top_k.
 DEFAULT_PAIR_FLOOR = 0.1
 PAIR_SEARCH_K = 10
+# A prosthesis candidate vetoes heads from this score up (the SSD's own floor when mirrors are kept):
+# below it a detector's prosthesis class is noise, and with no score cut at all (untrained or
+# diagnostic settings) every anchor would be a candidate.
+IMPLANT_MIN_SCORE = DEFAULT_PAIR_FLOOR
 MIN_BOX_SIDE = 1.0  # original pixels
 
 
@@ -98,11 +102,16 @@ def boxes_to_input(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeo
 def head_candidates(output: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N,) bool over an SSD output: the FH candidates not drawn around a prosthesis candidate."""
     labels, boxes = output["labels"], output["boxes"]
-    heads, implants = labels == FH_CLASS, labels == PROSTHESIS_CLASS
+    heads, implants = labels == FH_CLASS, implant_candidates(output)
     mask = heads.clone()
     if bool(implants.any()) and bool(heads.any()):
         mask[heads] = ~covers_implants(boxes[heads].cpu(), boxes[implants].cpu()).to(mask.device)
     return mask
+
+
+def implant_candidates(output: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,) bool over an SSD output: the prosthesis candidates that count (IMPLANT_MIN_SCORE up)."""
+    return (output["labels"] == PROSTHESIS_CLASS) & (output["scores"] >= IMPLANT_MIN_SCORE)
 
 
 def boxes_to_original(boxes_xyxy: np.ndarray | torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
@@ -208,7 +217,7 @@ class FemoralHeadDetector(nn.Module):
         self, output: dict[str, torch.Tensor], geometry: LetterboxGeometry, content: np.ndarray | None = None
     ) -> Detection:
         is_head = head_candidates(output)
-        implants = boxes_to_original(output["boxes"][output["labels"] == PROSTHESIS_CLASS].detach().cpu(), geometry)
+        implants = boxes_to_original(output["boxes"][implant_candidates(output)].detach().cpu(), geometry)
         boxes = boxes_to_original(output["boxes"][is_head].detach().cpu(), geometry)
         scores = output["scores"][is_head].detach().cpu()
         # A box on the black letterbox padding clips to nothing inside the image: no head there.

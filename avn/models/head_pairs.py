@@ -36,12 +36,17 @@ METAL_CORE_RANK = 0.95  # median grey-level rank of a box's central half above t
 # A head candidate whose box holds this much of a prosthesis candidate's box is that metal ball seen
 # by the head class too (a head box is drawn around ball and cup, so it is larger: IoU would say less).
 IMPLANT_COVER = 0.6
+# ...and a prosthesis candidate at least this fraction of the head box's area: a 22-mm ball in the
+# ~55-mm box around ball and cup is 0.16; a speck inside a native head (a dense spot the detector
+# calls metal at a low score) is far smaller and must not cost a real head its answer.
+IMPLANT_MIN_AREA = 0.15
 
 
 def covers_implants(head_boxes: torch.Tensor, implant_boxes: torch.Tensor) -> torch.Tensor:
     """(K,) bool: which head candidates (xyxy) hold at least IMPLANT_COVER of a prosthesis
-    candidate's box. Such a candidate is the metal ball, whatever the two classes' scores: on a
-    detector trained for minutes the prosthesis score of a ball is often the lower of the two."""
+    candidate's box, that box being at least IMPLANT_MIN_AREA of theirs. Such a candidate is the
+    metal ball, whatever the two classes' scores: on a detector trained for minutes the prosthesis
+    score of a ball is often the lower of the two."""
     if not len(head_boxes) or not len(implant_boxes):
         return torch.zeros(len(head_boxes), dtype=torch.bool)
     heads, implants = head_boxes.float()[:, None, :], implant_boxes.float()[None, :, :]
@@ -49,7 +54,9 @@ def covers_implants(head_boxes: torch.Tensor, implant_boxes: torch.Tensor) -> to
     bottom_right = torch.minimum(heads[..., 2:], implants[..., 2:])
     overlap = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
     implant_area = (implants[..., 2:] - implants[..., :2]).prod(dim=-1).clamp(min=1e-6)
-    return (overlap / implant_area >= IMPLANT_COVER).any(dim=1)
+    head_area = (heads[..., 2:] - heads[..., :2]).prod(dim=-1)
+    ball_sized = implant_area >= IMPLANT_MIN_AREA * head_area
+    return ((overlap / implant_area >= IMPLANT_COVER) & ball_sized).any(dim=1)
 
 
 def is_mirror_pair(a: np.ndarray, b: np.ndarray) -> bool:
