@@ -290,6 +290,11 @@ DEFECTS = {
     "zero_pixel_spacing": (_set_image(1, pixel_spacing=[0.0, 0.15]), "pixel_spacing", "must be positive"),
     "negative_pixel_spacing": (_set_image(1, pixel_spacing=[0.15, -0.1]), "pixel_spacing", "must be positive"),
     "iscrowd": (_set_annotation(1, iscrowd=1), "iscrowd", "iscrowd must be 0"),
+    "flat_prosthetic_head": (
+        _set_image(1, prosthetic_heads=[[10.0, 10.0, 0.0, 20.0]]),
+        "prosthetic_heads",
+        "degenerate box: width and height must be > 0",
+    ),
     "short_pixel_spacing": (_set_image(1, pixel_spacing=[0.15]), "pixel_spacing", "expected a list of 2 numbers"),
     "text_in_box": (_set_annotation(2, bbox=[130.0, "60", 40.0, 40.0]), "bbox", "expected a list of 4 numbers"),
     "empty_subject_id": (_set_image(1, subject_id=" "), "subject_id", "subject_id is empty"),
