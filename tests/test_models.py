@@ -200,6 +200,11 @@ def test_detector_archived_before_the_prosthesis_class_still_loads(tmp_path) -> 
     assert build_detector().knows_implants and build_detector().labels == DETECTOR_LABELS
     with pytest.raises(ValueError, match="unknown detector labels"):
         build_detector(labels=("background", "FH", "screw"))
+    payload = torch.load(path, weights_only=True)
+    payload["card"]["labels"] = ["background", "FH", "screw"]  # a card from a vocabulary this code lacks
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="unknown detector labels"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_refuses_wrong_task_or_missing_metadata(tmp_path) -> None:
