@@ -26,6 +26,7 @@ import torch
 
 from avn.models import TASKS, build_classifier, build_detector, read_card, save_checkpoint
 from avn.models.checkpoint import DETECTION_TASK, ModelCard
+from avn.optimisation import Optimisation
 from avn.store import CHECKPOINT_NAME, build_store
 from avn.training.profiles import get_profile
 
@@ -59,10 +60,16 @@ def write_timing_run(run_dir: Path, profile: str = "paper", seed: int = 0) -> Pa
     return run_dir
 
 
-def build_timing_store(out: Path, profile: str = "paper", seed: int = 0) -> dict[str, Path]:
-    """Write the five ``out/<task>.mar`` archives of a timing store; returns their paths."""
+def build_timing_store(
+    out: Path, profile: str = "paper", seed: int = 0, optimisation: Optimisation | None = None
+) -> dict[str, Path]:
+    """Write the five ``out/<task>.mar`` archives of a timing store; returns their paths.
+
+    With ``optimisation`` the classifiers are served in the form that is fastest here; untrained
+    weights cannot be checked against fp32, and their cards say so.
+    """
     with tempfile.TemporaryDirectory(prefix="avn-timing-run-") as scratch:
-        return build_store(write_timing_run(Path(scratch), profile, seed), Path(out))
+        return build_store(write_timing_run(Path(scratch), profile, seed), Path(out), optimisation=optimisation)
 
 
 def archive_card(archive: Path) -> ModelCard:

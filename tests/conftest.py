@@ -21,6 +21,8 @@ import torch
 from gateway_support import ApiKey, untrained_detector, write_api_key
 
 from avn.models import TASKS, build_classifier, save_checkpoint
+from avn.models.acceleration import INT8
+from avn.optimisation import Optimisation, optimised_checkpoint
 from avn.serving.torchserve import LOOPBACK, TorchServe, free_ports
 from avn.store import ServingConfig, build_store
 
@@ -41,6 +43,11 @@ def build_test_store(root: Path, version: str = MODEL_VERSION) -> Path:
         save_checkpoint(
             root / "run" / task / "model.pt", model, task, {"version": version, "training_data_hash": "test"}
         )
+    # The notes archive is served in int8, as build-store serves it on CPUs that run int8 fastest:
+    # TorchServe must load and answer with the quantised weights the checkpoint carries.
+    served_notes = root / "served-notes.pt"
+    optimised_checkpoint(root / "run" / "notes" / "model.pt", served_notes, Optimisation(None, forms=(INT8,)), {})
+    served_notes.replace(root / "run" / "notes" / "model.pt")
     build_store(root / "run", root / "model_store", serving=TEST_SERVING)
     return root / "model_store"
 

@@ -163,6 +163,20 @@ def test_two_crops_give_two_rows_of_named_probabilities(server: TorchServe, task
         assert answer["predictions"] == [labels[i] for i in probabilities.argmax(axis=1)]
 
 
+def test_the_int8_notes_archive_answers_with_the_weights_its_card_describes(server: TorchServe) -> None:
+    import asyncio
+
+    from avn.serving.inprocess import InProcessBackend
+
+    card = server.describe("notes", customized=True)["customizedMetadata"]
+    assert card["optimisation"]["form"] == "int8" and "int8" in card["optimisation"]["forms"]
+    batch = crops(3, seed=7)
+    status, answer = post(server, "notes", encode_npy(batch))
+    assert status == 200
+    in_process = asyncio.run(InProcessBackend.from_store(server.model_store).classify("notes", batch))
+    np.testing.assert_allclose(answer["probabilities"], in_process.probabilities, rtol=0, atol=1e-4)
+
+
 def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows(server: TorchServe) -> None:
     sizes = [1, 2, 1, 3]
     with ThreadPoolExecutor(len(sizes)) as pool:

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from avn.models.acceleration import AUC_TOLERANCE
 from avn.models.checkpoint import TASKS, load_checkpoint
+from avn.models.classifier import CLASSIFIER_TASKS
+from avn.optimisation import Optimisation
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.store import build_store
+from avn.timing_store import archive_card
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.classifier_loop import fit_classifier
 from avn.training.folds import subject_folds
@@ -145,9 +149,19 @@ def test_tiny_run_writes_loadable_checkpoints_metrics_and_archives(tiny_data, tm
         metrics = json.loads((tmp_path / "run" / task / "metrics.json").read_text())
         assert metrics["test"] and metrics["folds"][0]["fold"] == "r0f0"
     assert load_checkpoint(tmp_path / "run" / "view" / "model.pt")[1].input_size == TINY.input_size
-    archives = build_store(tmp_path / "run", tmp_path / "store")
+    archives = build_store(tmp_path / "run", tmp_path / "store", optimisation=Optimisation(tiny_data))
     assert sorted(archives) == sorted(TASKS)
     assert all(path.stat().st_size > 0 for path in archives.values())
+    # Each classifier is archived in a form checked on its deployed fold's validation crops.
+    validation = json.loads((tmp_path / "run" / "view" / "metrics.json").read_text())["deployed_fold_subjects"]
+    assert validation["validation"] and not set(validation["validation"]) & set(validation["train"])
+    for task in CLASSIFIER_TASKS:
+        record = archive_card(archives[task]).optimisation
+        assert record["checked"] and record["validation_crops"] > 0
+        assert record["forms"][record["form"]]["accepted"]
+        assert record["forms"][record["form"]]["max_auc_loss"] <= AUC_TOLERANCE
+        assert load_checkpoint(tmp_path / "run" / task / "model.pt")[1].optimisation == {}  # the run stays fp32
+    assert archive_card(archives["detection"]).optimisation == {}
     # A rerun finds every task finished and retrains nothing.
     again = train(list(TASKS), context)
     assert {t: r["version"] for t, r in again.items()} == {t: r["version"] for t, r in results.items()}

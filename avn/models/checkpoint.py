@@ -8,6 +8,7 @@ opening a model file never executes pickled code. The card is what the TorchServ
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -20,16 +21,43 @@ import numpy as np
 import torch
 from torch import nn
 
+from avn.models.acceleration import (
+    BF16,
+    CHANNELS_LAST,
+    FP16,
+    FP32,
+    INT8,
+    FormError,
+    cpu_has_bf16,
+    int8_available,
+    int8_from_state,
+    serve_as,
+)
 from avn.models.classifier import ARCHITECTURE, CLASSIFIER_TASKS, HeadClassifier, build_classifier
 from avn.models.detector import DETECTOR_BACKBONES, FemoralHeadDetector, build_detector
 from avn.pipeline.crop import INPUT_SIZE
+
+logger = logging.getLogger(__name__)
 
 DETECTION_TASK = "detection"
 TASKS: tuple[str, ...] = (DETECTION_TASK, *CLASSIFIER_TASKS)
 CHECKPOINT_FORMAT = "avn-checkpoint/1"
 METADATA_KEYS = frozenset(
-    {"version", "training_data_hash", "metrics", "created", "temperature", "input_size", "extra", "operating_points"}
+    {
+        "version",
+        "training_data_hash",
+        "metrics",
+        "created",
+        "temperature",
+        "input_size",
+        "extra",
+        "operating_points",
+        "optimisation",
+    }
 )
+# The form's record describes these exact weights: a card rewritten with new ones drops it.
+NOT_CARRIED_ON_REWRITE = frozenset({"optimisation"})
+INT8_STATE_KEY = "int8_state_dict"
 REQUIRED_METADATA = ("version", "training_data_hash")
 
 
@@ -58,6 +86,9 @@ class ModelCard:
     # Staging only: name -> {threshold, sensitivity, specificity, target} on presence, chosen on the
     # validation fold (avn/operating_points.py); empty for the other models and for older cards.
     operating_points: dict[str, Any] = field(default_factory=dict)
+    # The served form chosen by `avn build-store` (avn.models.acceleration.FormChoice.card_record):
+    # form, CUDA form, per-form speed and AUC against fp32; empty: fp32, not checked.
+    optimisation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         card = asdict(self)
@@ -79,17 +110,30 @@ class ModelCard:
         return card
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, task: str, metadata: Mapping[str, Any]) -> ModelCard:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    task: str,
+    metadata: Mapping[str, Any],
+    int8_state: Mapping[str, Any] | None = None,
+) -> ModelCard:
     """Write ``model`` for ``task`` with ``metadata`` (version, training_data_hash, [metrics,
-    created, temperature, extra]) to ``path`` atomically; returns the card written."""
+    created, temperature, extra, optimisation]) to ``path`` atomically; returns the card written.
+
+    ``int8_state``: the quantised trunk the card's int8 form serves (avn.models.acceleration).
+    """
     config = _rebuild_config(model, task)
     card = _card_for(model, task, metadata)
+    if (card.optimisation.get("form") == INT8) != (int8_state is not None):
+        raise CheckpointError("an int8 form needs its quantised weights, and quantised weights need the int8 form")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "card": card.to_dict(),
         "config": config,
         "state_dict": {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()},
     }
+    if int8_state is not None:
+        payload[INT8_STATE_KEY] = dict(int8_state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -103,17 +147,19 @@ def rewrite_card(path: str | Path, model: nn.Module, card: ModelCard, **changes:
     """Save ``model`` to ``path`` again under ``card`` with ``changes`` (a new version, temperature,
     operating points…): every other field of the card is carried over, so a later step (calibration
     after operating points, or the reverse) never drops what an earlier one wrote."""
-    metadata = {key: getattr(card, key) for key in METADATA_KEYS}
+    metadata = {key: getattr(card, key) for key in METADATA_KEYS - NOT_CARRIED_ON_REWRITE}
     return save_checkpoint(path, model, card.task, {**metadata, **changes})
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", task: str | None = None
+    path: str | Path, map_location: str | torch.device = "cpu", task: str | None = None, optimised: bool = True
 ) -> tuple[nn.Module, ModelCard]:
     """The model rebuilt from ``path`` in eval mode, and its card.
 
     With ``task`` (what a TorchServe handler or the in-process backend serves), a checkpoint of
     any other task is refused with :class:`ModelTaskMismatchError` before its weights are built.
+    A classifier whose card names a served form (a model-store checkpoint) answers through it on
+    ``map_location``'s device; ``optimised=False`` keeps the fp32 model.
     """
     payload = _read_payload(path, map_location)
     card = ModelCard.from_dict(payload["card"])
@@ -124,9 +170,33 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit a {card.architecture} {card.task} model: {error}") from error
+    model = model.to(map_location).eval()
     if isinstance(model, HeadClassifier):
         model.temperature = card.temperature
-    return model.to(map_location).eval(), card
+        if optimised and card.optimisation:
+            _serve_chosen_form(model, card, payload.get(INT8_STATE_KEY), torch.device(map_location))
+    return model, card
+
+
+def _serve_chosen_form(
+    model: HeadClassifier, card: ModelCard, int8_state: Mapping[str, Any] | None, device: torch.device
+) -> None:
+    """Switch ``model`` to the form its card chose for this kind of device; a form this machine
+    cannot run falls back to one with fp32 arithmetic (logged), never to an unchecked one."""
+    chosen = card.optimisation.get("cuda_form" if device.type == "cuda" else "form", FP32)
+    form = chosen
+    if device.type == "cuda" and chosen not in (FP16, FP32):
+        form = FP32
+    elif chosen == INT8 and (int8_state is None or not int8_available()):
+        form = CHANNELS_LAST
+    elif chosen == BF16 and not cpu_has_bf16():
+        form = CHANNELS_LAST
+    if form != chosen:
+        logger.warning("%s: form %s cannot run here (%s); serving %s", card.task, chosen, device, form)
+    try:
+        serve_as(model, form, int8_from_state(model, int8_state) if form == INT8 else None)
+    except FormError as error:
+        raise CheckpointError(f"{card.task}: {error}") from error
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -205,6 +275,7 @@ def _card_for(model: nn.Module, task: str, metadata: Mapping[str, Any]) -> Model
         temperature=temperature,
         extra=_plain(metadata.get("extra", {})),
         operating_points=_plain(metadata.get("operating_points", {})),
+        optimisation=_plain(metadata.get("optimisation", {})),
     )
 
 

@@ -13,7 +13,7 @@ validation, so that what is validated is exactly what is served.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +74,9 @@ class HeadClassifier(nn.Module):
         self.multi_label = multi_label
         # Temperature for calibrated probabilities; set from the model card when loaded for serving.
         self.temperature: float = 1.0
+        # The forward pass serving uses (avn.models.acceleration: int8, bf16...); None: fp32 eager.
+        self.runner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.form: str = "fp32"
         self.backbone = resnet18(weights=None, num_classes=len(self.labels))
         # Radiographs are grey: a 1-channel stem instead of replicating the crop three times.
         self.backbone.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -132,7 +135,7 @@ class HeadClassifier(nn.Module):
         if self.training:
             # Batch norm would use (and update) the batch statistics: not what was validated or served.
             raise RuntimeError("HeadClassifier.predict is inference; call .eval() first")
-        logits, feature_maps = self.forward_features(batch.to(self._device()))
+        logits, feature_maps = (self.runner or self.forward_features)(batch.to(self._device()))
         probabilities = self.probabilities(logits)
         if cam_classes is None:
             return HeadPrediction(probabilities.cpu().numpy())

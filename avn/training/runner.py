@@ -314,6 +314,8 @@ def _finish(
         "training_data_hash": context.data_hash,
         "input_size": input_size,
         "deployed_fold": best["fold"],
+        # build-store checks the served forms on these subjects' crops (avn/optimisation.py)
+        "deployed_fold_subjects": _fold_subjects(context, best["fold"]),
         "test": best["test"],
         "folds": fold_docs,
         "fold_summary": summarise_folds(task, fold_docs),
@@ -333,6 +335,13 @@ def _finish(
         },
     )
     return to_jsonable(doc)
+
+
+def _fold_subjects(context: TrainingContext, name: str) -> dict[str, list[str]]:
+    fold = next((fold for fold in context.folds if fold.name == name), None)
+    if fold is None:
+        return {}
+    return {"train": list(fold.train_subjects), "validation": list(fold.val_subjects)}
 
 
 def headline_figures(task: str, test: dict[str, Any]) -> dict[str, float | None]:
