@@ -26,6 +26,7 @@ import torch
 
 from avn.models import TASKS, build_classifier, build_detector, read_card, save_checkpoint
 from avn.models.checkpoint import DETECTION_TASK, ModelCard
+from avn.models.acceleration import cpu_name
 from avn.optimisation import Optimisation
 from avn.store import CHECKPOINT_NAME, build_store
 from avn.training.profiles import get_profile
@@ -95,10 +96,15 @@ def is_timing_only(cards: Mapping[str, ModelCard]) -> bool:
 
 
 def is_complete_timing_store(store: Path, profile: str = "paper") -> bool:
-    """All five archives are there, timing-only, in ``profile``'s crop size: nothing to build."""
+    """All five archives are there, timing-only, in ``profile``'s crop size, each classifier in
+    the form chosen for this machine's CPU: nothing to build."""
     cards = store_cards(store) if Path(store).is_dir() else {}
     input_size = get_profile(profile).input_size
     return len(cards) == len(TASKS) and all(
-        card.extra.get("timing_only") and (card.task == DETECTION_TASK or card.input_size == input_size)
+        card.extra.get("timing_only")
+        and (
+            card.task == DETECTION_TASK
+            or (card.input_size == input_size and card.optimisation.get("measured_on") == cpu_name())
+        )
         for card in cards.values()
     )

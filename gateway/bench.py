@@ -282,7 +282,8 @@ def torchserve_stack(
 def in_process_pipeline(store: Path, naive: bool = False, device: str = "cpu") -> Pipeline:
     from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415
 
-    backend = InProcessBackend.from_folder(store, device)
+    # the naive baseline is also the trained fp32 models, whatever forms the store serves
+    backend = InProcessBackend.from_folder(store, device, optimised=not naive)
     return Pipeline(OneHeadAtATime(backend) if naive else backend, cache=None)
 
 

@@ -307,7 +307,7 @@ class FormChoice:
             "validation_crops": self.validation_crops,
             "calibration_crops": self.calibration_crops,
             "timing_batch": TIMING_BATCH,
-            "measured_on": _cpu_name(),
+            "measured_on": cpu_name(),
             "forms": {name: figures.to_dict() for name, figures in self.figures.items()},
             "note": self.note,
         }
@@ -404,7 +404,8 @@ def _int8_state(trunk: nn.Module | None) -> dict[str, Any] | None:
     return {"state": dict(state), "versions": versions}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (what a form's timing was measured on)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:

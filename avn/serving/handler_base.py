@@ -65,7 +65,14 @@ class AvnHandler(BaseHandler):
         checkpoint = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
         self.model, self.card = load_checkpoint(checkpoint, map_location=self.device, task=self.task)
         self.model_name = self.manifest["model"].get("modelName", self.task)
-        logger.info("loaded %s %s version %s on %s", self.task, self.card.architecture, self.card.version, self.device)
+        logger.info(
+            "loaded %s %s version %s on %s, served as %s",
+            self.task,
+            self.card.architecture,
+            self.card.version,
+            self.device,
+            getattr(self.model, "form", "fp32"),
+        )
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:

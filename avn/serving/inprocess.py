@@ -99,22 +99,36 @@ class InProcessBackend:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, device: str | torch.device = "cpu", threads: int = DEFAULT_MODEL_THREADS
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        threads: int = DEFAULT_MODEL_THREADS,
+        optimised: bool = True,
     ) -> InProcessBackend:
-        """A model store (``*.mar``) or a run folder (``<task>/model.pt``), whichever ``folder`` is."""
+        """A model store (``*.mar``) or a run folder (``<task>/model.pt``), whichever ``folder`` is.
+
+        ``optimised=False`` serves a store's classifiers in fp32 instead of their chosen forms
+        (the benchmark's naive baseline)."""
         folder = Path(folder)
         if any(folder.glob(f"*{ARCHIVE_SUFFIX}")):
-            return cls.from_store(folder, device, threads)
+            return cls.from_store(folder, device, threads, optimised)
         return cls.from_run(folder, device, threads)
 
     @classmethod
     def from_store(
-        cls, store: str | Path, device: str | torch.device = "cpu", threads: int = DEFAULT_MODEL_THREADS
+        cls,
+        store: str | Path,
+        device: str | torch.device = "cpu",
+        threads: int = DEFAULT_MODEL_THREADS,
+        optimised: bool = True,
     ) -> InProcessBackend:
-        """Models from ``store/<task>.mar`` (the checkpoint is read out of each archive)."""
+        """Models from ``store/<task>.mar`` (the checkpoint is read out of each archive), each
+        classifier in the form its card chose (``optimised=False``: fp32)."""
         store = Path(store)
         archives = {task: store / f"{task}{ARCHIVE_SUFFIX}" for task in MODELS}
-        models = {task: load_archive(path, task, device) for task, path in archives.items() if path.is_file()}
+        models = {
+            task: load_archive(path, task, device, optimised) for task, path in archives.items() if path.is_file()
+        }
         cls._log_missing(models, store)
         return cls(models, device, source=str(store), threads=threads)
 
@@ -174,14 +188,19 @@ class InProcessBackend:
 # ---------------------------------------------------------------- loading
 
 
-def load_model(checkpoint: str | Path, task: str, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    checkpoint: str | Path, task: str, device: str | torch.device = "cpu", optimised: bool = True
+) -> LoadedModel:
     """A checkpoint for ``task``; a checkpoint of another task is refused (ModelTaskMismatchError)."""
-    module, card = load_checkpoint(checkpoint, map_location=device, task=task)
-    logger.info("loaded %s %s version %s from %s", task, card.architecture, card.version, checkpoint)
+    module, card = load_checkpoint(checkpoint, map_location=device, task=task, optimised=optimised)
+    form = getattr(module, "form", "fp32")
+    logger.info("loaded %s %s version %s (%s) from %s", task, card.architecture, card.version, form, checkpoint)
     return LoadedModel(module, card)
 
 
-def load_archive(archive: str | Path, task: str, device: str | torch.device = "cpu") -> LoadedModel:
+def load_archive(
+    archive: str | Path, task: str, device: str | torch.device = "cpu", optimised: bool = True
+) -> LoadedModel:
     """The checkpoint inside a TorchServe archive (its manifest names the serialized file)."""
     archive = Path(archive)
     try:
@@ -194,7 +213,7 @@ def load_archive(archive: str | Path, task: str, device: str | torch.device = "c
     with tempfile.TemporaryDirectory(prefix="avn-mar-") as scratch:
         checkpoint = Path(scratch) / CHECKPOINT_NAME
         checkpoint.write_bytes(data)
-        return load_model(checkpoint, task, device)
+        return load_model(checkpoint, task, device, optimised)
 
 
 def _serialized_file(bundle: zipfile.ZipFile) -> str:
