@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from avn.models import TASKS, build_classifier, build_detector, read_card, save_checkpoint
-from avn.models.checkpoint import DETECTION_TASK, ModelCard
 from avn.models.acceleration import cpu_name
+from avn.models.checkpoint import DETECTION_TASK, ModelCard
 from avn.optimisation import Optimisation
 from avn.store import CHECKPOINT_NAME, build_store
 from avn.training.profiles import get_profile
