@@ -13,10 +13,12 @@ not fit the installed code fails loudly at load (strict state dict, label check)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from avn.models.checkpoint import TASKS, read_card
 from avn.optimisation import Optimisation, OptimisationError, optimised_checkpoint
 
 CHECKPOINT_NAME = "model.pt"
+MANIFEST_MEMBER = "MAR-INF/MANIFEST.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_DIR = REPO_ROOT / "services"
 
@@ -145,6 +148,40 @@ def archive_model(
             f"torch-model-archiver failed for {task} ({result.returncode}): {result.stderr.strip()[-2000:]}"
         )
     return archive
+
+
+def retune_store(store: Path, out: Path, serving: Mapping[str, ServingConfig]) -> dict[str, Path]:
+    """Copy ``store``'s archives to ``out`` with new TorchServe settings for the tasks in
+    ``serving`` (the archives' model-config YAML rewritten, weights and handler untouched): what
+    ``scripts/tune_serving.py`` measures, without rebuilding a model."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for archive in sorted(Path(store).glob("*.mar")):
+        target = out / archive.name
+        with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as copy:
+            config_member = json.loads(source.read(MANIFEST_MEMBER))["model"].get("configFile")
+            task = archive.stem
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename == config_member and task in serving:
+                    data = yaml.safe_dump(serving[task].as_model_config(), sort_keys=False).encode()
+                copy.writestr(item, data)
+        written[task] = target
+    return written
+
+
+def serving_of(archive: Path) -> ServingConfig:
+    """The TorchServe settings an archive carries."""
+    with zipfile.ZipFile(archive) as bundle:
+        config_member = json.loads(bundle.read(MANIFEST_MEMBER))["model"]["configFile"]
+        config = yaml.safe_load(bundle.read(config_member))
+    return ServingConfig(
+        batch_size=config["batchSize"],
+        max_batch_delay_ms=config["maxBatchDelay"],
+        min_workers=config["minWorkers"],
+        max_workers=config["maxWorkers"],
+        response_timeout_s=config["responseTimeout"],
+    )
 
 
 def _checkpoint_of(run_dir: Path, task: str) -> Path:

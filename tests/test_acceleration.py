@@ -174,3 +174,22 @@ def _copy(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_retune_store_rewrites_only_the_serving_settings(tmp_path: Path) -> None:
+    import zipfile
+
+    from gateway_support import write_tiny_store
+
+    from avn.store import DEFAULT_SERVING, ServingConfig, retune_store, serving_of
+
+    store = write_tiny_store(tmp_path / "tiny")
+    tuned = retune_store(store, tmp_path / "tuned", {"view": ServingConfig(batch_size=16, max_batch_delay_ms=5)})
+    assert serving_of(tuned["view"]) == ServingConfig(batch_size=16, max_batch_delay_ms=5)
+    assert serving_of(tuned["detection"]) == serving_of(store / "detection.mar") == DEFAULT_SERVING["detection"]
+    with zipfile.ZipFile(store / "view.mar") as before, zipfile.ZipFile(tuned["view"]) as after:
+        assert before.namelist() == after.namelist()
+        assert before.read("model.pt") == after.read("model.pt")
+    # TorchServe's archive reader is what counts: the copy still loads in-process from its checkpoint
+    backend = InProcessBackend.from_store(tmp_path / "tuned")
+    assert set(backend.cards()) == {"detection", "view", "side", "staging", "notes"}
