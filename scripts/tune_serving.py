@@ -31,7 +31,7 @@ from gateway.bench_figures import percentile
 from gateway.bench_payloads import bench_payloads
 
 CLASSIFIERS = ("view", "side", "staging", "notes")
-console = Console()
+console = Console(width=140)
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,13 @@ def main(
     grid: str = typer.Option("cpu", "--grid", help="cpu (around the defaults) or gpu (larger batches, 2 workers)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     syntaxes: str = typer.Option("explicit-le,jpeg2000-lossless,jpeg-ls-lossless,rle-lossless", "--syntaxes"),
+    only: str = typer.Option("", "--only", help="Comma-separated setting names to run (default: the whole grid)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     settings = {"cpu": cpu_grid, "gpu": gpu_grid}[grid]()
+    if only:
+        wanted = {name.strip() for name in only.split(",")}
+        settings = [setting for setting in settings if setting.name in wanted]
     payloads = bench_payloads(data, count, [name.strip() for name in syntaxes.split(",")], 4)
     rows = []
     for setting in settings:
