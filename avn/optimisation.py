@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from avn.dataset.format import load_dataset
-from avn.models.acceleration import FormChoice, choose_form
+from avn.dataset.images import read_radiograph
+from avn.models.acceleration import DETECTOR_FORMS, FormChoice, choose_detector_form, choose_form
 from avn.models.checkpoint import METADATA_KEYS, NOT_CARRIED_ON_REWRITE, ModelCard, load_checkpoint, save_checkpoint
-from avn.models.classifier import HeadClassifier
+from avn.models.detector import FemoralHeadDetector
 from avn.training.folds import subject_folds
 from avn.training.head_data import CropSet, build_crops, serving_scale
 from avn.training.profiles import get_profile
@@ -33,6 +34,7 @@ from avn.training.runner import METRICS_FILE, dataset_fingerprint
 CALIBRATION_SUBJECTS = 48  # enough radiographs for stable activation ranges, cheap to crop
 CALIBRATION_CROPS = 256
 SYNTHETIC_CROPS = 64
+DETECTOR_CHECK_IMAGES = 48  # validation radiographs the detector forms are checked on
 
 
 class OptimisationError(RuntimeError):
@@ -55,14 +57,18 @@ class FoldCrops:
     validation: CropSet
 
 
-def optimised_checkpoint(source: Path, target: Path, optimisation: Optimisation, cache: dict) -> FormChoice | None:
-    """Write ``target``: ``source`` with its served form chosen and recorded; None (and a plain
-    copy) for the detector, which is served as trained."""
+def optimised_checkpoint(source: Path, target: Path, optimisation: Optimisation, cache: dict) -> FormChoice:
+    """Write ``target``: ``source`` with its served form chosen and recorded (the detector's forms
+    checked on its validation radiographs, the classifiers' on their validation crops)."""
     model, card = load_checkpoint(source, optimised=False)
-    if not isinstance(model, HeadClassifier):
-        target.write_bytes(Path(source).read_bytes())
-        return None
-    if optimisation.data_dir is None:
+    if isinstance(model, FemoralHeadDetector):
+        forms = tuple(form for form in optimisation.forms or () if form in DETECTOR_FORMS) or None
+        if optimisation.data_dir is None:
+            choice = choose_detector_form(model, [], None, forms)
+        else:
+            images, truths = fold_radiographs(source.parent, optimisation.data_dir, card, cache)
+            choice = choose_detector_form(model, images, truths, forms)
+    elif optimisation.data_dir is None:
         choice = choose_form(model, _synthetic_crops(card.input_size), None, None, card.input_size, optimisation.forms)
     else:
         crops = fold_crops(source.parent, optimisation.data_dir, card, cache)
@@ -86,7 +92,8 @@ def describe_choice(task: str, choice: FormChoice) -> str:
     parts = []
     for name, figures in choice.figures.items():
         speed = "" if figures.ms_per_batch is None else f"{figures.ms_per_batch:.1f} ms"
-        loss = "" if figures.max_auc_loss is None else f" ΔAUC {figures.max_auc_loss:+.4f}"
+        measure = "F1" if task == "detection" else "AUC"
+        loss = "" if figures.max_auc_loss is None else f" {measure} loss {figures.max_auc_loss:+.4f}"
         refused = "" if figures.accepted else " refused"
         parts.append(f"{name} {speed}{loss}{refused}".strip())
     checked = "" if choice.checked else " (not checked: untrained)"
@@ -95,15 +102,7 @@ def describe_choice(task: str, choice: FormChoice) -> str:
 
 def fold_crops(task_dir: Path, data_dir: Path, card: ModelCard, cache: dict) -> FoldCrops:
     """The calibration and validation crops of the fold ``task_dir``'s model was deployed from."""
-    if not (Path(data_dir) / "annotations.json").is_file():
-        raise OptimisationError(f"no training data set at {data_dir} (pass the one the run was trained on)")
-    fingerprint = cache.get(("fingerprint", str(data_dir))) or dataset_fingerprint(Path(data_dir))
-    cache[("fingerprint", str(data_dir))] = fingerprint
-    if fingerprint != card.training_data_hash:
-        raise OptimisationError(
-            f"{data_dir} is not the data set the {card.task} model was trained on "
-            f"(fingerprint {fingerprint[:12]}, card {card.training_data_hash[:12]})"
-        )
+    _check_training_data(data_dir, card, cache)
     train_subjects, validation_subjects = deployed_fold_subjects(task_dir, data_dir)
     key = (str(data_dir), card.input_size, validation_subjects)
     if key not in cache:
@@ -115,6 +114,39 @@ def fold_crops(task_dir: Path, data_dir: Path, card: ModelCard, cache: dict) -> 
             raise OptimisationError(f"the deployed fold of {task_dir} has no validation crops")
         cache[key] = FoldCrops(calibration.crops[:CALIBRATION_CROPS].astype(np.float32), validation)
     return cache[key]
+
+
+def fold_radiographs(
+    task_dir: Path, data_dir: Path, card: ModelCard, cache: dict
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The detector's validation radiographs (at most :data:`DETECTOR_CHECK_IMAGES`, in file
+    order) and their hand boxes, from the fold it was deployed from."""
+    _check_training_data(data_dir, card, cache)
+    _, validation_subjects = deployed_fold_subjects(task_dir, data_dir)
+    dataset = load_dataset(Path(data_dir))
+    wanted = set(validation_subjects)
+    boxes: dict[int, list] = {}
+    for annotation in dataset.annotations:
+        boxes.setdefault(annotation.image_id, []).append(annotation.xyxy)
+    chosen = sorted((image for image in dataset.images if image.subject_id in wanted), key=lambda i: i.file_name)
+    chosen = chosen[:DETECTOR_CHECK_IMAGES]
+    if not chosen:
+        raise OptimisationError(f"the deployed fold of {task_dir} has no validation radiographs")
+    images = [read_radiograph(Path(data_dir) / image.file_name).pixels for image in chosen]
+    truths = [np.asarray(boxes.get(image.id, []), dtype=np.float32).reshape(-1, 4) for image in chosen]
+    return images, truths
+
+
+def _check_training_data(data_dir: Path, card: ModelCard, cache: dict) -> None:
+    if not (Path(data_dir) / "annotations.json").is_file():
+        raise OptimisationError(f"no training data set at {data_dir} (pass the one the run was trained on)")
+    fingerprint = cache.get(("fingerprint", str(data_dir))) or dataset_fingerprint(Path(data_dir))
+    cache[("fingerprint", str(data_dir))] = fingerprint
+    if fingerprint != card.training_data_hash:
+        raise OptimisationError(
+            f"{data_dir} is not the data set the {card.task} model was trained on "
+            f"(fingerprint {fingerprint[:12]}, card {card.training_data_hash[:12]})"
+        )
 
 
 def deployed_fold_subjects(task_dir: Path, data_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -193,3 +193,32 @@ def test_retune_store_rewrites_only_the_serving_settings(tmp_path: Path) -> None
     # TorchServe's archive reader is what counts: the copy still loads in-process from its checkpoint
     backend = InProcessBackend.from_store(tmp_path / "tuned")
     assert set(backend.cards()) == {"detection", "view", "side", "staging", "notes"}
+
+
+def test_the_detector_is_served_in_its_checked_form_and_falls_back_without_bf16(tmp_path: Path, monkeypatch) -> None:
+    from gateway_support import phantom_png, untrained_detector
+
+    import avn.models.checkpoint as checkpoint_module
+    from avn.dataset.images import read_radiograph
+    from avn.models.acceleration import choose_detector_form, detector_forms_for_this_cpu
+
+    torch.manual_seed(0)
+    detector = untrained_detector().eval()
+    image = read_radiograph(phantom_png(tmp_path)).pixels
+    own_boxes = [detector.detect(image).boxes]  # truths fp32 finds exactly: its F1 is 1.0
+    choice = choose_detector_form(detector, [image], own_boxes)
+    assert choice.checked and set(choice.figures) == {*detector_forms_for_this_cpu(), FP16}
+    assert choice.figures[FP32].auc == {"f1_at_iou_0.5": 1.0} and choice.figures[FP32].max_auc_loss == 0.0
+    assert choice.figures[choice.form].accepted and choice.int8_state is None
+    metadata = {"version": "1", "training_data_hash": "test", "optimisation": {**choice.card_record(), "form": BF16}}
+    save_checkpoint(tmp_path / "model.pt", detector, "detection", metadata)
+    served, card = load_checkpoint(tmp_path / "model.pt")
+    expected = BF16 if BF16 in detector_forms_for_this_cpu() else CHANNELS_LAST
+    assert served.form == expected and card.optimisation["form"] == BF16
+    if served.form == BF16:
+        assert served.autocast_dtype == torch.bfloat16
+        found = served.detect(image)
+        assert found.boxes.dtype == np.float32 and found.scores.dtype == np.float32
+    monkeypatch.setattr(checkpoint_module, "cpu_has_bf16", lambda: False)
+    assert load_checkpoint(tmp_path / "model.pt")[0].form == CHANNELS_LAST
+    assert load_checkpoint(tmp_path / "model.pt", optimised=False)[0].form == FP32

@@ -161,7 +161,10 @@ def test_tiny_run_writes_loadable_checkpoints_metrics_and_archives(tiny_data, tm
         assert record["forms"][record["form"]]["accepted"]
         assert record["forms"][record["form"]]["max_auc_loss"] <= AUC_TOLERANCE
         assert load_checkpoint(tmp_path / "run" / task / "model.pt")[1].optimisation == {}  # the run stays fp32
-    assert archive_card(archives["detection"]).optimisation == {}
+    detector = archive_card(archives["detection"]).optimisation  # checked on validation radiographs
+    assert detector["checked"] and detector["validation_crops"] > 0
+    assert "f1_at_iou_0.5" in detector["forms"]["fp32"]["auc"]
+    assert detector["forms"][detector["form"]]["max_auc_loss"] <= AUC_TOLERANCE
     # A rerun finds every task finished and retrains nothing.
     again = train(list(TASKS), context)
     assert {t: r["version"] for t, r in again.items()} == {t: r["version"] for t, r in results.items()}

@@ -38,7 +38,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from avn.metrics import detection_prf, match_boxes
 from avn.models.classifier import HeadClassifier, normalised_batch
+from avn.models.detector import FemoralHeadDetector
 
 FP32 = "fp32"
 CHANNELS_LAST = "fp32-channels-last"
@@ -414,3 +416,100 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+# ---------------------------------------------------------------- the detector
+
+DETECTOR_FORMS: tuple[str, ...] = (FP32, CHANNELS_LAST, BF16)
+DETECTOR_CHECK_IOU = 0.5
+DETECTOR_TIMING_IMAGES = 4  # TorchServe's detector batch
+
+
+def serve_detector_as(detector: FemoralHeadDetector, form: str) -> FemoralHeadDetector:
+    """``detector`` answering through ``form`` (fp32, channels-last, bf16 or fp16 autocast)."""
+    if form not in (FP32, CHANNELS_LAST, BF16, FP16):
+        raise FormError(f"no {form!r} form for the detector; expected fp32, {CHANNELS_LAST}, bf16 or fp16")
+    if form != FP32:
+        detector.model.to(memory_format=torch.channels_last)
+    detector.autocast_dtype = {BF16: torch.bfloat16, FP16: torch.float16}.get(form)
+    detector.form = form
+    return detector
+
+
+def detector_forms_for_this_cpu() -> tuple[str, ...]:
+    return tuple(form for form in DETECTOR_FORMS if form != BF16 or cpu_has_bf16())
+
+
+def choose_detector_form(
+    detector: FemoralHeadDetector,
+    images: list[np.ndarray],
+    truths: list[np.ndarray] | None,
+    forms: tuple[str, ...] | None = None,
+    tolerance: float = AUC_TOLERANCE,
+) -> FormChoice:
+    """Time each detector form on :data:`DETECTOR_TIMING_IMAGES` radiographs and check it against
+    fp32 on the validation radiographs: the served boxes' F1 at IoU 0.5 against the hand boxes may
+    not fall by more than ``tolerance``; the largest score change is recorded. Without truths
+    (untrained weights) the fastest form is chosen and labelled unchecked."""
+    forms = forms or detector_forms_for_this_cpu()
+    checked = truths is not None and len(images) > 0
+    reference = detector.predict(images) if checked else []
+    reference_f1 = _detection_f1(reference, truths) if checked else None
+    figures: dict[str, FormFigures] = {}
+    for form in (*forms, CUDA_FORM):
+        candidate = serve_detector_as(copy.deepcopy(detector), form)
+        entry = FormFigures(form)
+        if form != CUDA_FORM:
+            entry.ms_per_batch = _time_detector(candidate, images or [np.random.default_rng(0).random((512, 512))])
+        if checked:
+            found = candidate.predict(images)
+            entry.auc = {"f1_at_iou_0.5": _detection_f1(found, truths)}
+            entry.max_auc_loss = round(reference_f1 - entry.auc["f1_at_iou_0.5"], 6)
+            entry.max_probability_difference = _largest_score_change(reference, found)
+            if entry.max_auc_loss > tolerance:
+                entry.accepted = False
+                entry.reason = f"loses {entry.max_auc_loss:.4f} F1 at IoU 0.5 (tolerance {tolerance})"
+        figures[form] = entry
+    timed = [figures[form] for form in forms if figures[form].accepted]
+    chosen = min(timed, key=lambda entry: entry.ms_per_batch or float("inf")).form if timed else FP32
+    return FormChoice(
+        form=chosen,
+        cuda_form=CUDA_FORM if figures[CUDA_FORM].accepted else FP32,
+        figures=figures,
+        validation_crops=len(images) if checked else 0,
+        calibration_crops=0,
+        checked=checked,
+        note="detector: validation radiographs, F1 at IoU 0.5 in place of AUC"
+        if checked
+        else "not checked: untrained weights, chosen by speed alone",
+    )
+
+
+def _detection_f1(detections: list, truths: list[np.ndarray]) -> float:
+    table = detection_prf([(found.boxes, found.scores) for found in detections], truths, (DETECTOR_CHECK_IOU,), 0.0)
+    return round(float(table[DETECTOR_CHECK_IOU]["f1"]), 6)
+
+
+def _largest_score_change(reference: list, found: list) -> float:
+    """The largest change of a kept head's score, pairing heads by IoU ≥ 0.5 (a head kept by only
+    one of the two counts as its whole score)."""
+    largest = 0.0
+    for before, after in zip(reference, found, strict=True):
+        pairs = match_boxes(before.boxes, after.boxes, DETECTOR_CHECK_IOU)
+        for i, j in pairs:
+            largest = max(largest, abs(float(before.scores[i]) - float(after.scores[j])))
+        unpaired = [float(s) for k, s in enumerate(before.scores) if k not in {i for i, _ in pairs}]
+        unpaired += [float(s) for k, s in enumerate(after.scores) if k not in {j for _, j in pairs}]
+        largest = max([largest, *unpaired])
+    return round(largest, 6)
+
+
+def _time_detector(detector: FemoralHeadDetector, images: list[np.ndarray], repeats: int = 6) -> float:
+    batch = (images * DETECTOR_TIMING_IMAGES)[:DETECTOR_TIMING_IMAGES]
+    times = []
+    for attempt in range(repeats + 2):
+        started = time.perf_counter()
+        detector.predict(batch)
+        if attempt >= 2:
+            times.append((time.perf_counter() - started) * 1000)
+    return round(float(np.median(times)), 2)

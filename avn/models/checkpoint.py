@@ -32,6 +32,7 @@ from avn.models.acceleration import (
     int8_available,
     int8_from_state,
     serve_as,
+    serve_detector_as,
 )
 from avn.models.classifier import ARCHITECTURE, CLASSIFIER_TASKS, HeadClassifier, build_classifier
 from avn.models.detector import DETECTOR_BACKBONES, FemoralHeadDetector, build_detector
@@ -173,13 +174,13 @@ def load_checkpoint(
     model = model.to(map_location).eval()
     if isinstance(model, HeadClassifier):
         model.temperature = card.temperature
-        if optimised and card.optimisation:
-            _serve_chosen_form(model, card, payload.get(INT8_STATE_KEY), torch.device(map_location))
+    if optimised and card.optimisation:
+        _serve_chosen_form(model, card, payload.get(INT8_STATE_KEY), torch.device(map_location))
     return model, card
 
 
 def _serve_chosen_form(
-    model: HeadClassifier, card: ModelCard, int8_state: Mapping[str, Any] | None, device: torch.device
+    model: nn.Module, card: ModelCard, int8_state: Mapping[str, Any] | None, device: torch.device
 ) -> None:
     """Switch ``model`` to the form its card chose for this kind of device; a form this machine
     cannot run falls back to one with fp32 arithmetic (logged), never to an unchecked one."""
@@ -194,7 +195,10 @@ def _serve_chosen_form(
     if form != chosen:
         logger.warning("%s: form %s cannot run here (%s); serving %s", card.task, chosen, device, form)
     try:
-        serve_as(model, form, int8_from_state(model, int8_state) if form == INT8 else None)
+        if isinstance(model, FemoralHeadDetector):
+            serve_detector_as(model, form)
+        else:
+            serve_as(model, form, int8_from_state(model, int8_state) if form == INT8 else None)
     except FormError as error:
         raise CheckpointError(f"{card.task}: {error}") from error
 

@@ -156,6 +156,10 @@ class FemoralHeadDetector(nn.Module):
         self.model = model
         self.pair_floor = pair_floor
         self.configure_postprocessing(top_k=top_k, min_score=min_score, nms_iou=nms_iou)
+        # The served form (avn.models.acceleration.serve_detector_as): "fp32", "fp32-channels-last"
+        # or "bf16" (the SSD under bf16 autocast); post-processing always reads float32.
+        self.form = "fp32"
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def knows_implants(self) -> bool:
@@ -207,7 +211,16 @@ class FemoralHeadDetector(nn.Module):
             return []
         shrunk = [shrink_to_letterbox(_as_array(image), self.input_size) for image in images]
         device = next(self.model.parameters()).device
-        outputs = self.model([letterbox_canvas(content, self.input_size).to(device) for content, _ in shrunk])
+        canvases = [letterbox_canvas(content, self.input_size).to(device) for content, _ in shrunk]
+        if self.autocast_dtype is None:
+            outputs = self.model(canvases)
+        else:
+            with torch.autocast(device.type, dtype=self.autocast_dtype):
+                outputs = self.model(canvases)
+            outputs = [
+                {key: value.float() if value.is_floating_point() else value for key, value in output.items()}
+                for output in outputs
+            ]
         return [
             self._to_detection(output, geometry, content)
             for output, (content, geometry) in zip(outputs, shrunk, strict=True)
