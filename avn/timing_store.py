@@ -96,15 +96,13 @@ def is_timing_only(cards: Mapping[str, ModelCard]) -> bool:
 
 
 def is_complete_timing_store(store: Path, profile: str = "paper") -> bool:
-    """All five archives are there, timing-only, in ``profile``'s crop size, each classifier in
-    the form chosen for this machine's CPU: nothing to build."""
+    """All five archives are there, timing-only, in ``profile``'s crop size, each model in the
+    form chosen for this machine's CPU: nothing to build."""
     cards = store_cards(store) if Path(store).is_dir() else {}
     input_size = get_profile(profile).input_size
     return len(cards) == len(TASKS) and all(
         card.extra.get("timing_only")
-        and (
-            card.task == DETECTION_TASK
-            or (card.input_size == input_size and card.optimisation.get("measured_on") == cpu_name())
-        )
+        and card.optimisation.get("measured_on") == cpu_name()
+        and (card.task == DETECTION_TASK or card.input_size == input_size)
         for card in cards.values()
     )

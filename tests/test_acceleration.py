@@ -208,7 +208,11 @@ def test_the_detector_is_served_in_its_checked_form_and_falls_back_without_bf16(
     own_boxes = [detector.detect(image).boxes]  # truths fp32 finds exactly: its F1 is 1.0
     choice = choose_detector_form(detector, [image], own_boxes)
     assert choice.checked and set(choice.figures) == {*detector_forms_for_this_cpu(), FP16}
-    assert choice.figures[FP32].auc == {"f1_at_iou_0.5": 1.0} and choice.figures[FP32].max_auc_loss == 0.0
+    assert choice.figures[FP32].auc == {"f1_at_iou_0.5": 1.0, "min_box_iou_with_fp32": 1.0}
+    assert choice.figures[FP32].max_auc_loss == 0.0 and choice.figures[FP32].decisions_changed == 0.0
+    for figures in choice.figures.values():  # a form that moves a box is refused, whatever its F1
+        moved = figures.auc["min_box_iou_with_fp32"] < 0.95
+        assert figures.accepted == (not moved and figures.max_auc_loss <= AUC_TOLERANCE), figures
     assert choice.figures[choice.form].accepted and choice.int8_state is None
     metadata = {"version": "1", "training_data_hash": "test", "optimisation": {**choice.card_record(), "form": BF16}}
     save_checkpoint(tmp_path / "model.pt", detector, "detection", metadata)

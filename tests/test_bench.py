@@ -84,6 +84,9 @@ def test_timing_store_cards_say_untrained_and_classifiers_take_224_px(timing_sto
         assert "untrained" in card.version and TIMING_ONLY in card.training_data_hash
         if task != "detection":
             assert card.input_size == 224
+        # served in this CPU's fastest form, and labelled as not checked (untrained weights)
+        assert card.optimisation["checked"] is False and "not checked" in card.optimisation["note"]
+        assert card.optimisation["forms"][card.optimisation["form"]]["ms_per_batch"] > 0
     assert is_timing_only(cards) and is_complete_timing_store(timing_store)
     assert not is_complete_timing_store(timing_store, profile="quick")  # 96-px crops expected there
 

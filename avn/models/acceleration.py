@@ -38,7 +38,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from avn.metrics import detection_prf, match_boxes
+from avn.metrics import box_iou, detection_prf, match_boxes
 from avn.models.classifier import HeadClassifier, normalised_batch
 from avn.models.detector import FemoralHeadDetector
 
@@ -422,6 +422,7 @@ def cpu_name() -> str:
 
 DETECTOR_FORMS: tuple[str, ...] = (FP32, CHANNELS_LAST, BF16)
 DETECTOR_CHECK_IOU = 0.5
+DETECTOR_MIN_BOX_IOU = 0.95  # every head's box within this IoU of fp32's: the crops stay the same
 DETECTOR_TIMING_IMAGES = 4  # TorchServe's detector batch
 
 
@@ -449,10 +450,16 @@ def choose_detector_form(
 ) -> FormChoice:
     """Time each detector form on :data:`DETECTOR_TIMING_IMAGES` radiographs and check it against
     fp32 on the validation radiographs: the served boxes' F1 at IoU 0.5 against the hand boxes may
-    not fall by more than ``tolerance``; the largest score change is recorded. Without truths
-    (untrained weights) the fastest form is chosen and labelled unchecked."""
+    not fall by more than ``tolerance``, and every kept head's box must stay within
+    :data:`DETECTOR_MIN_BOX_IOU` of fp32's (the classifiers' crops are cut around it: a box that
+    moves changes every diagnosis downstream); the largest score change is recorded. Without truths
+    (untrained weights) the fastest form with fp32 arithmetic is chosen and labelled unchecked."""
     forms = forms or detector_forms_for_this_cpu()
     checked = truths is not None and len(images) > 0
+    if not checked:
+        # reduced precision moved the trained detector's boxes (README "Served forms"): unchecked,
+        # only the forms with fp32 arithmetic are offered
+        forms = tuple(form for form in forms if form in (FP32, CHANNELS_LAST)) or (FP32,)
     reference = detector.predict(images) if checked else []
     reference_f1 = _detection_f1(reference, truths) if checked else None
     figures: dict[str, FormFigures] = {}
@@ -466,9 +473,16 @@ def choose_detector_form(
             entry.auc = {"f1_at_iou_0.5": _detection_f1(found, truths)}
             entry.max_auc_loss = round(reference_f1 - entry.auc["f1_at_iou_0.5"], 6)
             entry.max_probability_difference = _largest_score_change(reference, found)
+            agreement = _box_agreement(reference, found)
+            entry.auc["min_box_iou_with_fp32"] = agreement
+            entry.decisions_changed = _heads_moved(reference, found)
             if entry.max_auc_loss > tolerance:
                 entry.accepted = False
                 entry.reason = f"loses {entry.max_auc_loss:.4f} F1 at IoU 0.5 (tolerance {tolerance})"
+            elif agreement < DETECTOR_MIN_BOX_IOU:
+                # the classifiers read crops cut around these boxes: a moved box is another crop
+                entry.accepted = False
+                entry.reason = f"moves a head's box (IoU {agreement:.3f} with fp32's, needs {DETECTOR_MIN_BOX_IOU})"
         figures[form] = entry
     timed = [figures[form] for form in forms if figures[form].accepted]
     chosen = min(timed, key=lambda entry: entry.ms_per_batch or float("inf")).form if timed else FP32
@@ -488,6 +502,28 @@ def choose_detector_form(
 def _detection_f1(detections: list, truths: list[np.ndarray]) -> float:
     table = detection_prf([(found.boxes, found.scores) for found in detections], truths, (DETECTOR_CHECK_IOU,), 0.0)
     return round(float(table[DETECTOR_CHECK_IOU]["f1"]), 6)
+
+
+def _paired_ious(reference: list, found: list) -> tuple[list[float], int]:
+    """IoU of each kept head with fp32's (paired at IoU ≥ 0.5), and how many heads found no pair."""
+    ious, unpaired = [], 0
+    for before, after in zip(reference, found, strict=True):
+        pairs = match_boxes(before.boxes, after.boxes, DETECTOR_CHECK_IOU)
+        unpaired += len(before.boxes) + len(after.boxes) - 2 * len(pairs)
+        ious += [float(box_iou(before.boxes[i : i + 1], after.boxes[j : j + 1])[0, 0]) for i, j in pairs]
+    return ious, unpaired
+
+
+def _box_agreement(reference: list, found: list) -> float:
+    """The smallest IoU between a kept head's box and fp32's (0 when a head is kept by one only)."""
+    ious, unpaired = _paired_ious(reference, found)
+    return 0.0 if unpaired else round(min(ious, default=1.0), 6)
+
+
+def _heads_moved(reference: list, found: list) -> float:
+    ious, unpaired = _paired_ious(reference, found)
+    total = len(ious) + unpaired
+    return round((sum(iou < DETECTOR_MIN_BOX_IOU for iou in ious) + unpaired) / total, 6) if total else 0.0
 
 
 def _largest_score_change(reference: list, found: list) -> float:
