@@ -166,6 +166,18 @@ def test_build_store_refuses_a_data_set_the_models_were_not_trained_on(tmp_path:
         build_store(run, tmp_path / "store", tasks=("view",), optimisation=Optimisation(tmp_path / "data"))
 
 
+def test_build_store_refuses_a_data_set_whose_fingerprint_is_not_the_cards(tmp_path: Path) -> None:
+    from gateway_support import write_tiny_run
+
+    from avn.phantom.build import PhantomOptions, build_phantom
+
+    run = write_tiny_run(tmp_path / "run")  # cards say training_data_hash "test"
+    build_phantom(PhantomOptions(subjects=1, seed=3, image_format="png", scale=0.1), tmp_path / "data", workers=1)
+    with pytest.raises(StoreError, match="not the data set the view model was trained on"):
+        build_store(run, tmp_path / "store", tasks=("view",), optimisation=Optimisation(tmp_path / "data"))
+    assert not (tmp_path / "store" / "view.mar").exists()
+
+
 def test_cpu_forms_are_known() -> None:
     assert set(forms_for_this_cpu()) <= set(CPU_FORMS) and FP32 in forms_for_this_cpu()
 

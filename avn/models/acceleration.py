@@ -473,9 +473,11 @@ def choose_detector_form(
             entry.auc = {"f1_at_iou_0.5": _detection_f1(found, truths)}
             entry.max_auc_loss = round(reference_f1 - entry.auc["f1_at_iou_0.5"], 6)
             entry.max_probability_difference = _largest_score_change(reference, found)
-            agreement = _box_agreement(reference, found)
+            ious, unpaired = _paired_ious(reference, found)
+            agreement = 0.0 if unpaired else round(min(ious, default=1.0), 6)  # a head kept by one form only: 0
             entry.auc["min_box_iou_with_fp32"] = agreement
-            entry.decisions_changed = _heads_moved(reference, found)
+            moved = sum(iou < DETECTOR_MIN_BOX_IOU for iou in ious) + unpaired
+            entry.decisions_changed = round(moved / (len(ious) + unpaired), 6) if ious or unpaired else 0.0
             if entry.max_auc_loss > tolerance:
                 entry.accepted = False
                 entry.reason = f"loses {entry.max_auc_loss:.4f} F1 at IoU 0.5 (tolerance {tolerance})"
@@ -512,18 +514,6 @@ def _paired_ious(reference: list, found: list) -> tuple[list[float], int]:
         unpaired += len(before.boxes) + len(after.boxes) - 2 * len(pairs)
         ious += [float(box_iou(before.boxes[i : i + 1], after.boxes[j : j + 1])[0, 0]) for i, j in pairs]
     return ious, unpaired
-
-
-def _box_agreement(reference: list, found: list) -> float:
-    """The smallest IoU between a kept head's box and fp32's (0 when a head is kept by one only)."""
-    ious, unpaired = _paired_ious(reference, found)
-    return 0.0 if unpaired else round(min(ious, default=1.0), 6)
-
-
-def _heads_moved(reference: list, found: list) -> float:
-    ious, unpaired = _paired_ious(reference, found)
-    total = len(ious) + unpaired
-    return round((sum(iou < DETECTOR_MIN_BOX_IOU for iou in ious) + unpaired) / total, 6) if total else 0.0
 
 
 def _largest_score_change(reference: list, found: list) -> float:
