@@ -359,7 +359,9 @@ def _choose_form(
         if form != CUDA_FORM:
             entry.ms_per_batch = time_runner(candidate, input_size)
         if checked:
-            probabilities = probabilities_of(candidate, validation_crops)
+            # the fp32 form is the reference itself: its probabilities are already known
+            plain_fp32 = form == FP32 and not (builders and FP32 in builders)
+            probabilities = reference_probabilities if plain_fp32 else probabilities_of(candidate, validation_crops)
             compare_with_fp32(
                 reference,
                 reference_probabilities,
