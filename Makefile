@@ -17,7 +17,6 @@ AUDIT  ?= yes
 # dicom3tools (its dciodvfy validates the DICOM SR and annotated copies the service writes) and
 # kubernetes-client (`kubectl kustomize` renders deploy/k8s; Debian's is 1.20 with kustomize 2.0.3,
 # which the manifests keep to, so it renders them as a newer kubectl does).
-APT_PACKAGES := dcmtk redis-server docker-compose chromium chromium-driver prometheus dicom3tools kubernetes-client
 # checkov, the policy linter tests/test_k8s.py runs on the rendered manifests, lives in a venv of its
 # own: its pins (packaging, boto3, networkx, …) would fight the project's lock.
 CHECKOV_VENV := .venv-checkov
@@ -43,12 +42,15 @@ $(CHECKOV):
 lock: install
 	$(BIN)/python scripts/lock_dependencies.py
 
+# Only the packages of missing tools: a kubectl from another package (gcloud) clashes with kubernetes-client.
 system-deps:
-	@missing=""; for tool in dcmdump redis-server docker-compose chromium chromedriver promtool dciodvfy kubectl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for pair in dcmdump:dcmtk redis-server:redis-server docker-compose:docker-compose chromium:chromium \
+	  chromedriver:chromium-driver promtool:prometheus dciodvfy:dicom3tools kubectl:kubernetes-client; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
+	  echo ">> installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 run: install

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from avn.dataset.cli import data_app
+from avn.dataset.real import REAL_TRAINING_SET
 from avn.evaluation.ablation_cli import ablation
 from avn.evaluation.cli import calibrate, evaluate, operating_points
 from avn.evaluation.readers_cli import readers
@@ -94,6 +95,11 @@ def train(
     folds: int = typer.Option(0, min=0, help="k of the subject-grouped CV (0 = the profile's)."),
     repeats: int = typer.Option(0, min=0, help="CV repeats with different seeds (0 = the profile's)."),
     seed: int = typer.Option(0, help="Seed of folds, initialisation and augmentation."),
+    real_hips: Path = typer.Option(
+        REAL_TRAINING_SET,
+        help="Real radiographs with drawn heads added to the detector's training (docs/real-data.md).",
+    ),
+    phantom_only: bool = typer.Option(False, "--phantom-only", help="Train the detector on the phantom alone."),
 ) -> None:
     """Train models with subject-grouped cross-validation; reruns resume where they stopped."""
     from avn.training.profiles import get_profile
@@ -111,7 +117,15 @@ def train(
         report = StageBars(progress)
         try:
             context = prepare_context(
-                data, out, chosen, seed, folds or None, repeats or None, reporter=report, logger=progress.console.print
+                data,
+                out,
+                chosen,
+                seed,
+                folds or None,
+                repeats or None,
+                reporter=report,
+                logger=progress.console.print,
+                real_hips=None if phantom_only else real_hips,
             )
             results = train_tasks(tasks, context)
         except TrainingError as error:
@@ -265,7 +279,17 @@ def run(
     )
     if not all((run_dir / task / "model.pt").exists() for task in TRAIN_TASKS[:-1]):
         console.print(f"[bold]models missing:[/] training the quick profile into {run_dir}")
-        train(task="all", data=training_data, out=run_dir, profile="quick", folds=0, repeats=0, seed=seed)
+        train(
+            task="all",
+            data=training_data,
+            out=run_dir,
+            profile="quick",
+            folds=0,
+            repeats=0,
+            seed=seed,
+            real_hips=REAL_TRAINING_SET,
+            phantom_only=False,
+        )
     if store_is_stale(run_dir, store):
         console.print(f"[bold]model store missing or older than the models:[/] building {store}")
         build_store_command(

@@ -2,21 +2,26 @@
 
 import json
 import math
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from avn.dataset.real import MANIFEST, REAL_TRAINING_SET, load_manifest, manifest_fingerprint
 from avn.models.acceleration import AUC_TOLERANCE
 from avn.models.checkpoint import TASKS, load_checkpoint
 from avn.models.classifier import CLASSIFIER_TASKS
+from avn.models.detector import FH_CLASS, PROSTHESIS_CLASS
 from avn.optimisation import Optimisation
 from avn.phantom.build import PhantomOptions, build_phantom
 from avn.store import build_store
 from avn.timing_store import archive_card
 from avn.training.augment import augment_crop, flip_labels
 from avn.training.classifier_loop import fit_classifier
+from avn.training.detection_loop import REAL_SUBJECT_PREFIX, SOURCE_SCALE, build_real_detection_set
 from avn.training.folds import subject_folds
 from avn.training.head_data import build_crops, serving_scale, training_scales
 from avn.training.losses import FocalLoss, inverse_frequency_alpha
@@ -199,3 +204,65 @@ def test_a_tied_validation_score_keeps_the_later_epoch():
         state.record_epoch(model, loss=1.0, score=score, lr=1e-3)
     assert state.best_epoch == 3 and state.best_score == 0.9
     assert float(state.best_weights["weight"][0, 0]) == 3.0
+
+
+def small_real_set(folder: Path) -> Path:
+    """Three radiographs of the real training set: two trained on (one with a prosthesis), one held out."""
+    files = json.loads((REAL_TRAINING_SET / MANIFEST).read_text())["files"]
+    train_files = [f for f in files if f["split"] == "train"]
+    chosen = [
+        next(f for f in train_files if f["prostheses"]),
+        next(f for f in train_files if not f["prostheses"]),
+        next(f for f in files if f["split"] == "validation"),
+    ]
+    folder.mkdir(parents=True)
+    for entry in chosen:
+        shutil.copy(REAL_TRAINING_SET / entry["file"], folder / entry["file"])
+    (folder / MANIFEST).write_text(json.dumps({"files": chosen}))
+    return folder
+
+
+def test_the_real_detection_set_holds_heads_and_prostheses_the_serving_way(tmp_path):
+    folder = small_real_set(tmp_path / "real")
+    data = build_real_detection_set(folder, input_size=320)
+    trained = [entry for entry in load_manifest(folder).files if entry.split == "train"]
+    assert len(data) == 2 and all(s.startswith(REAL_SUBJECT_PREFIX) for s in data.subject_ids)
+    assert data.inputs.shape == (2, 320, 320)
+    assert len(build_real_detection_set(folder, input_size=320, split="validation")) == 1
+    for entry, labels, boxes, source, original in zip(
+        trained, data.source_labels, data.source_boxes, data.sources, data.original_boxes, strict=True
+    ):
+        assert list(labels) == [FH_CLASS] * len(entry.heads) + [PROSTHESIS_CLASS] * len(entry.prostheses)
+        assert max(source.shape) == SOURCE_SCALE * 320
+        assert np.all(boxes[:, 2] <= source.shape[1] + 1) and np.all(boxes[:, 3] <= source.shape[0] + 1)
+        np.testing.assert_allclose(original, entry.head_boxes())
+    assert any(PROSTHESIS_CLASS in labels for labels in data.source_labels)
+
+
+def test_detector_training_adds_the_real_set_to_every_fold_and_records_it(tiny_data, tmp_path):
+    folder = small_real_set(tmp_path / "real")
+    context = prepare_context(tiny_data, tmp_path / "run", TINY, seed=0, folds=None, repeats=None, real_hips=folder)
+    first = train(["detection"], context)["detection"]
+    assert first["real_hips"]["radiographs"] == 2 and first["real_hips"]["validation_radiographs"] == 1
+    assert first["real_hips"]["fingerprint"] == manifest_fingerprint(folder)
+    assert first["folds"][0]["real_train_radiographs"] == 2
+    held_out = first["folds"][0]["real_validation"]["0.5"]  # measured on the held-out real pelvis
+    assert held_out["tp"] + held_out["fn"] == len(load_manifest(folder).files[2].heads)
+    phantom_only = prepare_context(tiny_data, tmp_path / "run0", TINY, seed=0, folds=None, repeats=None)
+    baseline = train(["detection"], phantom_only)["detection"]
+    assert "real_hips" not in baseline
+    assert first["folds"][0]["train_radiographs"] == baseline["folds"][0]["train_radiographs"] + 2
+    # A changed real set is new training data: the detector is trained again, not resumed.
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({"files": manifest["files"][1:]}))
+    shutil.rmtree(tmp_path / "run" / "detection" / "folds")
+    again = train(["detection"], context)["detection"]
+    assert again["real_hips"]["radiographs"] == 1
+
+
+def test_a_real_set_whose_manifest_lists_a_missing_file_is_refused(tiny_data, tmp_path):
+    folder = small_real_set(tmp_path / "real")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / manifest["files"][0]["file"]).unlink()
+    with pytest.raises(TrainingError, match="real training set: .* is listed but missing"):
+        prepare_context(tiny_data, tmp_path / "run", TINY, seed=0, folds=None, repeats=None, real_hips=folder)

@@ -11,8 +11,8 @@ is judged:
   matches nothing is shown, not penalised. Each annotated head's best IoU is reported too;
 * a negative control passes when no stage is reported: the pipeline answers ``NoFemoralHead``.
 
-The manifest (``manifest.json``) is validated by pydantic; its fields are documented in
-``docs/real-data.md``.
+The manifest (``manifest.json``, :mod:`avn.dataset.real`) is validated by pydantic; its fields are
+documented in ``docs/real-data.md``.
 """
 
 from __future__ import annotations
@@ -21,79 +21,14 @@ import asyncio
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from avn.dataset.real import Manifest, ManifestError, RealFile, load_manifest
 from avn.metrics import MATCH_IOU, box_iou, match_boxes
 
-MANIFEST = "manifest.json"
 DEFAULT_CHECK_SET = Path("tests/data/real")
-
-
-class ManifestError(ValueError):
-    """A check-set manifest that cannot be read or does not describe its files."""
-
-
-class AnnotatedHead(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in the file's pixels")
-    side: Literal["left", "right"] = Field(description="the patient's side")
-
-    @field_validator("box")
-    @classmethod
-    def _ordered(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        if not (box[2] > box[0] and box[3] > box[1]):
-            raise ValueError(f"box {box} is not x0 < x1, y0 < y1")
-        return box
-
-
-class RealFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    file: str
-    kind: Literal["pelvis", "hip", "negative"]
-    description: str
-    heads: list[AnnotatedHead] = Field(default_factory=list)
-    source: str
-    licence: str
-    attribution: str
-
-    @field_validator("heads")
-    @classmethod
-    def _at_most_two(cls, heads: list[AnnotatedHead]) -> list[AnnotatedHead]:
-        if len(heads) > 2:
-            raise ValueError("a radiograph shows at most two femoral heads")
-        return heads
-
-    @property
-    def is_negative(self) -> bool:
-        return self.kind == "negative"
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    files: list[RealFile]
-
-
-def load_manifest(folder: Path) -> Manifest:
-    """The manifest of a check-set folder, checked against the files present."""
-    path = folder / MANIFEST
-    try:
-        manifest = Manifest.model_validate_json(path.read_text())
-    except OSError as error:
-        raise ManifestError(f"{path}: cannot be read ({error.strerror or error})") from error
-    except ValueError as error:
-        raise ManifestError(f"{path}: {error}") from error
-    for entry in manifest.files:
-        if not (folder / entry.file).is_file():
-            raise ManifestError(f"{path}: {entry.file} is listed but missing")
-        if entry.is_negative == bool(entry.heads):
-            raise ManifestError(f"{path}: {entry.file}: a negative control has no heads, a hip or pelvis has some")
-    return manifest
+__all__ = ["DEFAULT_CHECK_SET", "Manifest", "ManifestError", "RealFile", "load_manifest"]
 
 
 @dataclass

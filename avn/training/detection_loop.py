@@ -23,6 +23,7 @@ import torch
 
 from avn.dataset.format import Dataset
 from avn.dataset.images import read_radiograph
+from avn.dataset.real import load_manifest
 from avn.letterbox import shrink_to_letterbox
 from avn.metrics import DEFAULT_IOU_THRESHOLDS, detection_prf
 from avn.models.detector import (
@@ -82,6 +83,60 @@ class DetectionSet:
             [self.source_labels[i] for i in keep],
         )
 
+    def __add__(self, other: DetectionSet) -> DetectionSet:
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return DetectionSet(
+            np.concatenate([self.inputs, other.inputs]),
+            self.input_boxes + other.input_boxes,
+            self.original_boxes + other.original_boxes,
+            np.concatenate([self.factors, other.factors]),
+            self.subject_ids + other.subject_ids,
+            self.sources + other.sources,
+            self.source_boxes + other.source_boxes,
+            self.source_labels + other.source_labels,
+        )
+
+
+PreparedRadiograph = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def prepare_radiograph(
+    pixels: np.ndarray, heads: np.ndarray, implants: np.ndarray, input_size: int
+) -> PreparedRadiograph:
+    """One radiograph's entries of a :class:`DetectionSet`: the serving input with its head boxes,
+    the original boxes, the box factors, and the training source with heads and prostheses."""
+    tensor, geometry = prepare_detector_input(pixels, input_size)
+    source, source_geometry = shrink_to_letterbox(pixels, SOURCE_SCALE * input_size)
+    labels = np.array([FH_CLASS] * len(heads) + [PROSTHESIS_CLASS] * len(implants), dtype=np.int64)
+    return (
+        tensor[0].numpy().astype(np.float16),
+        boxes_to_input(heads, geometry).numpy(),
+        heads,
+        geometry.box_factors(),
+        source.astype(np.float16),
+        boxes_to_input(np.concatenate([heads, implants]), source_geometry).numpy(),
+        labels,
+    )
+
+
+def _detection_set(prepared: list[PreparedRadiograph], subject_ids: list[str], input_size: int) -> DetectionSet:
+    if not prepared:
+        empty = np.zeros((0, input_size, input_size), np.float16)
+        return DetectionSet(empty, [], [], np.zeros((0, 4)), [], [], [], [])
+    return DetectionSet(
+        np.stack([p[0] for p in prepared]),
+        [p[1] for p in prepared],
+        [p[2] for p in prepared],
+        np.stack([p[3] for p in prepared]),
+        list(subject_ids),
+        [p[4] for p in prepared],
+        [p[5] for p in prepared],
+        [p[6] for p in prepared],
+    )
+
 
 def build_detection_set(
     folder: Path, dataset: Dataset, subjects, input_size: int, on_image: Callable[[], None] | None = None
@@ -92,40 +147,35 @@ def build_detection_set(
     for annotation in dataset.annotations:
         boxes_of.setdefault(annotation.image_id, []).append(annotation.xyxy)
 
-    def prepare(image):
+    def prepare(image) -> PreparedRadiograph:
         pixels = read_radiograph(folder / image.file_name).pixels
-        tensor, geometry = prepare_detector_input(pixels, input_size)
-        source, source_geometry = shrink_to_letterbox(pixels, SOURCE_SCALE * input_size)
-        original = np.array(boxes_of.get(image.id, []), dtype=np.float32).reshape(-1, 4)
+        heads = np.array(boxes_of.get(image.id, []), dtype=np.float32).reshape(-1, 4)
         implants = np.array(image.prosthetic_heads_xyxy(), dtype=np.float32).reshape(-1, 4)
-        labels = np.array([FH_CLASS] * len(original) + [PROSTHESIS_CLASS] * len(implants), dtype=np.int64)
+        prepared = prepare_radiograph(pixels, heads, implants, input_size)
         if on_image:
             on_image()
-        return (
-            tensor[0].numpy().astype(np.float16),
-            boxes_to_input(original, geometry).numpy(),
-            original,
-            geometry,
-            source.astype(np.float16),
-            boxes_to_input(np.concatenate([original, implants]), source_geometry).numpy(),
-            labels,
-        )
+        return prepared
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         prepared = list(pool.map(prepare, images))
-    if not prepared:
-        empty = np.zeros((0, input_size, input_size), np.float16)
-        return DetectionSet(empty, [], [], np.zeros((0, 4)), [], [], [], [])
-    return DetectionSet(
-        np.stack([p[0] for p in prepared]),
-        [p[1] for p in prepared],
-        [p[2] for p in prepared],
-        np.stack([p[3].box_factors() for p in prepared]),
-        [image.subject_id for image in images],
-        [p[4] for p in prepared],
-        [p[5] for p in prepared],
-        [p[6] for p in prepared],
-    )
+    return _detection_set(prepared, [image.subject_id for image in images], input_size)
+
+
+REAL_SUBJECT_PREFIX = "real:"  # real radiographs' subject ids: never a phantom subject's
+
+
+def build_real_detection_set(folder: Path, input_size: int, split: str = "train") -> DetectionSet:
+    """One split of the real training set (:mod:`avn.dataset.real`): hand-drawn heads and
+    prosthetic balls, each radiograph its own subject."""
+    entries = [entry for entry in load_manifest(folder).files if entry.split == split]
+
+    def prepare(entry) -> PreparedRadiograph:
+        pixels = read_radiograph(folder / entry.file).pixels
+        return prepare_radiograph(pixels, entry.head_boxes(), entry.prosthesis_boxes(), input_size)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        prepared = list(pool.map(prepare, entries))
+    return _detection_set(prepared, [REAL_SUBJECT_PREFIX + entry.file for entry in entries], input_size)
 
 
 def augment_detection(

@@ -23,13 +23,20 @@ import torch
 
 from avn.dataset.check import check_dataset
 from avn.dataset.format import ANNOTATIONS_FILE, Dataset, load_dataset
+from avn.dataset.real import ManifestError, load_manifest, manifest_fingerprint
 from avn.metrics import to_jsonable
 from avn.models.checkpoint import load_checkpoint, save_checkpoint
 from avn.models.classifier import build_classifier
 from avn.models.detector import DETECTOR_INPUT_SIZES, build_detector
 from avn.operating_points import OperatingPointError, choose_operating_points, is_present, presence_probability
 from avn.training.classifier_loop import fit_classifier, predict
-from avn.training.detection_loop import build_detection_set, choose_score_threshold, detection_metrics, fit_detector
+from avn.training.detection_loop import (
+    build_detection_set,
+    build_real_detection_set,
+    choose_score_threshold,
+    detection_metrics,
+    fit_detector,
+)
 from avn.training.folds import Fold, subject_folds
 from avn.training.head_data import CropSet, build_crops, serving_scale, training_scales
 from avn.training.profiles import Profile
@@ -58,6 +65,7 @@ class TrainingContext:
     reporter: Callable[[str, int, int, dict[str, float]], None] | None = None  # (stage, done, total, figures)
     logger: Callable[[str], None] | None = None  # one line per finished epoch
     crops: tuple[CropSet, CropSet] | None = None  # built on first use, shared by the classifiers
+    real_hips: Path | None = None  # real radiographs added to every fold's detector training (avn.dataset.real)
 
     def log_epoch(self, stage: str, entry: dict[str, Any]) -> None:
         if self.logger:
@@ -90,6 +98,7 @@ def prepare_context(
     repeats: int | None,
     reporter=None,
     logger=None,
+    real_hips: Path | None = None,
 ) -> TrainingContext:
     report = check_dataset(data_dir)
     if not report.ok:
@@ -106,8 +115,22 @@ def prepare_context(
         profile.fold_limit if folds is None and repeats is None else None,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if real_hips is not None:
+        try:
+            load_manifest(real_hips)
+        except ManifestError as error:
+            raise TrainingError(f"real training set: {error}") from error
     return TrainingContext(
-        data_dir, run_dir, profile, seed, dataset, dataset_fingerprint(data_dir), fold_list, reporter, logger
+        data_dir,
+        run_dir,
+        profile,
+        seed,
+        dataset,
+        dataset_fingerprint(data_dir),
+        fold_list,
+        reporter,
+        logger,
+        real_hips=real_hips,
     )
 
 
@@ -244,6 +267,8 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
         context.report("detection: preparing radiographs", progress["done"], total)
 
     everything = build_detection_set(context.data_dir, dataset, wanted, input_size, on_image)
+    real = build_real_detection_set(context.real_hips, input_size) if context.real_hips else None
+    real_val = build_real_detection_set(context.real_hips, input_size, "validation") if context.real_hips else None
     test = everything.select_subjects(test_subjects)
     fold_docs = []
     for fold in context.folds:
@@ -252,6 +277,8 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
             fold_docs.append(json.loads((fold_dir / FOLD_RESULT).read_text()))
             continue
         train_set = everything.select_subjects(fold.train_subjects)
+        if real is not None:  # real anatomy in training only: validation and the T-set stay phantom
+            train_set = train_set + real
         val_set = everything.select_subjects(fold.val_subjects)
         epochs = profile.epochs["detection"]
         per_epoch = max(1, -(-len(train_set) // profile.detector_batch_size))
@@ -280,9 +307,12 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
             "val_score": score,
             "score_threshold": threshold,
             "train_radiographs": len(train_set),
+            "real_train_radiographs": len(real) if real is not None else 0,
             "val_radiographs": len(val_set),
             "test": detection_metrics(detector, test, score_threshold=threshold),
         }
+        if real_val is not None and len(real_val):  # measured, never used to choose: real anatomy held out
+            doc["real_validation"] = detection_metrics(detector, real_val, score_threshold=threshold)
         torch.save(detector.state_dict(), fold_dir / FOLD_WEIGHTS)
         _write_json(fold_dir / FOLD_RESULT, doc)
         fold_docs.append(to_jsonable(doc))
@@ -293,7 +323,22 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
             context.run_dir / "detection" / "folds" / best["fold"] / FOLD_WEIGHTS, map_location="cpu", weights_only=True
         )
     )
-    return _finish("detection", context, detector, fold_docs, best, input_size=input_size)
+    real_record = real_hips_record(context.real_hips) if context.real_hips else None
+    return _finish("detection", context, detector, fold_docs, best, input_size=input_size, real_hips=real_record)
+
+
+def real_hips_record(folder: Path) -> dict[str, Any]:
+    """What a detector's metrics record of the real training set it saw."""
+    files = load_manifest(folder).files
+    trained = [entry for entry in files if entry.split == "train"]
+    return {
+        "folder": str(folder),
+        "fingerprint": manifest_fingerprint(folder),
+        "radiographs": len(trained),
+        "heads": sum(len(entry.heads) for entry in trained),
+        "prostheses": sum(len(entry.prostheses) for entry in trained),
+        "validation_radiographs": sum(entry.split == "validation" for entry in files),
+    }
 
 
 def _finish(
@@ -304,6 +349,7 @@ def _finish(
     best: dict,
     input_size: int,
     operating_points: dict[str, Any] | None = None,
+    real_hips: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     version = f"{task}-{_weights_digest(model)[:12]}"
     doc = {
@@ -320,6 +366,7 @@ def _finish(
         "folds": fold_docs,
         "fold_summary": summarise_folds(task, fold_docs),
         **({"operating_points": operating_points} if operating_points else {}),
+        **({"real_hips": real_hips} if real_hips else {}),
     }
     save_checkpoint(
         context.run_dir / task / MODEL_FILE,
@@ -330,7 +377,11 @@ def _finish(
             "training_data_hash": context.data_hash,
             "metrics": to_jsonable(best["test"]),
             "input_size": input_size,
-            "extra": {"profile": context.profile.name, "fold": best["fold"]},
+            "extra": {
+                "profile": context.profile.name,
+                "fold": best["fold"],
+                **({"real_hips": real_hips} if real_hips else {}),
+            },
             "operating_points": operating_points or {},
         },
     )
@@ -383,6 +434,9 @@ def _finished_task(context: TrainingContext, task: str) -> dict[str, Any] | None
     doc = json.loads(metrics_path.read_text())
     same_folds = [d["fold"] for d in doc.get("folds", [])] == [f.name for f in context.folds]
     same_data = doc.get("training_data_hash") == context.data_hash
+    if task == "detection":  # the real training set is data too
+        wanted_real = manifest_fingerprint(context.real_hips) if context.real_hips else None
+        same_data = same_data and doc.get("real_hips", {}).get("fingerprint") == wanted_real
     return doc if same_folds and same_data and doc.get("profile") == context.profile.name else None
 
 
