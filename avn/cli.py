@@ -217,6 +217,10 @@ def realcheck(
     data: Path = typer.Option(REAL_CHECK_SET, "--data", help="Check-set folder with its manifest.json."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write every outcome as JSON here."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every file passes."),
+    split: str | None = typer.Option(
+        None,
+        help="Only this split's files (held-out real pelves: --data datasets/real-hips --split validation).",
+    ),
 ) -> None:
     """The models of a store on real radiographs: per file, what was found and whether it passes."""
     from avn.evaluation.realcheck import ManifestError, outcomes_json, run_check
@@ -224,7 +228,7 @@ def realcheck(
     if not store.is_dir():
         raise typer.BadParameter(f"{store} is not a folder (build one with `avn build-store`)", param_hint="--store")
     try:
-        outcomes = run_check(store, data)
+        outcomes = run_check(store, data, split=split)
     except ManifestError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
@@ -237,6 +241,8 @@ def realcheck(
 
 def print_realcheck(outcomes) -> None:
     from rich.table import Table
+
+    from avn.evaluation.realcheck import heads_found
 
     table = Table(title="real radiographs")
     for column in ("file", "kind", "answer", "best IoU per head", "heads found (score, side, stage)", "verdict"):
@@ -251,7 +257,8 @@ def print_realcheck(outcomes) -> None:
         table.add_row(outcome.file, outcome.kind, outcome.answer, ious, found or "—", verdict)
     console.print(table)
     passed = sum(outcome.passed for outcome in outcomes)
-    console.print(f"{passed} of {len(outcomes)} files pass")
+    found, annotated = heads_found(outcomes)
+    console.print(f"{passed} of {len(outcomes)} files pass; {found} of {annotated} annotated heads found (IoU > 0.5)")
 
 
 @app.command()

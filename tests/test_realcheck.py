@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from avn.cli import app
 from avn.dataset.images import read_radiograph
+from avn.dataset.real import REAL_TRAINING_SET
 from avn.evaluation.realcheck import (
     ManifestError,
     judge_error,
@@ -100,6 +101,22 @@ def test_realcheck_runs_the_served_models_on_every_file(tmp_path: Path):
     assert pngs and all(o["answer"] == "heads" and not o["passed"] for o in pngs)
     strict = CliRunner().invoke(app, ["realcheck", "--store", str(store), "--data", str(CHECK_SET), "--strict"])
     assert strict.exit_code == 1
+
+
+def test_realcheck_runs_on_the_held_out_split_of_the_real_training_set(tmp_path: Path):
+    store = write_tiny_store(tmp_path)
+    out = tmp_path / "outcomes.json"
+    args = ["realcheck", "--store", str(store), "--data", str(REAL_TRAINING_SET), "--split", "validation"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    held_out = [entry for entry in load_manifest(REAL_TRAINING_SET).files if entry.split == "validation"]
+    outcomes = json.loads(out.read_text())
+    assert [o["file"] for o in outcomes] == [entry.file for entry in held_out]
+    annotated = sum(len(entry.heads) for entry in held_out)
+    found = sum(sum(iou > 0.5 for iou in o["best_iou"]) for o in outcomes)
+    assert f"{found} of {annotated} annotated heads found" in _words(result.output)
+    unknown = CliRunner().invoke(app, [*args[:-1], "holdout"])
+    assert unknown.exit_code == 2 and "no file of split 'holdout'" in _words(unknown.output)
 
 
 def _words(output: str) -> str:

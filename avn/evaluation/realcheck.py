@@ -94,12 +94,17 @@ def judge_heads(entry: RealFile, heads: list[dict]) -> FileOutcome:
     return FileOutcome(entry.file, entry.kind, passed, "heads", heads, [round(float(v), 3) for v in best], message)
 
 
-def run_check(store: Path, folder: Path, device: str = "cpu") -> list[FileOutcome]:
-    """Load the models of ``store`` in-process and check every file of ``folder``."""
+def run_check(store: Path, folder: Path, device: str = "cpu", split: str | None = None) -> list[FileOutcome]:
+    """Load the models of ``store`` in-process and check every file of ``folder`` (only those of
+    ``split`` when given: the real training set's held-out ``validation`` radiographs)."""
     from avn.pipeline.pipeline import Pipeline  # noqa: PLC0415
     from avn.serving.inprocess import InProcessBackend  # noqa: PLC0415 — torch loads only when the check runs
 
     manifest = load_manifest(folder)
+    if split is not None:
+        manifest = Manifest(files=[entry for entry in manifest.files if entry.split == split])
+        if not manifest.files:
+            raise ManifestError(f"{folder / 'manifest.json'}: no file of split {split!r}")
 
     async def go() -> list[FileOutcome]:
         pipeline = Pipeline(InProcessBackend.from_folder(store, device))
@@ -109,6 +114,12 @@ def run_check(store: Path, folder: Path, device: str = "cpu") -> list[FileOutcom
             await pipeline.close()
 
     return asyncio.run(go())
+
+
+def heads_found(outcomes: list[FileOutcome]) -> tuple[int, int]:
+    """(annotated heads matched, annotated heads) over the hips and pelves, by the check's rule."""
+    found = sum(sum(iou > MATCH_IOU for iou in outcome.best_iou) for outcome in outcomes)
+    return found, sum(len(outcome.best_iou) for outcome in outcomes)
 
 
 def outcomes_json(outcomes: list[FileOutcome]) -> str:
