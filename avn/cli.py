@@ -304,7 +304,7 @@ def run(
         )
     if (REAL_CHECK_SET / "manifest.json").exists():
         console.print(f"[bold]real radiographs:[/] the store on {REAL_CHECK_SET} (docs/real-data.md)")
-        realcheck(store=store, data=REAL_CHECK_SET, json_out=None, strict=False)
+        realcheck(store=store, data=REAL_CHECK_SET, json_out=None, strict=False, split=None)
     console.print(f"ready: demo data {data}, models {run_dir}, store {store}")
     if then_serve:
         console.print("[bold]serving:[/] TorchServe on the store, then gRPC and REST (Ctrl-C stops)")
