@@ -119,7 +119,7 @@ def prepare_context(
         try:
             load_manifest(real_hips)
         except ManifestError as error:
-            raise TrainingError(f"real training set: {error}") from error
+            raise TrainingError(f"real training set: {error} (`avn train --phantom-only` trains without it)") from error
     return TrainingContext(
         data_dir,
         run_dir,
