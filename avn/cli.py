@@ -223,7 +223,8 @@ def realcheck(
     ),
 ) -> None:
     """The models of a store on real radiographs: per file, what was found and whether it passes."""
-    from avn.evaluation.realcheck import ManifestError, outcomes_json, run_check
+    from avn.dataset.real import ManifestError
+    from avn.evaluation.realcheck import outcomes_json, run_check
 
     if not store.is_dir():
         raise typer.BadParameter(f"{store} is not a folder (build one with `avn build-store`)", param_hint="--store")

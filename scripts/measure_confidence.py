@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from avn.dataset.format import load_dataset
-from avn.evaluation.realcheck import DEFAULT_CHECK_SET, load_manifest
+from avn.dataset.real import load_manifest
+from avn.evaluation.realcheck import DEFAULT_CHECK_SET
 from avn.pipeline.confidence import classifier_certainty
 from avn.pipeline.errors import DiagnosisError
 from avn.pipeline.pipeline import Pipeline

@@ -16,13 +16,8 @@ from typer.testing import CliRunner
 
 from avn.cli import app
 from avn.dataset.images import read_radiograph
-from avn.dataset.real import REAL_TRAINING_SET
-from avn.evaluation.realcheck import (
-    ManifestError,
-    judge_error,
-    judge_heads,
-    load_manifest,
-)
+from avn.dataset.real import REAL_TRAINING_SET, ManifestError, load_manifest
+from avn.evaluation.realcheck import judge_error, judge_heads
 from avn.metrics import MATCH_IOU as PASS_IOU
 
 CHECK_SET = Path(__file__).parent / "data" / "real"

@@ -91,6 +91,9 @@ class Manifest(BaseModel):
 
     files: list[RealFile]
 
+    def of_split(self, split: str) -> list[RealFile]:
+        return [entry for entry in self.files if entry.split == split]
+
 
 def load_manifest(folder: Path) -> Manifest:
     """The manifest of a real-radiograph folder, checked against the files present."""

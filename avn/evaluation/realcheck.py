@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from avn.dataset.real import Manifest, ManifestError, RealFile, load_manifest
+from avn.dataset.real import MANIFEST, Manifest, ManifestError, RealFile, load_manifest
 from avn.metrics import MATCH_IOU, box_iou, match_boxes
 
 DEFAULT_CHECK_SET = Path("tests/data/real")
-__all__ = ["DEFAULT_CHECK_SET", "Manifest", "ManifestError", "RealFile", "load_manifest"]
 
 
 @dataclass
@@ -102,9 +101,9 @@ def run_check(store: Path, folder: Path, device: str = "cpu", split: str | None 
 
     manifest = load_manifest(folder)
     if split is not None:
-        manifest = Manifest(files=[entry for entry in manifest.files if entry.split == split])
+        manifest = Manifest(files=manifest.of_split(split))
         if not manifest.files:
-            raise ManifestError(f"{folder / 'manifest.json'}: no file of split {split!r}")
+            raise ManifestError(f"{folder / MANIFEST}: no file of split {split!r}")
 
     async def go() -> list[FileOutcome]:
         pipeline = Pipeline(InProcessBackend.from_folder(store, device))

@@ -167,7 +167,7 @@ REAL_SUBJECT_PREFIX = "real:"  # real radiographs' subject ids: never a phantom 
 def build_real_detection_set(folder: Path, input_size: int, split: str = "train") -> DetectionSet:
     """One split of the real training set (:mod:`avn.dataset.real`): hand-drawn heads and
     prosthetic balls, each radiograph its own subject."""
-    entries = [entry for entry in load_manifest(folder).files if entry.split == split]
+    entries = load_manifest(folder).of_split(split)
 
     def prepare(entry) -> PreparedRadiograph:
         pixels = read_radiograph(folder / entry.file).pixels

@@ -329,15 +329,15 @@ def train_detection(context: TrainingContext) -> dict[str, Any]:
 
 def real_hips_record(folder: Path) -> dict[str, Any]:
     """What a detector's metrics record of the real training set it saw."""
-    files = load_manifest(folder).files
-    trained = [entry for entry in files if entry.split == "train"]
+    manifest = load_manifest(folder)
+    trained = manifest.of_split("train")
     return {
         "folder": str(folder),
         "fingerprint": manifest_fingerprint(folder),
         "radiographs": len(trained),
         "heads": sum(len(entry.heads) for entry in trained),
         "prostheses": sum(len(entry.prostheses) for entry in trained),
-        "validation_radiographs": sum(entry.split == "validation" for entry in files),
+        "validation_radiographs": len(manifest.of_split("validation")),
     }
 
 
